@@ -1,0 +1,40 @@
+"""fastrnn: a fast CPU backend for a vanilla (tanh) RNN with a softmax output layer.
+
+Forward pass, cross-entropy loss and backpropagation through time, on two backends that
+compute the same thing: ``"numba"`` (compiled time loops, the default where Numba imports)
+and ``"numpy"`` (the readable reference).  See ``shared/SPEC.md`` for the contract.
+
+Layout of the package:
+
+- ``api``: the public functions below (validate, lay out, dispatch);
+- ``validation``: argument checks shared by both backends;
+- ``backends.numpy_backend``: the reference implementation;
+- ``backends.numba_backend`` + ``backends.numba_kernels``: allocation, and the jitted kernels;
+- ``backends._jit``: the JIT options every kernel uses.
+"""
+
+from .api import (
+    CellCache,
+    ForwardCache,
+    available_backends,
+    init_params,
+    loss_and_grads,
+    rnn_backward,
+    rnn_cell_backward,
+    rnn_cell_forward,
+    rnn_forward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CellCache",
+    "ForwardCache",
+    "available_backends",
+    "init_params",
+    "loss_and_grads",
+    "rnn_backward",
+    "rnn_cell_backward",
+    "rnn_cell_forward",
+    "rnn_forward",
+]

@@ -1,0 +1,71 @@
+"""Backend selection: which implementation runs a call.
+
+Both backends are modules with the same functions (``forward``, ``backward``,
+``loss_and_grads``) over the same time-major arrays; ``numpy_backend`` is the reference,
+``numba_backend`` the fast one.  Numba is imported only when the Numba backend is first
+asked for, so ``import fastrnn`` stays fast and works without Numba.
+"""
+
+import functools
+import importlib
+import os
+
+ENV_VAR = "FASTRNN_BACKEND"
+BACKENDS = ("numba", "numpy")
+
+
+@functools.lru_cache(maxsize=None)
+def _import_error(name):
+    """Why backend ``name`` cannot be imported, or None when it can."""
+    try:
+        importlib.import_module(f"fastrnn.backends.{name}_backend")
+    except ImportError as error:  # Numba or SciPy missing or broken
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def available_backends():
+    """Names of the backends that work in this environment, fastest first.
+
+    Returns
+    -------
+    tuple of str
+        ``("numba", "numpy")`` where Numba (and SciPy) import, else ``("numpy",)``.
+    """
+    return tuple(name for name in BACKENDS if _import_error(name) is None)
+
+
+def resolve(backend=None):
+    """The backend module for a ``backend=`` argument.
+
+    ``None`` means automatic: the ``FASTRNN_BACKEND`` environment variable if it is set
+    and not empty, else ``"numba"`` where it imports, else ``"numpy"``.
+
+    Raises
+    ------
+    TypeError
+        ``backend`` is not a str or None.
+    ValueError
+        ``backend`` or ``FASTRNN_BACKEND`` names no backend.
+    ImportError
+        The Numba backend was asked for by name but Numba or SciPy cannot be imported.
+    """
+    if backend is None:
+        from_env = os.environ.get(ENV_VAR, "").strip()
+        if from_env:
+            name, source = from_env.lower(), f"environment variable {ENV_VAR}={from_env!r}"
+        else:
+            name, source = ("numba" if _import_error("numba") is None else "numpy"), None
+    elif isinstance(backend, str):
+        name, source = backend.strip().lower(), f"backend={backend!r}"
+    else:
+        raise TypeError(f"backend must be a str ({' or '.join(map(repr, BACKENDS))}) or None, got {type(backend).__name__}")
+    if name not in BACKENDS:
+        raise ValueError(f"{source} names no backend; expected one of {', '.join(map(repr, BACKENDS))}")
+    reason = _import_error(name)
+    if reason is not None:
+        raise ImportError(
+            f"{source} asks for the {name} backend, which cannot be imported here ({reason}); "
+            f"install numba and scipy, or use backend='numpy'"
+        )
+    return importlib.import_module(f"fastrnn.backends.{name}_backend")

@@ -1,0 +1,201 @@
+"""The NumPy backend: the readable reference for every computation in fastrnn.
+
+Each function here has a twin of the same name in ``numba_backend.py``; the Numba kernels
+mirror these lines step by step.  Read this file first.
+
+Internal layout (both backends).  The public API takes the seed notebook's layout
+(features x batch x time); ``fastrnn.api`` converts once, at the boundary, to a time-major
+"row" layout in which every time step is one C-contiguous (batch, features) block:
+
+==========  ================  =====================================================
+name        shape             meaning
+==========  ================  =====================================================
+``xs``      (T, m, n_x)       inputs; ``xs[t]`` is x<t+1> transposed
+``h``       (T + 1, m, n_a)   hidden states; ``h[0]`` is a0, ``h[t]`` is a<t>
+``logits``  (T, m, n_y)       ``W_ya a<t> + b_y`` transposed
+``labels``  (T, m) intp       target class of each row
+==========  ================  =====================================================
+
+In row form the seed's ``a<t> = tanh(W_ax x<t> + W_aa a<t-1> + b_a)`` reads
+``h[t] = tanh(xs[t-1] @ W_ax.T + h[t-1] @ W_aa.T + b_a.T)``.  Keeping ``h[0] = a0`` in the
+same buffer makes ``h[:-1]`` (all a<t-1>) and ``h[1:]`` (all a<t>) contiguous, so that the
+weight gradients are single matrix products.
+
+Only the two recurrences (``hidden_forward`` and ``hidden_backward``) loop over time; the
+input projection, the output layer and all weight gradients are one matrix product each
+over all ``T * m`` rows.  The params dict ``p`` holds C-contiguous arrays of one dtype
+(float32 or float64) in the seed's shapes; every function computes in that dtype.
+"""
+
+import numpy as np
+
+
+def rows(a):
+    """View a (T, m, n) block as the (T * m, n) matrix of its rows (no copy)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+# -- forward -----------------------------------------------------------------------------
+
+
+def hidden_forward(xs, a0, p):
+    """Run the recurrence over all time steps.
+
+    Parameters
+    ----------
+    xs : ndarray, shape (T, m, n_x)
+    a0 : ndarray, shape (m, n_a)
+    p : dict of ndarray (the five parameters)
+
+    Returns
+    -------
+    h : ndarray, shape (T + 1, m, n_a)
+        ``h[0] = a0``, ``h[t] = a<t>``.
+    """
+    T, m, _ = xs.shape
+    n_a = p["W_aa"].shape[0]
+    h = np.empty((T + 1, m, n_a), dtype=xs.dtype)
+    h[0] = a0
+    # Input projection for all time steps at once: one (T*m, n_x) @ (n_x, n_a) product.
+    z_x = (rows(xs) @ p["W_ax"].T).reshape(T, m, n_a)
+    b_a = p["b_a"].T  # (1, n_a), broadcast over the batch
+    for t in range(T):
+        # The only sequential part: W_aa a<t-1> needs the previous step.
+        h[t + 1] = np.tanh(z_x[t] + h[t] @ p["W_aa"].T + b_a)
+    return h
+
+
+def output_logits(h, p):
+    """Output layer for all time steps: ``logits = h[1:] @ W_ya.T + b_y.T``, shape (T, m, n_y)."""
+    T, m, _ = h[1:].shape
+    return (rows(h[1:]) @ p["W_ya"].T + p["b_y"].T).reshape(T, m, -1)
+
+
+def softmax(logits):
+    """Softmax over the last axis (the classes), shifted by each row's own maximum."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def forward(xs, a0, p):
+    """Hidden states and softmax outputs.
+
+    Returns
+    -------
+    h : ndarray, shape (T + 1, m, n_a)
+    y_hat : ndarray, shape (T, m, n_y)
+    """
+    h = hidden_forward(xs, a0, p)
+    return h, softmax(output_logits(h, p))
+
+
+# -- loss --------------------------------------------------------------------------------
+
+
+def softmax_cross_entropy(logits, labels):
+    """Cross-entropy summed over time, averaged over the batch, and its gradient.
+
+    ``L = -(1/m) sum_{t,i} log softmax(logits[t, i])[labels[t, i]]``, computed as
+    ``logsumexp(z) - z[label]`` so that it stays finite for any finite logits.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (T, m, n_y)
+    labels : ndarray of intp, shape (T, m)
+
+    Returns
+    -------
+    loss : float
+        Accumulated in float64 whatever the dtype of ``logits``.
+    dlogits : ndarray, shape (T, m, n_y)
+        ``dL/dlogits = (softmax(logits) - onehot(labels)) / m``.
+    """
+    m = logits.shape[1]
+    t, i = np.indices(labels.shape)  # logits[t, i, labels] picks each row's target class
+    row_max = logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits - row_max)
+    sum_e = e.sum(axis=-1, keepdims=True)
+    log_sum_exp = row_max[..., 0] + np.log(sum_e[..., 0])
+    loss = np.sum(log_sum_exp - logits[t, i, labels], dtype=np.float64) / m
+    dlogits = e / sum_e
+    dlogits[t, i, labels] -= 1
+    dlogits /= m
+    return loss, dlogits
+
+
+# -- backward ----------------------------------------------------------------------------
+
+
+def output_backward(dlogits, h, p):
+    """Gradients of the output layer and the gradient that flows into the hidden states.
+
+    Returns
+    -------
+    dW_ya : ndarray, shape (n_y, n_a)
+    db_y : ndarray, shape (n_y, 1)
+    da : ndarray, shape (T, m, n_a)
+        ``dL/da<t>`` from the output layer (the recurrence adds its own part later).
+    """
+    dlogits_rows = rows(dlogits)
+    dW_ya = dlogits_rows.T @ rows(h[1:])
+    db_y = dlogits_rows.sum(axis=0)[:, None]
+    da = (dlogits_rows @ p["W_ya"]).reshape(h[1:].shape)
+    return dW_ya, db_y, da
+
+
+def hidden_backward(da, xs, h, p):
+    """Backpropagation through time (the seed's ``backward_pass``, with its bugs fixed).
+
+    Parameters
+    ----------
+    da : ndarray, shape (T, m, n_a)
+        ``dL/da<t>`` from outside the recurrence.
+    xs : ndarray, shape (T, m, n_x)
+    h : ndarray, shape (T + 1, m, n_a)
+        From ``hidden_forward``; ``1 - h**2`` is tanh's derivative, no tanh is recomputed.
+
+    Returns
+    -------
+    dict
+        ``dx`` (T, m, n_x), ``da0`` (m, n_a), ``dW_ax`` (n_a, n_x), ``dW_aa`` (n_a, n_a),
+        ``db_a`` (n_a, 1).
+    """
+    dz = np.empty_like(da)  # dL/dz<t>, z<t> the argument of tanh at step t
+    da_next = np.zeros_like(da[0])  # dL/da<t> through a<t+1>; zero after the last step
+    for t in range(da.shape[0] - 1, -1, -1):
+        dz[t] = (da[t] + da_next) * (1 - h[t + 1] ** 2)
+        da_next = dz[t] @ p["W_aa"]
+    # All weight gradients and dx at once, over the T*m rows.
+    dz_rows = rows(dz)
+    return {
+        "dx": (dz_rows @ p["W_ax"]).reshape(xs.shape),
+        "da0": da_next,
+        "dW_ax": dz_rows.T @ rows(xs),
+        "dW_aa": dz_rows.T @ rows(h[:-1]),
+        "db_a": dz_rows.sum(axis=0)[:, None],
+    }
+
+
+def backward(da, xs, h, p):
+    """Gradients for an outside ``da``: the public ``rnn_backward``."""
+    return hidden_backward(da, xs, h, p)
+
+
+def loss_and_grads(xs, a0, labels, p):
+    """Loss and every gradient of one training step.
+
+    Returns
+    -------
+    loss : float
+    grads : dict
+        ``dW_ax, dW_aa, db_a, dW_ya, db_y`` in the parameters' shapes, ``dx`` (T, m, n_x),
+        ``da0`` (m, n_a).
+    """
+    h = hidden_forward(xs, a0, p)
+    loss, dlogits = softmax_cross_entropy(output_logits(h, p), labels)
+    dW_ya, db_y, da = output_backward(dlogits, h, p)
+    grads = hidden_backward(da, xs, h, p)
+    grads["dW_ya"] = dW_ya
+    grads["db_y"] = db_y
+    return loss, grads

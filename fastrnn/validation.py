@@ -1,0 +1,168 @@
+"""Argument checks shared by every public function and both backends.
+
+Everything here runs before any kernel: the Numba kernels do not check shapes or bounds,
+so a bad shape or an out-of-range label that got through would read or write outside an
+array.  Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError``
+(wrong shape, empty dimension, non-finite value, label out of range) with a message that
+names the argument, what was expected and what was given.  Nothing here modifies an input:
+conversions make new arrays.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+PARAM_NAMES = ("W_ax", "W_aa", "b_a", "W_ya", "b_y")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+Dims = namedtuple("Dims", "n_x n_a n_y dtype")
+Dims.__doc__ = "Sizes and dtype fixed by the parameters."
+
+
+def _describe(value):
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"array of shape {tuple(shape)} and dtype {dtype}"
+    return type(value).__name__
+
+
+def _as_real_array(value, name):
+    """``value`` as an ndarray of real numbers, or a TypeError naming ``name``."""
+    if isinstance(value, (dict, str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an array of real numbers, got {_describe(value)}")
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}: {error}") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got {_describe(array)}")
+    return array
+
+
+def _check_shape(array, name, expected, meaning):
+    """``expected`` is a tuple of ints; ``meaning`` names the axes, e.g. "(n_a, m)"."""
+    if array.ndim != len(expected):
+        raise ValueError(
+            f"{name} must be {len(expected)}-dimensional {meaning} = {expected}, got {array.ndim} dimensions, shape {array.shape}"
+        )
+    if array.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {meaning} = {tuple(expected)}, got {array.shape}")
+
+
+def _check_nonempty(array, name, meaning):
+    if 0 in array.shape:
+        raise ValueError(f"{name} has an empty dimension: shape {array.shape} for {meaning}; every size must be at least 1")
+
+
+def _check_finite(array, name):
+    if not np.isfinite(array).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        raise ValueError(f"{name} must be finite, got {array[bad]} at index {bad}")
+
+
+def check_params(params):
+    """Check the parameter dict and return it as contiguous arrays of one float dtype.
+
+    Parameters
+    ----------
+    params : dict
+        ``W_ax`` (n_a, n_x), ``W_aa`` (n_a, n_a), ``b_a`` (n_a, 1), ``W_ya`` (n_y, n_a),
+        ``b_y`` (n_y, 1), all float32 or all float64.
+
+    Returns
+    -------
+    p : dict of ndarray
+        The five arrays, C-contiguous (the caller's own arrays where they already are).
+    dims : Dims
+    """
+    if not hasattr(params, "keys") or not hasattr(params, "__getitem__"):
+        raise TypeError(f"params must be a dict with keys {', '.join(PARAM_NAMES)}, got {type(params).__name__}")
+    missing = [name for name in PARAM_NAMES if name not in params]
+    if missing:
+        raise ValueError(f"params is missing {', '.join(missing)}; it needs {', '.join(PARAM_NAMES)} (see fastrnn.init_params)")
+    arrays = {name: _as_real_array(params[name], f"params['{name}']") for name in PARAM_NAMES}
+    for name, array in arrays.items():
+        if array.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"params['{name}'] must be float32 or float64, got {_describe(array)}; convert all five with .astype()"
+            )
+    dtypes = {array.dtype for array in arrays.values()}
+    if len(dtypes) > 1:
+        found = ", ".join(f"{name}: {array.dtype}" for name, array in arrays.items())
+        raise TypeError(f"params must all have one dtype (float32 or float64), got {found}")
+    dtype = dtypes.pop()
+    W_ax, W_ya = arrays["W_ax"], arrays["W_ya"]
+    for name in ("W_ax", "W_ya"):
+        if arrays[name].ndim != 2:
+            raise ValueError(f"params['{name}'] must be 2-dimensional, got shape {arrays[name].shape}")
+    n_a, n_x = W_ax.shape
+    n_y = W_ya.shape[0]
+    _check_shape(W_ax, "params['W_ax']", (n_a, n_x), "(n_a, n_x)")
+    _check_nonempty(W_ax, "params['W_ax']", "(n_a, n_x)")
+    _check_shape(arrays["W_aa"], "params['W_aa']", (n_a, n_a), "(n_a, n_a) with n_a from W_ax")
+    _check_shape(arrays["b_a"], "params['b_a']", (n_a, 1), "(n_a, 1) with n_a from W_ax")
+    _check_shape(W_ya, "params['W_ya']", (n_y, n_a), "(n_y, n_a) with n_a from W_ax")
+    _check_nonempty(W_ya, "params['W_ya']", "(n_y, n_a)")
+    _check_shape(arrays["b_y"], "params['b_y']", (n_y, 1), "(n_y, 1) with n_y from W_ya")
+    for name, array in arrays.items():
+        _check_finite(array, f"params['{name}']")
+    p = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    return p, Dims(n_x, n_a, n_y, dtype)
+
+
+def check_array(value, name, expected, meaning, dtype):
+    """Check a float input (x, a0, da, ...) and return it as an array of ``dtype``.
+
+    Parameters
+    ----------
+    value : array_like of real numbers
+    name : str
+        The argument's name, for messages.
+    expected : tuple of int or None
+        The required shape; None entries are free sizes (checked to be at least 1).
+    meaning : str
+        The axes' names, e.g. ``"(n_x, m, T)"``.
+    dtype : numpy.dtype
+        The parameters' dtype; other real dtypes are cast (a new array).
+
+    Returns
+    -------
+    ndarray
+        Of ``dtype`` and the checked shape (not necessarily contiguous, not a copy when
+        nothing needed changing).
+    """
+    array = _as_real_array(value, name)
+    if array.ndim != len(expected):
+        raise ValueError(f"{name} must be {len(expected)}-dimensional {meaning}, got {array.ndim} dimensions, shape {array.shape}")
+    _check_nonempty(array, name, meaning)
+    full = tuple(got if want is None else want for want, got in zip(expected, array.shape))
+    _check_shape(array, name, full, meaning)
+    array = array.astype(dtype, copy=False)
+    _check_finite(array, name)
+    return array
+
+
+def check_labels(value, name, expected, n_y):
+    """Check integer class labels of shape ``expected`` = (m, T), each in ``[0, n_y)``.
+
+    Returns
+    -------
+    ndarray of intp
+        The labels (a new array where the dtype differs).
+    """
+    if isinstance(value, (dict, str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an integer array of class labels, got {_describe(value)}")
+    array = np.asarray(value)
+    if array.dtype.kind not in "iu":
+        raise TypeError(
+            f"{name} must hold integer class labels in [0, {n_y}), got {_describe(array)}; "
+            f"convert with .astype(int) if the values are whole numbers"
+        )
+    _check_shape(array, name, expected, "(m, T)")
+    low, high = array.min(), array.max()
+    if low < 0 or high >= n_y:
+        bad_value = low if low < 0 else high
+        bad = tuple(int(i) for i in np.argwhere(array == bad_value)[0])
+        raise ValueError(f"{name} must hold class labels in [0, {n_y}) (n_y = {n_y}), got {bad_value} at index {bad}")
+    return array.astype(np.intp, copy=False)
