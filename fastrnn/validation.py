@@ -138,9 +138,12 @@ def check_array(value, name, expected, meaning, dtype):
     _check_nonempty(array, name, meaning)
     full = tuple(got if want is None else want for want, got in zip(expected, array.shape))
     _check_shape(array, name, full, meaning)
-    array = array.astype(dtype, copy=False)
-    _check_finite(array, name)
-    return array
+    with np.errstate(over="ignore"):  # an overflowing cast becomes inf, reported next
+        converted = array.astype(dtype, copy=False)
+    if converted.dtype != array.dtype and not np.isfinite(converted).all() and np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite in {dtype} (the parameters' dtype); its values overflow it: largest magnitude {np.abs(array).max()}")
+    _check_finite(converted, name)
+    return converted
 
 
 def check_labels(value, name, expected, n_y):

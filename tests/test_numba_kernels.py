@@ -1,0 +1,74 @@
+"""The Numba kernels' building blocks against NumPy: vectorised exp and tanh, small products."""
+
+import numpy as np
+import pytest
+
+from fastrnn.backends import numba_kernels as kernels
+from fastrnn.backends._jit import kernel
+
+
+@kernel
+def _apply_tanh(x, out):
+    for i in range(x.size):
+        out[i] = kernels.fast_tanh(x[i])
+
+
+@kernel
+def _apply_exp(x, out):
+    for i in range(x.size):
+        out[i] = kernels.exp_nonpositive(x[i])
+
+
+@kernel
+def _matmul(a, b, out):
+    kernels.matmul_into(a, b, out)
+
+
+def ulps(actual, expected, dtype):
+    """|actual - expected| in units of the last place of ``expected`` (rounded to dtype)."""
+    expected_rounded = expected.astype(dtype)
+    spacing = np.spacing(np.maximum(np.abs(expected_rounded), np.finfo(dtype).tiny)).astype(np.float64)
+    return np.abs(actual.astype(np.float64) - expected) / spacing
+
+
+def special_and_random(dtype, scale):
+    rng = np.random.default_rng(60)
+    special = [0.0, -0.0, 1e-30, -1e-30, 3e-4, 4e-4, 0.6249, 0.625, 0.6251, 1.0, 7.9, 8.0, 19.0, 20.0, 50.0, 710.0]
+    values = np.concatenate([special, np.negative(special), rng.standard_normal(100_000) * scale, rng.uniform(-1, 1, 10_000)])
+    return values.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype, bound", [(np.float64, 2), (np.float32, 5)])
+def test_tanh_within_a_few_ulp(dtype, bound):
+    x = special_and_random(dtype, scale=4)
+    out = np.empty_like(x)
+    _apply_tanh(x, out)
+    expected = np.tanh(x.astype(np.float64))
+    assert ulps(out, expected, dtype).max() <= bound
+    assert (np.abs(out) <= 1).all()
+    np.testing.assert_array_equal(np.sign(out), np.sign(x))
+
+
+@pytest.mark.parametrize("dtype, bound", [(np.float64, 1), (np.float32, 1)])
+def test_exp_of_nonpositive_within_one_ulp(dtype, bound):
+    x = -np.abs(special_and_random(dtype, scale=30))
+    out = np.empty_like(x)
+    _apply_exp(x, out)
+    expected = np.exp(x.astype(np.float64))
+    normal = expected >= np.finfo(dtype).tiny
+    assert ulps(out[normal], expected[normal], dtype).max() <= bound
+    # Subnormal and underflowing results: right to the absolute precision of the dtype.
+    smallest_subnormal = np.finfo(dtype).smallest_subnormal
+    assert np.abs(out[~normal] - expected[~normal]).max() <= smallest_subnormal * 2
+    assert (out >= 0).all() and (out <= 1).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 3, 5), (16, 32, 32), (7, 64, 48)], ids=str)
+def test_matmul_into_both_paths(shape, dtype):
+    # r * k * n at or below SMALL_MATMUL_FLOPS runs plain loops, above it BLAS.
+    r, k, n = shape
+    rng = np.random.default_rng(61)
+    a, b = rng.standard_normal((r, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    out = np.full((r, n), np.nan, dtype=dtype)
+    _matmul(a, b, out)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
