@@ -1,8 +1,9 @@
-"""Command line: ``python -m fastrnn [demo]``.
+"""Command line: ``python -m fastrnn [demo | bench]``.
 
 ``demo`` (the default) runs one training step's maths (``loss_and_grads``) on every
 available backend for a few sizes and prints the loss, the largest relative difference
-between the backends and the median time of each.
+between the backends and the median time of each.  ``bench`` (``fastrnn.bench``) times
+the Numba and NumPy backends against PyTorch CPU and the BLAS peak.
 """
 
 import argparse
@@ -97,7 +98,24 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command")
     demo_parser = sub.add_parser("demo", help="run loss_and_grads on both backends for a few sizes (default)")
     demo_parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    bench_parser = sub.add_parser("bench", help="time a training step: Numba, NumPy, PyTorch CPU and the BLAS peak")
+    bench_parser.add_argument("--sizes", default="tiny,small,char-rnn,large", help="comma-separated, from: %(default)s")
+    bench_parser.add_argument("--dtypes", default="float64,float32", help="comma-separated (default: %(default)s)")
+    bench_parser.add_argument("--repeat", type=int, default=7, help="samples per median (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
         return demo(dtype=getattr(args, "dtype", "float64"))
+    if args.command == "bench":
+        from . import bench
+
+        known = {size[0]: size for size in bench.BENCH_SIZES}
+        names = [name.strip() for name in args.sizes.split(",") if name.strip()]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            parser.error(f"--sizes: unknown size(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
+        if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
+            parser.error(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
+        bench.run([known[name] for name in names], [np.dtype(d).type for d in dtypes], repeat=args.repeat)
+        return 0
     parser.error(f"unknown command {args.command}")

@@ -1,0 +1,157 @@
+"""asv benchmarks of fastrnn: speed, memory and compile time of a training step.
+
+Sizes are (n_x, n_a, n_y, m, T), the ones ``python -m fastrnn bench`` prints.  Compilation
+is paid in ``setup``, never timed, except in ``CompileTime``, which measures it on purpose
+in fresh processes.  A combination that cannot run here (the Numba backend without Numba)
+raises ``NotImplementedError`` in ``setup``, which asv reports as skipped.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import tracemalloc
+
+import fastrnn
+from fastrnn.bench import BENCH_SIZES
+from fastrnn.cli import make_problem, median_seconds
+
+SIZES = {name: shape for name, *shape in BENCH_SIZES}
+DTYPES = ["float64", "float32"]
+BACKENDS = ["numba", "numpy"]
+
+
+def _problem(size, dtype, backend):
+    if backend not in fastrnn.available_backends():
+        raise NotImplementedError(f"backend {backend} is not available here")
+    x, a0, y, params = make_problem(*SIZES[size], dtype=np.dtype(dtype).type)
+    # Compile or load every kernel the benchmarks call, untimed.
+    fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
+    a, _, cache = fastrnn.rnn_forward(x, a0, params, backend=backend)
+    fastrnn.rnn_backward(np.ones_like(a), cache)
+    return x, a0, y, params
+
+
+class TrainingStep:
+    """``loss_and_grads`` (forward, loss, BPTT) and ``rnn_forward`` per size, dtype, backend."""
+
+    params = (list(SIZES), DTYPES, BACKENDS)
+    param_names = ["size", "dtype", "backend"]
+    timeout = 300
+
+    def setup(self, size, dtype, backend):
+        self.x, self.a0, self.y, self.params = _problem(size, dtype, backend)
+        self.backend = backend
+
+    def time_loss_and_grads(self, size, dtype, backend):
+        fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend)
+
+    def time_rnn_forward(self, size, dtype, backend):
+        fastrnn.rnn_forward(self.x, self.a0, self.params, backend=self.backend)
+
+    def peakmem_loss_and_grads(self, size, dtype, backend):
+        fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend)
+
+
+class Memory:
+    """Peak memory of one ``loss_and_grads`` over the memory of the arrays it must hold:
+    inputs (x, a0, y), parameters, gradients (dx, da0 and one per parameter), hidden states
+    (n_a, m, T) and softmax outputs (n_y, m, T).  NumPy reports its allocations to
+    ``tracemalloc``; the kernels allocate nothing.  Steadier than ``peakmem_``, which counts
+    the whole process (about 170 MB of Numba and LLVM before any array)."""
+
+    params = (list(SIZES), DTYPES, BACKENDS)
+    param_names = ["size", "dtype", "backend"]
+    unit = "ratio"
+
+    def setup(self, size, dtype, backend):
+        self.problem = _problem(size, dtype, backend)
+        self.backend = backend
+
+    def track_peak_over_required(self, size, dtype, backend):
+        x, a0, y, params = self.problem
+        n_x, n_a, n_y, m, T = SIZES[size]
+        held = x.nbytes + a0.nbytes + y.nbytes + sum(p.nbytes for p in params.values())
+        itemsize = x.itemsize
+        required = held + itemsize * (n_x * m * T + n_a * m + sum(p.size for p in params.values()) + (n_a + n_y) * m * T)
+        tracemalloc.start()
+        try:
+            fastrnn.loss_and_grads(x, a0, y, params, backend=self.backend)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return (held + peak) / required
+
+
+class Speedup:
+    """How many times faster the Numba backend runs ``loss_and_grads`` than the NumPy one,
+    both measured in the same process (a ratio is steadier than two times on a busy machine)."""
+
+    params = (list(SIZES), DTYPES)
+    param_names = ["size", "dtype"]
+    unit = "times"
+    timeout = 600
+
+    def setup(self, size, dtype):
+        self.problem = _problem(size, dtype, "numba")
+        fastrnn.loss_and_grads(*self.problem, backend="numpy")
+
+    def track_numba_over_numpy(self, size, dtype):
+        seconds = {
+            backend: median_seconds(lambda: fastrnn.loss_and_grads(*self.problem, backend=backend), repeat=5)
+            for backend in BACKENDS
+        }
+        return seconds["numpy"] / seconds["numba"]
+
+
+_FIRST_CALL = """
+import time
+import numpy as np
+start = time.perf_counter()
+import tracemalloc
+
+import fastrnn
+params = fastrnn.init_params(8, 16, 8, dtype=np.{dtype})
+fastrnn.loss_and_grads(np.ones((8, 1, 10)), np.zeros((16, 1)), np.zeros((1, 10), int), params, backend="numba")
+print(time.perf_counter() - start)
+"""
+
+
+def _first_call_seconds(dtype, cache_dir):
+    """Seconds from ``import fastrnn`` to the end of the first Numba ``loss_and_grads``, in a
+    new interpreter whose Numba cache is ``cache_dir``."""
+    environment = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, FASTRNN_BACKEND="numba")
+    result = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALL.format(dtype=dtype)], env=environment,
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+class CompileTime:
+    """First-call time in a fresh process: cold (empty Numba cache: everything compiles) and
+    warm (cache filled by an earlier process: kernels load from disk)."""
+
+    params = DTYPES
+    param_names = ["dtype"]
+    unit = "seconds"
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, dtype):
+        if "numba" not in fastrnn.available_backends():
+            raise NotImplementedError("numba is not available here")
+
+    def track_first_call_cold(self, dtype):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            return _first_call_seconds(dtype, cache_dir)
+
+    def track_first_call_warm(self, dtype):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            _first_call_seconds(dtype, cache_dir)  # fills the cache
+            return _first_call_seconds(dtype, cache_dir)

@@ -1,0 +1,151 @@
+"""``python -m fastrnn bench``: fastrnn against NumPy, PyTorch CPU and the BLAS peak, side by side.
+
+For each size and dtype it times one training step (forward, cross-entropy, backward:
+``loss_and_grads``) on the Numba backend, the NumPy backend and, when torch is installed,
+``torch.nn.RNN`` + ``nn.Linear`` + ``cross_entropy`` + ``backward`` with the same dtype and
+thread count; and it measures the matrix-multiply peak of the BLAS the Numba kernels call
+(SciPy's, through Numba's ``np.dot``) on a (3200 x 512) @ (512 x 512) product.  Times are
+medians; each backend is timed in its own block, because two BLAS thread pools (NumPy's
+and SciPy's) spinning in turn slow each other down.
+"""
+
+import os
+import time
+
+import numpy as np
+
+from . import api
+from .cli import make_problem, median_seconds
+
+# (name, n_x, n_a, n_y, m, T), the sizes of the issue tracker and the asv suite.
+BENCH_SIZES = (
+    ("tiny", 8, 16, 8, 1, 100),
+    ("small", 32, 64, 32, 16, 100),
+    ("char-rnn", 65, 128, 65, 32, 64),
+    ("large", 256, 512, 256, 64, 50),
+)
+
+
+def training_step_flops(n_x, n_a, n_y, m, T):
+    """Floating-point operations of the matrix products in one ``loss_and_grads``.
+
+    Nine products of T*m rows each: three with W_ax (input projection, dW_ax, dx), three
+    with W_aa (recurrence forward and backward, dW_aa) and three with W_ya (logits, dW_ya,
+    da), at 2 flops per multiply-add.  Elementwise work is left out.
+    """
+    return 6 * T * m * n_a * (n_x + n_a + n_y)
+
+
+def blas_peak_flops(dtype, *, rows=3200, inner=512, cols=512):
+    """GFLOP/s-scale peak of Numba's np.dot (SciPy's BLAS) on one large product, flop/s."""
+    from numba import njit
+
+    @njit
+    def product(a, b, out):
+        np.dot(a, b, out)
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((rows, inner)).astype(dtype)
+    b = rng.standard_normal((inner, cols)).astype(dtype)
+    out = np.empty((rows, cols), dtype=dtype)
+    seconds = median_seconds(lambda: product(a, b, out), repeat=9, min_seconds=0.1)
+    return 2 * rows * inner * cols / seconds
+
+
+def torch_step(x, a0, y, params):
+    """A closure running one PyTorch training step on the same problem, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[x.dtype]
+    n_x, m, T = x.shape
+    n_a, n_y = params["W_aa"].shape[0], params["W_ya"].shape[0]
+    rnn = torch.nn.RNN(n_x, n_a, nonlinearity="tanh").to(dtype)
+    linear = torch.nn.Linear(n_a, n_y).to(dtype)
+    with torch.no_grad():  # the same parameters as fastrnn's
+        rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_ax"]))
+        rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_aa"]))
+        rnn.bias_ih_l0.copy_(torch.from_numpy(params["b_a"][:, 0]))
+        rnn.bias_hh_l0.zero_()
+        linear.weight.copy_(torch.from_numpy(params["W_ya"]))
+        linear.bias.copy_(torch.from_numpy(params["b_y"][:, 0]))
+    inputs = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 1, 0))).requires_grad_(True)  # (T, m, n_x)
+    h0 = torch.from_numpy(np.ascontiguousarray(a0.T))[None].requires_grad_(True)  # (1, m, n_a)
+    targets = torch.from_numpy(np.ascontiguousarray(y.T).reshape(-1))  # (T*m,)
+
+    def step():
+        for parameter in (*rnn.parameters(), *linear.parameters(), inputs, h0):
+            parameter.grad = None
+        hidden, _ = rnn(inputs, h0)
+        logits = linear(hidden).reshape(T * m, n_y)
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / m
+        loss.backward()
+        return loss
+
+    return step
+
+
+def blas_description():
+    """Which BLAS libraries are loaded, with their kernels and threads (threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed (pip install '.[bench]' to show the BLAS kernel)"
+    return "; ".join(
+        f"{info.get('internal_api')} {info.get('version')} {info.get('architecture')} x{info.get('num_threads')}"
+        f" ({os.path.basename(info.get('filepath', ''))})"
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    )
+
+
+def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
+    """Measure and print the table; returns the rows as dicts (for tests and scripts)."""
+    import numba  # noqa: F401  (the Numba backend must be there to be benchmarked)
+
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        torch_version = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        torch_version = "torch not installed: pip install torch==2.13.0 (a CPU build) to compare"
+    print(f"fastrnn bench: one training step (loss_and_grads), medians of {repeat}")
+    print(f"BLAS: {blas_description()}")
+    print(f"PyTorch: {torch_version}")
+    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if name in os.environ:
+            print(f"warning: {name}={os.environ[name]} is set and slows OpenBLAS; unset it for this command")
+    peaks = {np.dtype(d): blas_peak_flops(d) for d in dtypes}
+    print("BLAS matmul peak: " + ", ".join(f"{d.name} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
+    header = (
+        f"{'size':<9} {'dtype':<7} {'numba ms':>9} {'numpy ms':>9} {'torch ms':>9}"
+        f" {'vs numpy':>9} {'vs torch':>9} {'GFLOP/s':>8} {'of peak':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    results = []
+    for dtype in dtypes:
+        for name, *shape in sizes:
+            x, a0, y, params = make_problem(*shape, dtype=dtype)
+            times = {}
+            for backend in ("numba", "numpy"):
+                api.loss_and_grads(x, a0, y, params, backend=backend)  # compile / warm up
+                times[backend] = median_seconds(lambda: api.loss_and_grads(x, a0, y, params, backend=backend), repeat=repeat)
+            step = torch_step(x, a0, y, params)
+            if step is not None:
+                step()
+                times["torch"] = median_seconds(step, repeat=repeat)
+            flops = training_step_flops(*shape)
+            row = dict(size=name, shape=tuple(shape), dtype=np.dtype(dtype).name, seconds=times,
+                       gflops=flops / times["numba"] / 1e9, peak_fraction=flops / times["numba"] / peaks[np.dtype(dtype)])  # fmt: skip
+            results.append(row)
+            torch_ms = f"{times['torch'] * 1e3:>9.3f}" if "torch" in times else f"{'-':>9}"
+            vs_torch = f"{times['torch'] / times['numba']:>8.2f}x" if "torch" in times else f"{'-':>9}"
+            print(
+                f"{name:<9} {row['dtype']:<7} {times['numba'] * 1e3:>9.3f} {times['numpy'] * 1e3:>9.3f} {torch_ms}"
+                f" {times['numpy'] / times['numba']:>8.1f}x {vs_torch} {row['gflops']:>8.1f} {row['peak_fraction']:>7.0%}"
+            )
+    print("vs numpy, vs torch: how many times faster the Numba backend is; of peak: its GFLOP/s over the BLAS peak")
+    return results
