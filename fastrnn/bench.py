@@ -37,7 +37,7 @@ def training_step_flops(n_x, n_a, n_y, m, T):
 
 
 def blas_peak_flops(dtype, *, rows=3200, inner=512, cols=512):
-    """GFLOP/s-scale peak of Numba's np.dot (SciPy's BLAS) on one large product, flop/s."""
+    """Peak of Numba's np.dot (SciPy's BLAS) on one large product, flop/s."""
     from numba import njit
 
     @njit
@@ -112,12 +112,12 @@ def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
     except ImportError:
         torch_version = "torch not installed: pip install torch==2.13.0 (a CPU build) to compare"
     print(f"fastrnn bench: one training step (loss_and_grads), medians of {repeat}")
-    print(f"BLAS: {blas_description()}")
     print(f"PyTorch: {torch_version}")
     for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if name in os.environ:
             print(f"warning: {name}={os.environ[name]} is set and slows OpenBLAS; unset it for this command")
     peaks = {np.dtype(d): blas_peak_flops(d) for d in dtypes}
+    print(f"BLAS: {blas_description()}")  # after the peak, so that SciPy's BLAS is loaded
     print("BLAS matmul peak: " + ", ".join(f"{d.name} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
     header = (
         f"{'size':<9} {'dtype':<7} {'numba ms':>9} {'numpy ms':>9} {'torch ms':>9}"
