@@ -19,3 +19,14 @@ def test_unknown_command_is_an_error():
     result = subprocess.run([sys.executable, "-m", "fastrnn", "frobnicate"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_ci_runs_the_readme_test_command_unchanged():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Run the tests", 1)[1]
+    command = section.split("```bash", 1)[1].split("```", 1)[0].strip()
+    ci_lines = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines()]
+    assert command in ci_lines, command

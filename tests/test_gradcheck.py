@@ -37,6 +37,14 @@ def check(numeric, analytic, what):
     assert np.linalg.norm(analytic) > 0, f"{what}: a zero gradient checks nothing"
 
 
+def check_hidden_layer(objective, params, grads, inputs):
+    """Check dW_ax, dW_aa, db_a and the gradient of each input (``{grad key: array}``)."""
+    for name in ("W_ax", "W_aa", "b_a"):
+        check(numeric_gradient(objective, params[name]), grads["d" + name], "d" + name)
+    for key, array in inputs.items():
+        check(numeric_gradient(objective, array), grads[key], key)
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 3, 2, 4), (2, 3, 2, 1, 1), (2, 1, 3, 3, 5)], ids=str)
 def test_loss_and_grads(backend, shape):
     x, a0, y, params = make_problem(*shape, seed=20)
@@ -64,10 +72,7 @@ def test_rnn_backward(backend):
         a, _, _ = fastrnn.rnn_forward(x, a0, params, backend=backend)
         return float(np.sum(da * a))
 
-    for name in ("W_ax", "W_aa", "b_a"):
-        check(numeric_gradient(objective, params[name]), grads["d" + name], "d" + name)
-    check(numeric_gradient(objective, x), grads["dx"], "dx")
-    check(numeric_gradient(objective, a0), grads["da0"], "da0")
+    check_hidden_layer(objective, params, grads, {"dx": x, "da0": a0})
 
 
 def test_rnn_cell_backward(backend):
@@ -82,7 +87,4 @@ def test_rnn_cell_backward(backend):
         a_t, _, _ = fastrnn.rnn_cell_forward(x_t, a_prev, params, backend=backend)
         return float(np.sum(da_t * a_t))
 
-    for name in ("W_ax", "W_aa", "b_a"):
-        check(numeric_gradient(objective, params[name]), grads["d" + name], "d" + name)
-    check(numeric_gradient(objective, x_t), grads["dx_t"], "dx_t")
-    check(numeric_gradient(objective, a_prev), grads["da_prev"], "da_prev")
+    check_hidden_layer(objective, params, grads, {"dx_t": x_t, "da_prev": a_prev})

@@ -4,6 +4,8 @@ All kernels are compiled with the same options:
 
 - ``cache=True``: a new process loads machine code from ``__pycache__`` instead of
   compiling again (first-call time matters to users; see the README's figures).
+- ``nogil=True``: kernels release the GIL, so calls from several threads run in parallel
+  (each call allocates its own arrays; kernels share no state).
 - ``error_model="numpy"``: float division by zero gives inf/nan instead of raising.  With
   Numba's default ("python") every division carries a zero check and a branch, which stops
   LLVM from vectorising the fused tanh/softmax loops (measured: 2.1 ns -> 0.24 ns per
