@@ -5,8 +5,9 @@ same names; ``numba_backend.py`` allocates every array and calls these kernels, 
 fill what they are given (no allocation inside a time loop, no Python objects).  All
 arrays are C-contiguous in the time-major layout described in ``numpy_backend``.
 
-Sections: 1. ``exp`` and ``tanh`` that vectorise; 2. small matrix products; 3. the forward
-recurrence; 4. softmax and cross-entropy; 5. the backward recurrence (BPTT).
+Sections: 1. ``exp`` and ``tanh`` that vectorise; 2. small matrix products; 3. the steps
+of a training step (forward recurrence, output layer, softmax and cross-entropy, BPTT),
+named as in the reference; 4. the entry points ``numba_backend`` calls.
 
 Cache note: Numba keys a kernel's on-disk cache on the file that defines it, not on the
 files it calls.  That is why the helpers live in this file: editing them invalidates the
@@ -199,10 +200,11 @@ def matmul_into(a, b, out):
 
 
 # =======================================================================================
-# 3. The training step, one function per step of numpy_backend, same names.  All matrix
-# products, big and small, go through Numba's np.dot, that is SciPy's BLAS: NumPy ships a
-# second OpenBLAS with its own thread pool, and alternating between the two pools made a
-# large training step 2.7x slower (342 ms against 126 ms, float64, measured).
+# 3. The training step, one function per step of numpy_backend, same names.  Every BLAS
+# call, the big products outside the loops included, goes through Numba's np.dot, that is
+# SciPy's BLAS: NumPy ships a second OpenBLAS with its own thread pool, and alternating
+# between the two pools made a large training step 2.7x slower (342 ms against 126 ms,
+# float64, measured).
 # =======================================================================================
 
 
