@@ -50,6 +50,14 @@ def _from_time_major(array):
     return array.transpose(2, 1, 0)
 
 
+def _check_sequence_inputs(x, a0, params):
+    """Checked params, their Dims, and x (n_x, m, T) and a0 (n_a, m) in the params' dtype."""
+    p, dims = check_params(params)
+    x = check_array(x, "x", (dims.n_x, None, None), "(n_x, m, T)", dims.dtype)
+    a0 = check_array(a0, "a0", (dims.n_a, x.shape[1]), "(n_a, m)", dims.dtype)
+    return p, dims, x, a0
+
+
 def _backend_name(module):
     return module.__name__.rsplit(".", 1)[-1].removesuffix("_backend")
 
@@ -186,9 +194,7 @@ def rnn_forward(x, a0, params, *, backend=None):
         For ``rnn_backward``.
     """
     impl = backends.resolve(backend)
-    p, dims = check_params(params)
-    x = check_array(x, "x", (dims.n_x, None, None), "(n_x, m, T)", dims.dtype)
-    a0 = check_array(a0, "a0", (dims.n_a, x.shape[1]), "(n_a, m)", dims.dtype)
+    p, dims, x, a0 = _check_sequence_inputs(x, a0, params)
     xs = _to_time_major(x)
     h, y_hat = impl.forward(xs, np.ascontiguousarray(a0.T), p)
     cache = ForwardCache(xs, h, p, _backend_name(impl))
@@ -246,10 +252,8 @@ def loss_and_grads(x, a0, y, params, *, backend=None):
         ``da0`` (n_a, m).
     """
     impl = backends.resolve(backend)
-    p, dims = check_params(params)
-    x = check_array(x, "x", (dims.n_x, None, None), "(n_x, m, T)", dims.dtype)
+    p, dims, x, a0 = _check_sequence_inputs(x, a0, params)
     _, m, T = x.shape
-    a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype)
     labels = check_labels(y, "y", (m, T), dims.n_y)
     loss, grads = impl.loss_and_grads(
         _to_time_major(x), np.ascontiguousarray(a0.T), np.ascontiguousarray(labels.T), p

@@ -98,7 +98,6 @@ def check_params(params):
             raise ValueError(f"params['{name}'] must be 2-dimensional, got shape {arrays[name].shape}")
     n_a, n_x = W_ax.shape
     n_y = W_ya.shape[0]
-    _check_shape(W_ax, "params['W_ax']", (n_a, n_x), "(n_a, n_x)")
     _check_nonempty(W_ax, "params['W_ax']", "(n_a, n_x)")
     _check_shape(arrays["W_aa"], "params['W_aa']", (n_a, n_a), "(n_a, n_a) with n_a from W_ax")
     _check_shape(arrays["b_a"], "params['b_a']", (n_a, 1), "(n_a, 1) with n_a from W_ax")
