@@ -8,6 +8,7 @@ Layout of the package:
 
 - ``api``: the public functions below (validate, lay out, dispatch);
 - ``validation``: argument checks shared by both backends;
+- ``workspace``: reusable memory for repeated training steps;
 - ``backends.numpy_backend``: the reference implementation;
 - ``backends.numba_backend`` + ``backends.numba_kernels``: allocation, and the jitted kernels;
 - ``backends._jit``: the JIT options every kernel uses.
@@ -24,6 +25,7 @@ from .api import (
     rnn_cell_forward,
     rnn_forward,
 )
+from .workspace import Workspace
 
 __version__ = "0.1.0"
 
@@ -37,4 +39,5 @@ __all__ = [
     "rnn_cell_backward",
     "rnn_cell_forward",
     "rnn_forward",
+    "Workspace",
 ]

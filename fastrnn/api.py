@@ -17,6 +17,7 @@ import numpy as np
 
 from . import backends
 from .validation import FLOAT_DTYPES, check_array, check_labels, check_params
+from .workspace import Workspace, new_array
 
 
 class CellCache(NamedTuple):
@@ -40,9 +41,15 @@ class ForwardCache(NamedTuple):
     backend: str
 
 
-def _to_time_major(array):
-    """(n, m, T) -> C-contiguous (T, m, n); no copy when already laid out so."""
-    return np.ascontiguousarray(array.transpose(2, 1, 0))
+def _to_time_major(array, empty=None, name=None):
+    """(n, m, T) -> C-contiguous (T, m, n); no copy when already laid out so.  A copy goes
+    into ``empty(name, shape, dtype)`` when that is given."""
+    transposed = array.transpose(2, 1, 0)
+    if empty is None or transposed.flags.c_contiguous:
+        return np.ascontiguousarray(transposed)
+    out = empty(name, transposed.shape, transposed.dtype)
+    np.copyto(out, transposed)
+    return out
 
 
 def _from_time_major(array):
@@ -227,7 +234,7 @@ def rnn_backward(da, cache):
     return grads
 
 
-def loss_and_grads(x, a0, y, params, *, backend=None):
+def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None):
     """Cross-entropy loss of a batch of sequences and the gradient of every input.
 
     ``L = -(1/m) sum_{i,t} log y_hat[y[i, t], i, t]``: summed over time, averaged over the
@@ -242,6 +249,11 @@ def loss_and_grads(x, a0, y, params, *, backend=None):
     params : dict
         As from ``init_params``; its dtype is the dtype of the results.
     backend : {"numba", "numpy"} or None
+    workspace : Workspace or None
+        Reuse this workspace's arrays instead of allocating: a training loop of one shape
+        then allocates nothing after its first step (Numba backend; the NumPy reference
+        still makes its temporaries).  The returned gradients are views of the workspace,
+        overwritten by its next use.
 
     Returns
     -------
@@ -252,11 +264,19 @@ def loss_and_grads(x, a0, y, params, *, backend=None):
         ``da0`` (n_a, m).
     """
     impl = backends.resolve(backend)
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must be a fastrnn.Workspace or None, got {type(workspace).__name__}")
+    empty = new_array if workspace is None else workspace.empty
     p, dims, x, a0 = _check_sequence_inputs(x, a0, params)
     _, m, T = x.shape
     labels = check_labels(y, "y", (m, T), dims.n_y)
+    xs = _to_time_major(x, empty, "xs")
+    labels_tm = empty("labels", (T, m), labels.dtype)
+    np.copyto(labels_tm, labels.T)
+    # a0 goes in as a view: the backends copy it into h[0].  dx may overwrite xs when xs
+    # is a copy made here, not a view of the caller's x.
     loss, grads = impl.loss_and_grads(
-        _to_time_major(x), np.ascontiguousarray(a0.T), np.ascontiguousarray(labels.T), p
+        xs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=not np.may_share_memory(xs, x)
     )
     grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T

@@ -56,7 +56,8 @@ def _check_nonempty(array, name, meaning):
 
 
 def _check_finite(array, name):
-    if not np.isfinite(array).all():
+    # min and max propagate NaN and show +-inf, without the bool temporary of isfinite(array)
+    if not (np.isfinite(array.min()) and np.isfinite(array.max())):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise ValueError(f"{name} must be finite, got {array[bad]} at index {bad}")
 

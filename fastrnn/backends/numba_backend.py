@@ -2,7 +2,8 @@
 
 ``forward``, ``backward`` and ``loss_and_grads`` take and return what their twins in
 ``numpy_backend.py`` do (time-major arrays, see there).  Each allocates every array the
-kernels need and calls one kernel from ``numba_kernels.py``, which runs the whole operation,
+kernels need, through ``empty(name, shape, dtype)`` (a ``Workspace`` reuses them across
+calls), and calls one kernel from ``numba_kernels.py``, which runs the whole operation,
 time loops and matrix products included, without coming back to Python.
 
 Importing this module imports Numba (and SciPy, whose BLAS Numba's ``np.dot`` calls); the
@@ -11,35 +12,51 @@ kernels compile on first use per dtype, or load from Numba's on-disk cache.
 
 import numpy as np
 
+from ..workspace import new_array
 from . import numba_kernels as kernels
 
 
-def _kernel_params(p):
+def _kernel_params(p, empty):
     """The parameters as the kernels take them: ``W_aa.T`` contiguous, biases 1-D."""
+    W_aa_T = empty("W_aa_T", p["W_aa"].shape, p["W_aa"].dtype)
+    np.copyto(W_aa_T, p["W_aa"].T)
     return {
         "W_ax": p["W_ax"],
         "W_aa": p["W_aa"],
-        "W_aa_T": np.ascontiguousarray(p["W_aa"].T),
+        "W_aa_T": W_aa_T,
         "b_a": p["b_a"].reshape(-1),
         "W_ya": p["W_ya"],
         "b_y": p["b_y"].reshape(-1),
     }
 
 
-def _hidden_states(a0, T):
+def _hidden_states(a0, T, empty):
     """The (T + 1, m, n_a) array of hidden states with ``h[0] = a0``."""
-    h = np.empty((T + 1,) + a0.shape, dtype=a0.dtype)
+    h = empty("h", (T + 1,) + a0.shape, a0.dtype)
     h[0] = a0
     return h
 
 
+def _hidden_grads(xs, n_a, empty, dx=None):
+    """Arrays for the gradients of the hidden layer; ``dx`` may be given (see loss_and_grads)."""
+    T, m, n_x = xs.shape
+    return {
+        "dx": empty("dx", (T, m, n_x), xs.dtype) if dx is None else dx,
+        "da0": empty("da0", (m, n_a), xs.dtype),
+        "dW_ax": empty("dW_ax", (n_a, n_x), xs.dtype),
+        "dW_aa": empty("dW_aa", (n_a, n_a), xs.dtype),
+        "db_a": empty("db_a", (n_a, 1), xs.dtype),
+    }
+
+
 def forward(xs, a0, p):
     """Hidden states (T + 1, m, n_a) and softmax outputs (T, m, n_y)."""
-    k = _kernel_params(p)
+    empty = new_array
+    k = _kernel_params(p, empty)
     T, m, _ = xs.shape
-    h = _hidden_states(a0, T)
-    y_hat = np.empty((T, m, k["b_y"].size), dtype=xs.dtype)
-    rec = np.empty(a0.shape, dtype=xs.dtype)
+    h = _hidden_states(a0, T, empty)
+    y_hat = empty("y_hat", (T, m, k["b_y"].size), xs.dtype)
+    rec = empty("rec", a0.shape, xs.dtype)
     kernels.forward_kernel(xs, k["W_ax"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"], h, rec, y_hat)
     return h, y_hat
 
@@ -47,7 +64,7 @@ def forward(xs, a0, p):
 def backward(da, xs, h, p):
     """BPTT for an outside ``da`` (T, m, n_a); ``da`` is not modified."""
     dz = da.copy()  # the kernel turns da into dz in place
-    grads = _allocate_hidden_grads(xs, p)
+    grads = _hidden_grads(xs, da.shape[2], new_array)
     kernels.backward_kernel(
         dz, xs, h, p["W_ax"], p["W_aa"], grads["da0"], grads["dx"],
         grads["dW_ax"], grads["dW_aa"], grads["db_a"].reshape(-1),
@@ -55,33 +72,27 @@ def backward(da, xs, h, p):
     return grads
 
 
-def _allocate_hidden_grads(xs, p):
-    T, m, n_x = xs.shape
-    n_a = p["W_aa"].shape[0]
-    return {
-        "dx": np.empty((T, m, n_x), dtype=xs.dtype),
-        "da0": np.empty((m, n_a), dtype=xs.dtype),
-        "dW_ax": np.empty((n_a, n_x), dtype=xs.dtype),
-        "dW_aa": np.empty((n_a, n_a), dtype=xs.dtype),
-        "db_a": np.empty((n_a, 1), dtype=xs.dtype),
-    }
+def loss_and_grads(xs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
+    """Loss and every gradient of one training step (see ``numpy_backend.loss_and_grads``).
 
-
-def loss_and_grads(xs, a0, labels, p):
-    """Loss and every gradient of one training step (see ``numpy_backend.loss_and_grads``)."""
-    k = _kernel_params(p)
+    ``xs_is_scratch``: ``xs`` is a copy the caller made for this call, so ``dx`` may be
+    written over it (the kernel reads ``xs`` for the last time before it writes ``dx``);
+    this saves a (T, m, n_x) array.
+    """
+    k = _kernel_params(p, empty)
     T, m, _ = xs.shape
     n_a, n_y = a0.shape[1], k["b_y"].size
-    h = _hidden_states(a0, T)
-    grads = _allocate_hidden_grads(xs, p)
-    grads["dW_ya"] = np.empty((n_y, n_a), dtype=xs.dtype)
-    grads["db_y"] = np.empty((n_y, 1), dtype=xs.dtype)
+    dtype = xs.dtype
+    h = _hidden_states(a0, T, empty)
+    grads = _hidden_grads(xs, n_a, empty, dx=xs if xs_is_scratch else None)
+    grads["dW_ya"] = empty("dW_ya", (n_y, n_a), dtype)
+    grads["db_y"] = empty("db_y", (n_y, 1), dtype)
     loss = kernels.loss_and_grads_kernel(
         xs, labels, k["W_ax"], k["W_aa"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"],
         h,
-        np.empty((m, n_a), dtype=xs.dtype),  # rec
-        np.empty((T, m, n_y), dtype=xs.dtype),  # logits
-        np.empty((T, m, n_a), dtype=xs.dtype),  # dz
+        empty("rec", (m, n_a), dtype),
+        empty("logits", (T, m, n_y), dtype),
+        empty("dz", (T, m, n_a), dtype),
         grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"].reshape(-1),
         grads["dW_ya"], grads["db_y"].reshape(-1),
     )  # fmt: skip

@@ -340,7 +340,8 @@ def hidden_backward(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a):
     da_next : ndarray, shape (m, n_a)
         dL/da<t> through a<t+1>; on exit ``da0``.
     dx, dW_ax, dW_aa : ndarray
-        Filled with the gradients, shapes (T, m, n_x), (n_a, n_x), (n_a, n_a).
+        Filled with the gradients, shapes (T, m, n_x), (n_a, n_x), (n_a, n_a).  ``dx`` may
+        be ``xs`` itself, which is then overwritten.
     db_a : ndarray, shape (n_a,)
         Filled with ``dL/db_a``, summed in the same pass as ``dz``.
     """
@@ -357,10 +358,11 @@ def hidden_backward(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a):
                 dz_t[i, j] = g - g * (a_t[i, j] * a_t[i, j])
                 db_a[j] += dz_t[i, j]
         matmul_into(dz_t, W_aa, da_next)
-    # All weight gradients and dx at once, over the T*m rows.
-    np.dot(rows(dz), W_ax, rows(dx))
+    # All weight gradients and dx at once, over the T*m rows.  dx comes last: the caller
+    # may pass the same array as xs and dx (a copy of x it owns), which is read only above.
     np.dot(rows(dz).T, rows(xs), dW_ax)
     np.dot(rows(dz).T, rows(h[:-1]), dW_aa)
+    np.dot(rows(dz), W_ax, rows(dx))
 
 
 # =======================================================================================

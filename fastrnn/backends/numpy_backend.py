@@ -29,6 +29,8 @@ over all ``T * m`` rows.  The params dict ``p`` holds C-contiguous arrays of one
 
 import numpy as np
 
+from ..workspace import new_array
+
 
 def rows(a):
     """View a (T, m, n) block as the (T * m, n) matrix of its rows (no copy)."""
@@ -38,7 +40,7 @@ def rows(a):
 # -- forward -----------------------------------------------------------------------------
 
 
-def hidden_forward(xs, a0, p):
+def hidden_forward(xs, a0, p, empty=new_array):
     """Run the recurrence over all time steps.
 
     Parameters
@@ -46,6 +48,8 @@ def hidden_forward(xs, a0, p):
     xs : ndarray, shape (T, m, n_x)
     a0 : ndarray, shape (m, n_a)
     p : dict of ndarray (the five parameters)
+    empty : callable
+        ``empty(name, shape, dtype)`` gives the array for ``h`` (a ``Workspace`` reuses it).
 
     Returns
     -------
@@ -54,7 +58,7 @@ def hidden_forward(xs, a0, p):
     """
     T, m, _ = xs.shape
     n_a = p["W_aa"].shape[0]
-    h = np.empty((T + 1, m, n_a), dtype=xs.dtype)
+    h = empty("h", (T + 1, m, n_a), xs.dtype)
     h[0] = a0
     # Input projection for all time steps at once: one (T*m, n_x) @ (n_x, n_a) product.
     z_x = (rows(xs) @ p["W_ax"].T).reshape(T, m, n_a)
@@ -182,8 +186,12 @@ def backward(da, xs, h, p):
     return hidden_backward(da, xs, h, p)
 
 
-def loss_and_grads(xs, a0, labels, p):
+def loss_and_grads(xs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
     """Loss and every gradient of one training step.
+
+    ``empty`` allocates ``h`` and the returned gradients (a ``Workspace`` reuses them); the
+    reference's other arrays are NumPy temporaries.  ``xs_is_scratch`` (the caller allows ``dx`` to overwrite ``xs``) is
+    accepted for the backends' common signature and ignored: the reference keeps them apart.
 
     Returns
     -------
@@ -192,10 +200,14 @@ def loss_and_grads(xs, a0, labels, p):
         ``dW_ax, dW_aa, db_a, dW_ya, db_y`` in the parameters' shapes, ``dx`` (T, m, n_x),
         ``da0`` (m, n_a).
     """
-    h = hidden_forward(xs, a0, p)
+    h = hidden_forward(xs, a0, p, empty)
     loss, dlogits = softmax_cross_entropy(output_logits(h, p), labels)
     dW_ya, db_y, da = output_backward(dlogits, h, p)
     grads = hidden_backward(da, xs, h, p)
     grads["dW_ya"] = dW_ya
     grads["db_y"] = db_y
+    if empty is not new_array:  # with a Workspace, results live in it, as on Numba
+        for name, value in grads.items():
+            grads[name] = empty(name, value.shape, value.dtype)
+            grads[name][...] = value
     return loss, grads

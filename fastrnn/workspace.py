@@ -1,0 +1,53 @@
+"""Reusable memory for repeated training steps of the same shape."""
+
+import numpy as np
+
+
+def new_array(name, shape, dtype):
+    """The allocator used without a workspace: a new uninitialised array every call."""
+    return np.empty(shape, dtype=dtype)
+
+
+class Workspace:
+    """Arrays that repeated ``loss_and_grads`` calls reuse, so that a training loop of one
+    shape allocates nothing after its first step.
+
+    Pass the same workspace to every call (``loss_and_grads(..., workspace=ws)``).  Each
+    internal array (hidden states, logits, the time-major copy of ``x``, every gradient) is
+    kept under a name and reused while its shape and dtype stay the same; a call with other
+    shapes reallocates what changed.
+
+    The gradients a call returns are views of the workspace's arrays: **the next call with
+    the same workspace overwrites them**.  Copy what you keep, and give each thread its own
+    workspace.
+
+    Examples
+    --------
+    >>> ws = fastrnn.Workspace()
+    >>> for x, y in batches:
+    ...     loss, grads = fastrnn.loss_and_grads(x, a0, y, params, workspace=ws)
+    ...     for name in params:
+    ...         params[name] -= lr * grads["d" + name]
+    """
+
+    def __init__(self):
+        self._arrays = {}
+
+    def empty(self, name, shape, dtype):
+        """The array kept under ``name``, reallocated if its shape or dtype differ.
+
+        Its contents are whatever the last call left there.
+        """
+        shape = tuple(shape)
+        array = self._arrays.get(name)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = self._arrays[name] = np.empty(shape, dtype=dtype)
+        return array
+
+    @property
+    def nbytes(self):
+        """Bytes held by the workspace's arrays."""
+        return sum(array.nbytes for array in self._arrays.values())
+
+    def __repr__(self):
+        return f"Workspace({len(self._arrays)} arrays, {self.nbytes / 2**20:.1f} MiB)"
