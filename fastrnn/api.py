@@ -41,15 +41,18 @@ class ForwardCache(NamedTuple):
     backend: str
 
 
-def _to_time_major(array, empty=None, name=None):
-    """(n, m, T) -> C-contiguous (T, m, n); no copy when already laid out so.  A copy goes
-    into ``empty(name, shape, dtype)`` when that is given."""
-    transposed = array.transpose(2, 1, 0)
-    if empty is None or transposed.flags.c_contiguous:
-        return np.ascontiguousarray(transposed)
-    out = empty(name, transposed.shape, transposed.dtype)
-    np.copyto(out, transposed)
+def _contiguous(view, empty=new_array, name=None):
+    """``view`` itself when C-contiguous, else a copy in ``empty(name, shape, dtype)``."""
+    if view.flags.c_contiguous:
+        return view
+    out = empty(name, view.shape, view.dtype)
+    np.copyto(out, view)
     return out
+
+
+def _to_time_major(array, empty=new_array, name=None):
+    """(n, m, T) -> C-contiguous (T, m, n); no copy when already laid out so."""
+    return _contiguous(array.transpose(2, 1, 0), empty, name)
 
 
 def _from_time_major(array):
@@ -271,8 +274,7 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None):
     _, m, T = x.shape
     labels = check_labels(y, "y", (m, T), dims.n_y)
     xs = _to_time_major(x, empty, "xs")
-    labels_tm = empty("labels", (T, m), labels.dtype)
-    np.copyto(labels_tm, labels.T)
+    labels_tm = _contiguous(labels.T, empty, "labels")
     # a0 goes in as a view: the backends copy it into h[0].  dx may overwrite xs when xs
     # is a copy made here, not a view of the caller's x.
     loss, grads = impl.loss_and_grads(
