@@ -237,7 +237,7 @@ def rnn_backward(da, cache):
     return grads
 
 
-def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None):
+def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_state=False):
     """Cross-entropy loss of a batch of sequences and the gradient of every input.
 
     ``L = -(1/m) sum_{i,t} log y_hat[y[i, t], i, t]``: summed over time, averaged over the
@@ -257,6 +257,9 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None):
         then allocates nothing after its first step (Numba backend; the NumPy reference
         still makes its temporaries).  The returned gradients are views of the workspace,
         overwritten by its next use.
+    return_state : bool
+        Also return the last hidden state a<T>, shape (n_a, m), to carry over to the next
+        chunk of a long sequence (truncated BPTT: pass it as the next ``a0``).
 
     Returns
     -------
@@ -265,21 +268,68 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None):
     grads : dict
         ``dW_ax, dW_aa, db_a, dW_ya, db_y`` (the parameters' shapes), ``dx`` (n_x, m, T),
         ``da0`` (n_a, m).
+    a_last : ndarray, shape (n_a, m)
+        Only with ``return_state=True``.
     """
-    impl = backends.resolve(backend)
-    if workspace is not None and not isinstance(workspace, Workspace):
-        raise TypeError(f"workspace must be a fastrnn.Workspace or None, got {type(workspace).__name__}")
-    empty = new_array if workspace is None else workspace.empty
+    impl, empty = _resolve(backend, workspace)
     p, dims, x, a0 = _check_sequence_inputs(x, a0, params)
-    _, m, T = x.shape
-    labels = check_labels(y, "y", (m, T), dims.n_y)
     xs = _to_time_major(x, empty, "xs")
+    # dx may overwrite xs when xs is a copy made here, not a view of the caller's x.
+    scratch = not np.may_share_memory(xs, x)
+    return _loss_and_grads(impl, empty, xs, a0, y, p, dims, return_state, xs_is_scratch=scratch)
+
+
+def loss_and_grads_onehot(x_index, a0, y, params, *, backend=None, workspace=None, return_state=False):
+    """``loss_and_grads`` for one-hot inputs given by the index of their 1 (text, tokens).
+
+    The same result as ``loss_and_grads`` on the dense one-hot ``x`` (``x[x_index[i, t], i,
+    t] = 1``), without building it: a one-hot x<t> selects a column of ``W_ax``, so the
+    input projection is a lookup and ``dW_ax`` a scatter-add.
+
+    Parameters
+    ----------
+    x_index : array_like of int, shape (m, T)
+        Index in ``[0, n_x)`` of each input's 1.
+    a0, y, params, backend, workspace, return_state
+        As in ``loss_and_grads``.
+
+    Returns
+    -------
+    loss, grads[, a_last]
+        As in ``loss_and_grads``, but ``grads`` has no ``dx``.
+    """
+    impl, empty = _resolve(backend, workspace)
+    p, dims = check_params(params)
+    x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
+    a0 = check_array(a0, "a0", (dims.n_a, x_index.shape[0]), "(n_a, m)", dims.dtype)
+    x_index_tm = _contiguous(x_index.T, empty, "x_index")
+    return _loss_and_grads(impl, empty, x_index_tm, a0, y, p, dims, return_state)
+
+
+def _resolve(backend, workspace):
+    """The backend module and the allocator for a call."""
+    impl = backends.resolve(backend)
+    if workspace is None:
+        return impl, new_array
+    if not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must be a fastrnn.Workspace or None, got {type(workspace).__name__}")
+    return impl, workspace.empty
+
+
+def _loss_and_grads(impl, empty, inputs, a0, y, p, dims, return_state, xs_is_scratch=False):
+    """The shared second half of the two loss functions: labels, dispatch, lay back out.
+
+    ``inputs`` are already time-major: ``xs`` (T, m, n_x) or ``x_index`` (T, m).
+    """
+    T, m = inputs.shape[:2]
+    labels = check_labels(y, "y", (m, T), dims.n_y)
     labels_tm = _contiguous(labels.T, empty, "labels")
-    # a0 goes in as a view: the backends copy it into h[0].  dx may overwrite xs when xs
-    # is a copy made here, not a view of the caller's x.
-    loss, grads = impl.loss_and_grads(
-        xs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=not np.may_share_memory(xs, x)
+    # a0 goes in as a view: the backends copy it into h[0].
+    loss, grads, a_last = impl.loss_and_grads(
+        inputs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=xs_is_scratch
     )
-    grads["dx"] = _from_time_major(grads["dx"])
+    if "dx" in grads:
+        grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T
-    return dims.dtype.type(loss), grads
+    loss = dims.dtype.type(loss)
+    return (loss, grads, a_last.T) if return_state else (loss, grads)

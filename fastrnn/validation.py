@@ -167,8 +167,15 @@ def check_array(value, name, expected, meaning, dtype):
     return converted
 
 
-def check_labels(value, name, expected, n_y):
-    """Check integer class labels of shape ``expected`` = (m, T), each in ``[0, n_y)``.
+def check_labels(value, name, expected, n_classes, what="class labels"):
+    """Check integer labels (or indices) of shape ``expected``, each in ``[0, n_classes)``.
+
+    Parameters
+    ----------
+    expected : tuple of int or None
+        The required shape, e.g. (m, T); None entries are free sizes (at least 1).
+    what : str
+        What the integers are, for messages ("class labels", "one-hot indices").
 
     Returns
     -------
@@ -176,17 +183,20 @@ def check_labels(value, name, expected, n_y):
         The labels (a new array where the dtype differs).
     """
     if isinstance(value, (dict, str, bytes)) or value is None:
-        raise TypeError(f"{name} must be an integer array of class labels, got {_describe(value)}")
+        raise TypeError(f"{name} must be an integer array of {what}, got {_describe(value)}")
     array = np.asarray(value)
     if array.dtype.kind not in "iu":
         raise TypeError(
-            f"{name} must hold integer class labels in [0, {n_y}), got {_describe(array)}; "
+            f"{name} must hold integer {what} in [0, {n_classes}), got {_describe(array)}; "
             f"convert with .astype(int) if the values are whole numbers"
         )
-    _check_shape(array, name, expected, "(m, T)")
+    if array.ndim != len(expected):
+        raise ValueError(f"{name} must be {len(expected)}-dimensional (m, T), got {array.ndim} dimensions, shape {array.shape}")
+    _check_nonempty(array, name, "(m, T)")
+    _check_shape(array, name, tuple(got if want is None else want for want, got in zip(expected, array.shape)), "(m, T)")
     low, high = array.min(), array.max()
-    if low < 0 or high >= n_y:
+    if low < 0 or high >= n_classes:
         bad_value = low if low < 0 else high
         bad = tuple(int(i) for i in np.argwhere(array == bad_value)[0])
-        raise ValueError(f"{name} must hold class labels in [0, {n_y}) (n_y = {n_y}), got {bad_value} at index {bad}")
+        raise ValueError(f"{name} must hold {what} in [0, {n_classes}), got {bad_value} at index {bad}")
     return array.astype(np.intp, copy=False)

@@ -37,11 +37,11 @@ def _hidden_states(a0, T, empty):
     return h
 
 
-def _hidden_grads(xs, n_a, empty, dx=None):
-    """Arrays for the gradients of the hidden layer; ``dx`` may be given (see loss_and_grads)."""
+def _hidden_grads(xs, n_a, empty):
+    """Arrays for the gradients of the hidden layer and the inputs."""
     T, m, n_x = xs.shape
     return {
-        "dx": empty("dx", (T, m, n_x), xs.dtype) if dx is None else dx,
+        "dx": empty("dx", (T, m, n_x), xs.dtype),
         "da0": empty("da0", (m, n_a), xs.dtype),
         "dW_ax": empty("dW_ax", (n_a, n_x), xs.dtype),
         "dW_aa": empty("dW_aa", (n_a, n_a), xs.dtype),
@@ -72,28 +72,54 @@ def backward(da, xs, h, p):
     return grads
 
 
-def loss_and_grads(xs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
+def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
     """Loss and every gradient of one training step (see ``numpy_backend.loss_and_grads``).
 
+    ``inputs`` is dense ``xs`` (T, m, n_x) or one-hot ``x_index`` (T, m).
     ``xs_is_scratch``: ``xs`` is a copy the caller made for this call, so ``dx`` may be
     written over it (the kernel reads ``xs`` for the last time before it writes ``dx``);
     this saves a (T, m, n_x) array.
+
+    Returns
+    -------
+    loss : float
+    grads : dict
+    a_last : ndarray, shape (m, n_a)
     """
     k = _kernel_params(p, empty)
-    T, m, _ = xs.shape
-    n_a, n_y = a0.shape[1], k["b_y"].size
-    dtype = xs.dtype
+    one_hot = inputs.ndim == 2
+    T, m = inputs.shape[:2]
+    n_x, n_a, n_y = p["W_ax"].shape[1], a0.shape[1], k["b_y"].size
+    dtype = p["W_aa"].dtype
     h = _hidden_states(a0, T, empty)
-    grads = _hidden_grads(xs, n_a, empty, dx=xs if xs_is_scratch else None)
-    grads["dW_ya"] = empty("dW_ya", (n_y, n_a), dtype)
-    grads["db_y"] = empty("db_y", (n_y, 1), dtype)
-    loss = kernels.loss_and_grads_kernel(
-        xs, labels, k["W_ax"], k["W_aa"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"],
+    grads = {
+        "da0": empty("da0", (m, n_a), dtype),
+        "dW_ax": empty("dW_ax", (n_a, n_x), dtype),
+        "dW_aa": empty("dW_aa", (n_a, n_a), dtype),
+        "db_a": empty("db_a", (n_a, 1), dtype),
+        "dW_ya": empty("dW_ya", (n_y, n_a), dtype),
+        "db_y": empty("db_y", (n_y, 1), dtype),
+    }
+    workspaces = (
         h,
         empty("rec", (m, n_a), dtype),
         empty("logits", (T, m, n_y), dtype),
         empty("dz", (T, m, n_a), dtype),
-        grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"].reshape(-1),
-        grads["dW_ya"], grads["db_y"].reshape(-1),
-    )  # fmt: skip
-    return loss, grads
+        grads["da0"],
+    )
+    if one_hot:
+        W_ax_T = empty("W_ax_T", (n_x, n_a), dtype)
+        np.copyto(W_ax_T, p["W_ax"].T)
+        loss = kernels.loss_and_grads_onehot_kernel(
+            inputs, labels, W_ax_T, k["W_aa"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"],
+            *workspaces, empty("dW_ax_T", (n_x, n_a), dtype), grads["dW_ax"], grads["dW_aa"],
+            grads["db_a"].reshape(-1), grads["dW_ya"], grads["db_y"].reshape(-1),
+        )  # fmt: skip
+    else:
+        grads["dx"] = inputs if xs_is_scratch else empty("dx", inputs.shape, dtype)
+        loss = kernels.loss_and_grads_kernel(
+            inputs, labels, k["W_ax"], k["W_aa"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"],
+            *workspaces, grads["dx"], grads["dW_ax"], grads["dW_aa"],
+            grads["db_a"].reshape(-1), grads["dW_ya"], grads["db_y"].reshape(-1),
+        )  # fmt: skip
+    return loss, grads, h[-1]

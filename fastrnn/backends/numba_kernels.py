@@ -215,25 +215,44 @@ def rows(a):
 
 
 @inline_kernel
-def hidden_forward(xs, W_ax, W_aa_T, b_a, h, rec):
-    """Fill ``h[1:]`` with the hidden states a<1..T> (``numpy_backend.hidden_forward``).
+def input_projection(xs, W_ax, h):
+    """``h[1:] = xs @ W_ax.T``: the input projection of all steps, one product, written
+    where ``hidden_forward`` turns it into hidden states in place."""
+    np.dot(rows(xs), W_ax.T, rows(h[1:]))
+
+
+@inline_kernel
+def input_lookup(x_index, W_ax_T, h):
+    """``h[t+1, i] = W_ax[:, x_index[t, i]]``: the projection of one-hot inputs, a lookup.
+
+    ``x_index`` is checked by the caller to lie in ``[0, n_x)``: kernels do not check bounds.
+    """
+    T, m = x_index.shape
+    n_a = W_ax_T.shape[1]
+    for t in range(T):
+        for i in range(m):
+            column = W_ax_T[x_index[t, i]]
+            a_t = h[t + 1, i]
+            for j in range(n_a):
+                a_t[j] = column[j]
+
+
+@inline_kernel
+def hidden_forward(W_aa_T, b_a, h, rec):
+    """The recurrence (``numpy_backend.hidden_forward``): ``h[1:]`` holds the input
+    projection on entry and the hidden states a<1..T> on exit.
 
     Parameters
     ----------
-    xs : ndarray, shape (T, m, n_x)
-    W_ax : ndarray, shape (n_a, n_x)
     W_aa_T : ndarray, shape (n_a, n_a)
         ``W_aa.T``, contiguous, so that the small-size loops walk rows.
     b_a : ndarray, shape (n_a,)
     h : ndarray, shape (T + 1, m, n_a)
-        ``h[0]`` holds a0 on entry; on exit ``h[t] = a<t>``.
+        ``h[0]`` holds a0.
     rec : ndarray, shape (m, n_a)
         Workspace for the recurrent term ``h[t-1] @ W_aa.T``.
     """
     m, n_a = rec.shape
-    # Input projection for all time steps at once, written into h[1:], which the loop
-    # then turns into hidden states in place.
-    np.dot(rows(xs), W_ax.T, rows(h[1:]))
     for t in range(1, h.shape[0]):
         # The only sequential part: W_aa a<t-1> needs the previous step.
         matmul_into(h[t - 1], W_aa_T, rec)
@@ -325,7 +344,7 @@ def output_backward(dlogits, h, W_ya, dW_ya, da):
 
 
 @inline_kernel
-def hidden_backward(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a):
+def hidden_backward(dz, h, W_aa, da_next, dW_aa, db_a):
     """Backpropagation through time (``numpy_backend.hidden_backward``), in place.
 
     Parameters
@@ -333,15 +352,13 @@ def hidden_backward(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a):
     dz : ndarray, shape (T, m, n_a)
         On entry ``da``, dL/da<t> from outside the recurrence; on exit dL/dz<t>, z<t>
         the argument of tanh at step t.
-    xs : ndarray, shape (T, m, n_x)
     h : ndarray, shape (T + 1, m, n_a)
         Hidden states from the forward pass; ``1 - h**2`` is tanh's derivative.
-    W_ax, W_aa : ndarray
+    W_aa : ndarray, shape (n_a, n_a)
     da_next : ndarray, shape (m, n_a)
         dL/da<t> through a<t+1>; on exit ``da0``.
-    dx, dW_ax, dW_aa : ndarray
-        Filled with the gradients, shapes (T, m, n_x), (n_a, n_x), (n_a, n_a).  ``dx`` may
-        be ``xs`` itself, which is then overwritten.
+    dW_aa : ndarray, shape (n_a, n_a)
+        Filled with the gradient.
     db_a : ndarray, shape (n_a,)
         Filled with ``dL/db_a``, summed in the same pass as ``dz``.
     """
@@ -358,11 +375,35 @@ def hidden_backward(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a):
                 dz_t[i, j] = g - g * (a_t[i, j] * a_t[i, j])
                 db_a[j] += dz_t[i, j]
         matmul_into(dz_t, W_aa, da_next)
-    # All weight gradients and dx at once, over the T*m rows.  dx comes last: the caller
-    # may pass the same array as xs and dx (a copy of x it owns), which is read only above.
-    np.dot(rows(dz).T, rows(xs), dW_ax)
     np.dot(rows(dz).T, rows(h[:-1]), dW_aa)
+
+
+@inline_kernel
+def input_backward(dz, xs, W_ax, dx, dW_ax):
+    """``dW_ax = dz.T @ xs`` and ``dx = dz @ W_ax``, one product each
+    (``numpy_backend.input_backward``).  ``dx`` may be ``xs`` itself (a copy the caller
+    owns): it is written last, after the only read of ``xs``."""
+    np.dot(rows(dz).T, rows(xs), dW_ax)
     np.dot(rows(dz), W_ax, rows(dx))
+
+
+@inline_kernel
+def input_lookup_backward(dz, x_index, dW_ax_T, dW_ax):
+    """``dW_ax`` for one-hot inputs: each row of ``dz`` added to the column its input
+    selected (``numpy_backend.input_backward``), accumulated in the rows of ``dW_ax_T``
+    (contiguous) and then transposed into ``dW_ax``."""
+    T, m = x_index.shape
+    n_x, n_a = dW_ax_T.shape
+    dW_ax_T[:] = 0
+    for t in range(T):
+        for i in range(m):
+            row = dW_ax_T[x_index[t, i]]
+            dz_ti = dz[t, i]
+            for j in range(n_a):
+                row[j] += dz_ti[j]
+    for j in range(n_a):
+        for k in range(n_x):
+            dW_ax[j, k] = dW_ax_T[k, j]
 
 
 # =======================================================================================
@@ -374,7 +415,8 @@ def hidden_backward(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a):
 @kernel
 def forward_kernel(xs, W_ax, W_aa_T, b_a, W_ya, b_y, h, rec, y_hat):
     """Hidden states into ``h[1:]`` (``h[0] = a0`` on entry), softmax outputs into ``y_hat``."""
-    hidden_forward(xs, W_ax, W_aa_T, b_a, h, rec)
+    input_projection(xs, W_ax, h)
+    hidden_forward(W_aa_T, b_a, h, rec)
     output_logits(h, W_ya, y_hat)
     softmax(y_hat, b_y)
 
@@ -382,7 +424,8 @@ def forward_kernel(xs, W_ax, W_aa_T, b_a, W_ya, b_y, h, rec, y_hat):
 @kernel
 def backward_kernel(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a):
     """BPTT for an outside ``da`` (copied into ``dz`` by the caller)."""
-    hidden_backward(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a)
+    hidden_backward(dz, h, W_aa, da_next, dW_aa, db_a)
+    input_backward(dz, xs, W_ax, dx, dW_ax)
 
 
 @kernel
@@ -390,14 +433,33 @@ def loss_and_grads_kernel(
     xs, labels, W_ax, W_aa, W_aa_T, b_a, W_ya, b_y,
     h, rec, logits, dz, da_next, dx, dW_ax, dW_aa, db_a, dW_ya, db_y,
 ):  # fmt: skip
-    """One training step: forward, loss and every gradient; returns the loss.
+    """One training step on dense inputs: forward, loss and every gradient; returns the loss.
 
-    ``h[0]`` holds a0 on entry; every other array after ``b_y`` is a workspace or an
-    output, overwritten.  ``logits`` ends as ``dL/dlogits`` and ``dz`` as ``dL/dz``.
+    ``h[0]`` holds a0 on entry; every array after ``b_y`` is a workspace or an output,
+    overwritten.  ``logits`` ends as ``dL/dlogits`` and ``dz`` as ``dL/dz``.
     """
-    hidden_forward(xs, W_ax, W_aa_T, b_a, h, rec)
+    input_projection(xs, W_ax, h)
+    hidden_forward(W_aa_T, b_a, h, rec)
     output_logits(h, W_ya, logits)
     loss = softmax_cross_entropy(logits, b_y, labels, db_y)
     output_backward(logits, h, W_ya, dW_ya, dz)
-    hidden_backward(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a)
+    hidden_backward(dz, h, W_aa, da_next, dW_aa, db_a)
+    input_backward(dz, xs, W_ax, dx, dW_ax)
+    return loss
+
+
+@kernel
+def loss_and_grads_onehot_kernel(
+    x_index, labels, W_ax_T, W_aa, W_aa_T, b_a, W_ya, b_y,
+    h, rec, logits, dz, da_next, dW_ax_T, dW_ax, dW_aa, db_a, dW_ya, db_y,
+):  # fmt: skip
+    """``loss_and_grads_kernel`` for one-hot inputs given by their indices (T, m): the
+    projection is a lookup of ``W_ax``'s columns and ``dW_ax`` a scatter-add; no dx."""
+    input_lookup(x_index, W_ax_T, h)
+    hidden_forward(W_aa_T, b_a, h, rec)
+    output_logits(h, W_ya, logits)
+    loss = softmax_cross_entropy(logits, b_y, labels, db_y)
+    output_backward(logits, h, W_ya, dW_ya, dz)
+    hidden_backward(dz, h, W_aa, da_next, dW_aa, db_a)
+    input_lookup_backward(dz, x_index, dW_ax_T, dW_ax)
     return loss

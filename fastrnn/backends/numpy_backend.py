@@ -11,6 +11,7 @@ Internal layout (both backends).  The public API takes the seed notebook's layou
 name        shape             meaning
 ==========  ================  =====================================================
 ``xs``      (T, m, n_x)       inputs; ``xs[t]`` is x<t+1> transposed
+``x_index`` (T, m) intp       one-hot inputs, given by the index of their 1
 ``h``       (T + 1, m, n_a)   hidden states; ``h[0]`` is a0, ``h[t]`` is a<t>
 ``logits``  (T, m, n_y)       ``W_ya a<t> + b_y`` transposed
 ``labels``  (T, m) intp       target class of each row
@@ -23,7 +24,9 @@ weight gradients are single matrix products.
 
 Only the two recurrences (``hidden_forward`` and ``hidden_backward``) loop over time; the
 input projection, the output layer and all weight gradients are one matrix product each
-over all ``T * m`` rows.  The params dict ``p`` holds C-contiguous arrays of one dtype
+over all ``T * m`` rows.  Functions that take ``inputs`` accept either ``xs`` or
+``x_index``: a one-hot x<t> selects a column of ``W_ax``, so the projection becomes a
+lookup and ``dW_ax`` a scatter-add, and no dense one-hot array is ever built.  The params dict ``p`` holds C-contiguous arrays of one dtype
 (float32 or float64) in the seed's shapes; every function computes in that dtype.
 """
 
@@ -40,12 +43,28 @@ def rows(a):
 # -- forward -----------------------------------------------------------------------------
 
 
-def hidden_forward(xs, a0, p, empty=new_array):
+def input_projection(inputs, p):
+    """``W_ax x<t>`` for every step at once, as rows: shape (T, m, n_a).
+
+    Parameters
+    ----------
+    inputs : ndarray
+        Dense ``xs`` (T, m, n_x): one (T*m, n_x) @ (n_x, n_a) product.  Or ``x_index``
+        (T, m) of one-hot inputs: each row is the column of ``W_ax`` its index selects.
+    """
+    if inputs.ndim == 2:
+        return p["W_ax"].T[inputs]
+    T, m, _ = inputs.shape
+    return (rows(inputs) @ p["W_ax"].T).reshape(T, m, -1)
+
+
+def hidden_forward(z_x, a0, p, empty=new_array):
     """Run the recurrence over all time steps.
 
     Parameters
     ----------
-    xs : ndarray, shape (T, m, n_x)
+    z_x : ndarray, shape (T, m, n_a)
+        The input projection (``input_projection``).
     a0 : ndarray, shape (m, n_a)
     p : dict of ndarray (the five parameters)
     empty : callable
@@ -56,12 +75,9 @@ def hidden_forward(xs, a0, p, empty=new_array):
     h : ndarray, shape (T + 1, m, n_a)
         ``h[0] = a0``, ``h[t] = a<t>``.
     """
-    T, m, _ = xs.shape
-    n_a = p["W_aa"].shape[0]
-    h = empty("h", (T + 1, m, n_a), xs.dtype)
+    T, m, n_a = z_x.shape
+    h = empty("h", (T + 1, m, n_a), z_x.dtype)
     h[0] = a0
-    # Input projection for all time steps at once: one (T*m, n_x) @ (n_x, n_a) product.
-    z_x = (rows(xs) @ p["W_ax"].T).reshape(T, m, n_a)
     b_a = p["b_a"].T  # (1, n_a), broadcast over the batch
     for t in range(T):
         # The only sequential part: W_aa a<t-1> needs the previous step.
@@ -90,7 +106,7 @@ def forward(xs, a0, p):
     h : ndarray, shape (T + 1, m, n_a)
     y_hat : ndarray, shape (T, m, n_y)
     """
-    h = hidden_forward(xs, a0, p)
+    h = hidden_forward(input_projection(xs, p), a0, p)
     return h, softmax(output_logits(h, p))
 
 
@@ -148,66 +164,97 @@ def output_backward(dlogits, h, p):
     return dW_ya, db_y, da
 
 
-def hidden_backward(da, xs, h, p):
+def hidden_backward(da, h, p):
     """Backpropagation through time (the seed's ``backward_pass``, with its bugs fixed).
 
     Parameters
     ----------
     da : ndarray, shape (T, m, n_a)
         ``dL/da<t>`` from outside the recurrence.
-    xs : ndarray, shape (T, m, n_x)
     h : ndarray, shape (T + 1, m, n_a)
         From ``hidden_forward``; ``1 - h**2`` is tanh's derivative, no tanh is recomputed.
 
     Returns
     -------
-    dict
-        ``dx`` (T, m, n_x), ``da0`` (m, n_a), ``dW_ax`` (n_a, n_x), ``dW_aa`` (n_a, n_a),
-        ``db_a`` (n_a, 1).
+    dz : ndarray, shape (T, m, n_a)
+        ``dL/dz<t>``, z<t> the argument of tanh at step t (for ``input_backward``).
+    grads : dict
+        ``da0`` (m, n_a), ``dW_aa`` (n_a, n_a), ``db_a`` (n_a, 1).
     """
-    dz = np.empty_like(da)  # dL/dz<t>, z<t> the argument of tanh at step t
+    dz = np.empty_like(da)
     da_next = np.zeros_like(da[0])  # dL/da<t> through a<t+1>; zero after the last step
     for t in range(da.shape[0] - 1, -1, -1):
         dz[t] = (da[t] + da_next) * (1 - h[t + 1] ** 2)
         da_next = dz[t] @ p["W_aa"]
-    # All weight gradients and dx at once, over the T*m rows.
+    # The weight gradients at once, over the T*m rows.
     dz_rows = rows(dz)
-    return {
-        "dx": (dz_rows @ p["W_ax"]).reshape(xs.shape),
-        "da0": da_next,
-        "dW_ax": dz_rows.T @ rows(xs),
-        "dW_aa": dz_rows.T @ rows(h[:-1]),
-        "db_a": dz_rows.sum(axis=0)[:, None],
-    }
+    return dz, {"da0": da_next, "dW_aa": dz_rows.T @ rows(h[:-1]), "db_a": dz_rows.sum(axis=0)[:, None]}
+
+
+def input_backward(dz, inputs, p):
+    """``dW_ax`` (n_a, n_x) and ``dx`` (T, m, n_x), or None for one-hot ``x_index`` inputs.
+
+    For one-hot inputs ``dW_ax = dz.T @ onehot(x_index)``: each row of ``dz`` is added to
+    the column of ``dW_ax`` its input selected.
+    """
+    dz_rows = rows(dz)
+    if inputs.ndim == 2:
+        dW_ax_T = np.zeros(p["W_ax"].T.shape, dtype=dz.dtype)
+        np.add.at(dW_ax_T, inputs.reshape(-1), dz_rows)
+        return dW_ax_T.T, None
+    return dz_rows.T @ rows(inputs), (dz_rows @ p["W_ax"]).reshape(inputs.shape)
 
 
 def backward(da, xs, h, p):
-    """Gradients for an outside ``da``: the public ``rnn_backward``."""
-    return hidden_backward(da, xs, h, p)
+    """Gradients for an outside ``da``: the public ``rnn_backward``.
+
+    Returns
+    -------
+    dict
+        ``dx`` (T, m, n_x), ``da0`` (m, n_a), ``dW_ax``, ``dW_aa``, ``db_a``.
+    """
+    dz, grads = hidden_backward(da, h, p)
+    grads["dW_ax"], grads["dx"] = input_backward(dz, xs, p)
+    return grads
 
 
-def loss_and_grads(xs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
+def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
     """Loss and every gradient of one training step.
 
-    ``empty`` allocates ``h`` and the returned gradients (a ``Workspace`` reuses them); the
-    reference's other arrays are NumPy temporaries.  ``xs_is_scratch`` (the caller allows ``dx`` to overwrite ``xs``) is
-    accepted for the backends' common signature and ignored: the reference keeps them apart.
+    Parameters
+    ----------
+    inputs : ndarray
+        ``xs`` (T, m, n_x) or one-hot ``x_index`` (T, m).
+    a0 : ndarray, shape (m, n_a)
+    labels : ndarray of intp, shape (T, m)
+    p : dict of ndarray
+    empty : callable
+        Allocates ``h`` and the returned gradients (a ``Workspace`` reuses them); the
+        reference's other arrays are NumPy temporaries.
+    xs_is_scratch : bool
+        The caller allows ``dx`` to overwrite ``xs``: accepted for the backends' common
+        signature and ignored, the reference keeps them apart.
 
     Returns
     -------
     loss : float
     grads : dict
-        ``dW_ax, dW_aa, db_a, dW_ya, db_y`` in the parameters' shapes, ``dx`` (T, m, n_x),
-        ``da0`` (m, n_a).
+        ``dW_ax, dW_aa, db_a, dW_ya, db_y`` in the parameters' shapes, ``da0`` (m, n_a),
+        and ``dx`` (T, m, n_x) for dense inputs.
+    a_last : ndarray, shape (m, n_a)
+        The last hidden state a<T>, for carrying over to the next chunk of a stream.
     """
-    h = hidden_forward(xs, a0, p, empty)
+    h = hidden_forward(input_projection(inputs, p), a0, p, empty)
     loss, dlogits = softmax_cross_entropy(output_logits(h, p), labels)
     dW_ya, db_y, da = output_backward(dlogits, h, p)
-    grads = hidden_backward(da, xs, h, p)
+    dz, grads = hidden_backward(da, h, p)
+    grads["dW_ax"], dx = input_backward(dz, inputs, p)
+    if dx is not None:
+        grads["dx"] = dx
     grads["dW_ya"] = dW_ya
     grads["db_y"] = db_y
     if empty is not new_array:  # with a Workspace, results live in it, as on Numba
         for name, value in grads.items():
             grads[name] = empty(name, value.shape, value.dtype)
             grads[name][...] = value
-    return loss, grads
+    return loss, grads, h[-1]
