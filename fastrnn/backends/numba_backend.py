@@ -123,3 +123,36 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
             grads["db_a"].reshape(-1), grads["dW_ya"], grads["db_y"].reshape(-1),
         )  # fmt: skip
     return loss, grads, h[-1]
+
+
+# -- optimizers: numpy_backend's functions, on flat views of contiguous arrays ------------
+
+
+def _flat(*arrays):
+    return [a.reshape(-1) for a in arrays]
+
+
+def sgd_update(param, grad, velocity, lr, momentum):
+    kernels.sgd_update(*_flat(param, grad, velocity), lr, momentum)
+
+
+def adagrad_update(param, grad, sum_sq, lr, eps):
+    kernels.adagrad_update(*_flat(param, grad, sum_sq), lr, eps)
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
+    dtype = param.dtype.type
+    correction1, correction2 = dtype(1 - float(beta1) ** step), dtype(1 - float(beta2) ** step)
+    kernels.adam_update(*_flat(param, grad, m, v), lr, beta1, beta2, eps, correction1, correction2)
+
+
+def clip_by_value(grad, limit):
+    kernels.clip_by_value(grad.reshape(-1), limit)
+
+
+def sum_of_squares(grad):
+    return kernels.sum_of_squares(grad.reshape(-1))
+
+
+def scale(grad, factor):
+    kernels.scale(grad.reshape(-1), factor)

@@ -463,3 +463,57 @@ def loss_and_grads_onehot_kernel(
     hidden_backward(dz, h, W_aa, da_next, dW_aa, db_a)
     input_lookup_backward(dz, x_index, dW_ax_T, dW_ax)
     return loss
+
+
+# =======================================================================================
+# 5. Optimizer updates (numpy_backend's sgd_update, adagrad_update, adam_update and the
+# clipping helpers), over flat C-contiguous views of one parameter and its state.  Scalars
+# arrive in the parameter's dtype, so float32 stays float32.
+# =======================================================================================
+
+
+@kernel
+def sgd_update(param, grad, velocity, lr, momentum):
+    for k in range(param.size):
+        velocity[k] = momentum * velocity[k] + grad[k]
+        param[k] -= lr * velocity[k]
+
+
+@kernel
+def adagrad_update(param, grad, sum_sq, lr, eps):
+    for k in range(param.size):
+        sum_sq[k] += grad[k] * grad[k]
+        param[k] -= lr * grad[k] / np.sqrt(sum_sq[k] + eps)
+
+
+@kernel
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, correction1, correction2):
+    """``correction1 = 1 - beta1**step`` and ``correction2 = 1 - beta2**step`` come from
+    the caller (computed once, in float64, then cast)."""
+    one = param.dtype.type(1)
+    for k in range(param.size):
+        g = grad[k]
+        m[k] = beta1 * m[k] + (one - beta1) * g
+        v[k] = beta2 * v[k] + (one - beta2) * g * g
+        param[k] -= lr * (m[k] / correction1) / (np.sqrt(v[k] / correction2) + eps)
+
+
+@kernel
+def clip_by_value(grad, limit):
+    for k in range(grad.size):
+        grad[k] = min(max(grad[k], -limit), limit)
+
+
+@kernel
+def sum_of_squares(grad):
+    total = 0.0
+    for k in range(grad.size):
+        g = np.float64(grad[k])
+        total += g * g
+    return total
+
+
+@kernel
+def scale(grad, factor):
+    for k in range(grad.size):
+        grad[k] *= factor

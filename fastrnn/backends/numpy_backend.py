@@ -201,7 +201,7 @@ def input_backward(dz, inputs, p):
     if inputs.ndim == 2:
         dW_ax_T = np.zeros(p["W_ax"].T.shape, dtype=dz.dtype)
         np.add.at(dW_ax_T, inputs.reshape(-1), dz_rows)
-        return dW_ax_T.T, None
+        return np.ascontiguousarray(dW_ax_T.T), None
     return dz_rows.T @ rows(inputs), (dz_rows @ p["W_ax"]).reshape(inputs.shape)
 
 
@@ -258,3 +258,53 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
             grads[name] = empty(name, value.shape, value.dtype)
             grads[name][...] = value
     return loss, grads, h[-1]
+
+
+# -- optimizers: in-place parameter updates (fastrnn.optim) ------------------------------
+# Each takes one parameter array, its gradient and the optimizer's state arrays of the same
+# shape, and updates them in place.  Scalars are of the parameter's dtype.
+
+
+def sgd_update(param, grad, velocity, lr, momentum):
+    """``velocity = momentum * velocity + grad``; ``param -= lr * velocity`` (PyTorch's form)."""
+    velocity *= momentum
+    velocity += grad
+    param -= lr * velocity
+
+
+def adagrad_update(param, grad, sum_sq, lr, eps):
+    """``sum_sq += grad**2``; ``param -= lr * grad / sqrt(sum_sq + eps)`` (min-char-rnn's form)."""
+    sum_sq += grad * grad
+    param -= lr * grad / np.sqrt(sum_sq + eps)
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
+    """Adam (Kingma and Ba) with bias correction; ``step`` counts from 1.
+
+    ``m = beta1 m + (1 - beta1) grad``, ``v = beta2 v + (1 - beta2) grad**2``,
+    ``param -= lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1 - beta1**step)``,
+    ``v_hat = v / (1 - beta2**step)``.
+    """
+    m *= beta1
+    m += (1 - beta1) * grad
+    v *= beta2
+    v += (1 - beta2) * grad * grad
+    m_hat = m / (1 - beta1**step)
+    v_hat = v / (1 - beta2**step)
+    param -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def clip_by_value(grad, limit):
+    """Clip every entry of ``grad`` to ``[-limit, limit]``, in place."""
+    np.clip(grad, -limit, limit, out=grad)
+
+
+def sum_of_squares(grad):
+    """``sum(grad**2)`` in float64 (for the global norm)."""
+    flat = grad.reshape(-1).astype(np.float64)
+    return float(flat @ flat)
+
+
+def scale(grad, factor):
+    """``grad *= factor``, in place."""
+    grad *= factor

@@ -1,0 +1,135 @@
+"""Optimizers against their formulas on hand-computed cases, and clipping; both backends."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import optim
+from fastrnn.validation import PARAM_NAMES
+
+
+def one_value_problem(value, grad, dtype=np.float64):
+    """Params and grads whose every entry is ``value`` and ``grad`` (shapes of a tiny RNN)."""
+    params = {k: np.full_like(v, value) for k, v in fastrnn.init_params(2, 3, 2, dtype=dtype).items()}
+    grads = {"d" + k: np.full_like(v, grad) for k, v in params.items()}
+    return params, grads
+
+
+def assert_all(params, expected, dtype):
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(params[name], expected, rtol=rtol, err_msg=name)
+        assert params[name].dtype == np.dtype(dtype)
+
+
+def test_sgd(backend, dtype):
+    params, grads = one_value_problem(1.0, 0.5, dtype)
+    opt = optim.SGD(lr=0.1, backend=backend)
+    opt.step(params, grads)
+    assert_all(params, 1.0 - 0.1 * 0.5, dtype)
+
+
+def test_sgd_with_momentum(backend, dtype):
+    params, grads = one_value_problem(1.0, 0.5, dtype)
+    opt = optim.SGD(lr=0.1, momentum=0.9, backend=backend)
+    opt.step(params, grads)  # v = 0.5, p = 1 - 0.05 = 0.95
+    opt.step(params, grads)  # v = 0.9*0.5 + 0.5 = 0.95, p = 0.95 - 0.095 = 0.855
+    assert_all(params, 0.855, dtype)
+
+
+def test_adagrad(backend, dtype):
+    params, grads = one_value_problem(1.0, 0.5, dtype)
+    opt = optim.Adagrad(lr=0.1, eps=1e-8, backend=backend)
+    opt.step(params, grads)  # G = 0.25, p = 1 - 0.1*0.5/sqrt(0.25 + 1e-8)
+    first = 1.0 - 0.1 * 0.5 / np.sqrt(0.25 + 1e-8)
+    assert_all(params, first, dtype)
+    opt.step(params, grads)  # G = 0.5
+    assert_all(params, first - 0.1 * 0.5 / np.sqrt(0.5 + 1e-8), dtype)
+
+
+def test_adam(backend, dtype):
+    params, grads = one_value_problem(1.0, 0.5, dtype)
+    opt = optim.Adam(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, backend=backend)
+    opt.step(params, grads)
+    # Step 1: m = 0.05, v = 0.00025, m_hat = 0.5, v_hat = 0.25: p = 1 - 0.01 * 0.5 / (0.5 + 1e-8).
+    first = 1.0 - 0.01 * 0.5 / (0.5 + 1e-8)
+    assert_all(params, first, dtype)
+    grads = {k: np.full_like(v, -1.0) for k, v in grads.items()}
+    opt.step(params, grads)
+    m = 0.9 * 0.05 + 0.1 * -1.0
+    v = 0.999 * 0.00025 + 0.001 * 1.0
+    m_hat, v_hat = m / (1 - 0.9**2), v / (1 - 0.999**2)
+    assert_all(params, first - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8), dtype)
+
+
+@pytest.mark.parametrize("make", [lambda b: optim.SGD(0.05, momentum=0.5, backend=b), lambda b: optim.Adagrad(0.05, backend=b), lambda b: optim.Adam(0.01, backend=b)], ids=["sgd", "adagrad", "adam"])
+def test_backends_take_the_same_steps(make, dtype):
+    rng = np.random.default_rng(90)
+    base = fastrnn.init_params(3, 4, 3, seed=91, dtype=dtype)
+    grad_seq = [{"d" + k: rng.standard_normal(v.shape).astype(dtype) for k, v in base.items()} for _ in range(3)]
+    results = {}
+    for backend in ("numpy", "numba"):
+        params = {k: v.copy() for k, v in base.items()}
+        opt = make(backend)
+        for grads in grad_seq:
+            opt.step(params, {k: v.copy() for k, v in grads.items()})
+        results[backend] = params
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(results["numba"][name], results["numpy"][name], rtol=1e-5 if dtype == np.float32 else 1e-13)
+
+
+def test_clip_by_value(backend, dtype):
+    _, grads = one_value_problem(0.0, 0.0, dtype)
+    grads["dW_aa"][:] = [[-10, 0.5, 3], [7, -0.1, -2], [0, 5, -5]]
+    optim.clip_by_value(grads, 2.0, backend=backend)
+    np.testing.assert_array_equal(grads["dW_aa"], np.array([[-2, 0.5, 2], [2, -0.1, -2], [0, 2, -2]], dtype=dtype))
+
+
+def test_clip_by_global_norm(backend, dtype):
+    _, grads = one_value_problem(0.0, 1.0, dtype)
+    count = sum(g.size for g in grads.values())
+    norm = optim.clip_by_global_norm(grads, 1.0, backend=backend)
+    np.testing.assert_allclose(norm, np.sqrt(count), rtol=1e-6)
+    clipped = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    np.testing.assert_allclose(clipped, 1.0, rtol=1e-6)
+    # Below the threshold nothing changes.
+    before = {k: v.copy() for k, v in grads.items()}
+    optim.clip_by_global_norm(grads, 10.0, backend=backend)
+    for key in grads:
+        np.testing.assert_array_equal(grads[key], before[key])
+
+
+def test_clipping_a_non_contiguous_gradient_shows_in_the_dict(backend):
+    _, grads = one_value_problem(0.0, 3.0)
+    grads["dW_aa"] = np.full((3, 6), 3.0)[:, ::2]  # a strided view
+    optim.clip_by_value(grads, 1.0, backend=backend)
+    assert (grads["dW_aa"] == 1.0).all()
+
+
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda: optim.SGD(lr=0), ValueError),
+        (lambda: optim.SGD(lr=-1), ValueError),
+        (lambda: optim.SGD(lr="fast"), TypeError),
+        (lambda: optim.Adam(beta1=1.0), ValueError),
+        (lambda: optim.Adagrad(eps=0), ValueError),
+        (lambda: optim.SGD(backend="gpu"), ValueError),
+    ],
+)
+def test_bad_optimizer_settings(make, error):
+    with pytest.raises(error):
+        make()
+
+
+def test_step_checks_params_and_grads(backend):
+    params, grads = one_value_problem(1.0, 0.5)
+    opt = optim.SGD(0.1, backend=backend)
+    bad = dict(grads, dW_aa=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"grads\['dW_aa'\].*\(3, 3\)"):
+        opt.step(params, bad)
+    with pytest.raises(ValueError, match="dW_ya"):
+        opt.step(params, {k: v for k, v in grads.items() if k != "dW_ya"})
+    strided = dict(params, W_aa=np.zeros((3, 6))[:, ::2])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        opt.step(strided, grads)
