@@ -56,24 +56,20 @@ def _check_nonempty(array, name, meaning):
         raise ValueError(f"{name} has an empty dimension: shape {array.shape} for {meaning}; every size must be at least 1")
 
 
-_DOT_CHECK_MAX_SIZE = 1 << 16
-
-
 def _all_finite(array):
     """Whether every entry is finite, without a temporary the size of ``array``.
 
-    Fast path: ``dot(v, v)`` is finite when every entry is (NaN and inf propagate), unless
-    the sum of squares overflows; only then, or for large or strided arrays, min and max
-    decide (they propagate NaN and show +-inf).  Measured on 256 float64: 0.8 us, against
-    1.4 us for ``isfinite(a).all()``, which also allocates a bool array.  Large arrays skip
-    dot so that validation never wakes NumPy's BLAS threads (see numba_kernels, section 3).
+    Fast path: the sum is finite when every entry is (NaN and inf propagate), unless it
+    overflows; only then do min and max decide (they propagate NaN and show +-inf).
+    Measured on 256 float64: 1.0 us, against 1.4 us for ``isfinite(a).all()``, which also
+    allocates a bool array.  No BLAS here (no ``np.dot``): waking NumPy's OpenBLAS threads
+    before a kernel runs on SciPy's made a char-RNN training step 6x slower (9.2 ms against
+    1.5 ms, float64, measured).
     """
     if array.dtype.kind in "iub":
         return True
-    if array.flags.c_contiguous and array.size <= _DOT_CHECK_MAX_SIZE:
-        flat = array.reshape(-1)
-        if math.isfinite(np.dot(flat, flat)):
-            return True
+    if math.isfinite(np.add.reduce(array, axis=None)):
+        return True
     return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
 
 

@@ -1,0 +1,241 @@
+"""Character-level language models: corpus, vocabulary, batches, training and sampling."""
+
+import ast
+import codecs
+import importlib.util
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import optim
+from .api import rnn_cell_forward
+from .model import RNN
+from .workspace import Workspace
+
+
+class TextError(ValueError):
+    """A text that cannot be trained on: missing, empty, binary, a single character."""
+
+
+def builtin_corpus():
+    """The Zen of Python, from the standard library's ``this`` module (read, not imported:
+    importing ``this`` prints it).  Ships with Python, so training needs no download."""
+    source = open(importlib.util.find_spec("this").origin, encoding="utf-8").read()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "s":
+            return codecs.decode(ast.literal_eval(node.value), "rot13")
+    raise RuntimeError("the standard library's `this` module has no Zen text")  # pragma: no cover
+
+
+def read_text(path):
+    """Read a UTF-8 text file to train on, refusing what cannot be trained on.
+
+    Raises
+    ------
+    TextError
+        Missing or unreadable file, empty file, binary content (NUL bytes or invalid
+        UTF-8), or fewer than two distinct characters.
+    """
+    try:
+        raw = open(path, "rb").read()
+    except FileNotFoundError:
+        raise TextError(f"{path}: no such file") from None
+    except OSError as error:
+        raise TextError(f"{path}: cannot read it ({error.strerror or error})") from None
+    if not raw:
+        raise TextError(f"{path}: the file is empty")
+    if b"\0" in raw:
+        raise TextError(f"{path}: looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TextError(f"{path}: not UTF-8 text (byte {error.start}); give a UTF-8 text file") from None
+    check_trainable(text, path)
+    return text
+
+
+def check_trainable(text, where="text"):
+    if len(set(text)) < 2:
+        raise TextError(f"{where}: a text with {len(set(text))} distinct character(s) has nothing to learn; give at least two")
+    if len(text) < 3:
+        raise TextError(f"{where}: {len(text)} characters are too few to train on")
+
+
+class CharVocab:
+    """The characters of a text, in sorted order; index ``i`` is ``chars[i]``."""
+
+    def __init__(self, chars):
+        self.chars = "".join(chars)
+        if len(set(self.chars)) != len(self.chars) or not self.chars:
+            raise ValueError("a vocabulary needs distinct characters, at least one")
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text):
+        return cls(sorted(set(text)))
+
+    def __len__(self):
+        return len(self.chars)
+
+    def encode(self, text):
+        """Indices (intp) of the characters of ``text``; an unknown character is a ValueError."""
+        unknown = sorted(set(text) - set(self.index))
+        if unknown:
+            raise ValueError(f"characters not in the vocabulary: {''.join(unknown)!r}")
+        return np.fromiter((self.index[c] for c in text), dtype=np.intp, count=len(text))
+
+    def decode(self, indices):
+        return "".join(self.chars[i] for i in indices)
+
+
+def stream_batches(data, batch, seq_length):
+    """Chunks of ``batch`` parallel streams for truncated BPTT, forever.
+
+    The index stream is cut into ``batch`` contiguous streams; chunk ``c`` holds steps
+    ``c*T .. c*T + T - 1`` of every stream, with targets shifted by one.  Hidden state is
+    carried from chunk to chunk and reset when the streams wrap around.
+
+    Yields
+    ------
+    x_index : ndarray of intp, shape (batch, seq_length)
+    y : ndarray of intp, shape (batch, seq_length)
+    wraps : bool
+        True on the first chunk of each pass: reset the carried state.
+    """
+    per_stream = (len(data) - 1) // batch
+    chunks = per_stream // seq_length
+    if chunks < 1:
+        raise ValueError(f"{len(data)} characters cannot fill {batch} streams of {seq_length + 1}")
+    inputs = data[: batch * per_stream].reshape(batch, per_stream)
+    targets = data[1 : batch * per_stream + 1].reshape(batch, per_stream)
+    while True:
+        for c in range(chunks):
+            window = slice(c * seq_length, (c + 1) * seq_length)
+            yield inputs[:, window], targets[:, window], c == 0
+
+
+def fit_batch_shape(n_chars, batch, seq_length):
+    """The largest (batch, seq_length) not above the asked ones that a text of ``n_chars``
+    characters fills (at least one chunk per stream)."""
+    seq_length = max(1, min(seq_length, n_chars - 1))
+    batch = max(1, min(batch, (n_chars - 1) // seq_length))
+    return batch, seq_length
+
+
+@dataclass
+class TrainingRun:
+    """What ``train_char_rnn`` returns."""
+
+    model: RNN
+    losses: list = field(default_factory=list)  # per-character loss of every step
+    seconds: float = 0.0
+    characters: int = 0  # characters processed (steps * batch * seq_length)
+
+
+def train_char_rnn(
+    text, *, hidden=128, seq_length=32, batch=16, steps=1000, lr=0.1, optimizer="adagrad",
+    clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None,
+):  # fmt: skip
+    """Train a character-level RNN on ``text`` with truncated BPTT.
+
+    Parameters
+    ----------
+    text : str
+    hidden, seq_length, batch, steps : int
+        ``batch`` and ``seq_length`` shrink to what the text fills (``fit_batch_shape``).
+    lr : float
+    optimizer : {"adagrad", "adam", "sgd"}
+    clip_norm : float or None
+        Clip gradients by global norm.
+    dtype, backend, seed
+        For the model (``seed`` also fixes the initial parameters).
+    callback : callable, optional
+        ``callback(step, loss_per_char, run)`` after every step.
+
+    Returns
+    -------
+    TrainingRun
+    """
+    check_trainable(text)
+    vocab = CharVocab.from_text(text)
+    data = vocab.encode(text)
+    batch, seq_length = fit_batch_shape(len(data), batch, seq_length)
+    if optimizer not in optim.OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(optim.OPTIMIZERS)}, got {optimizer!r}")
+    model = RNN(len(vocab), hidden, len(vocab), dtype=dtype, backend=backend, seed=seed)
+    model.vocab = vocab.chars
+    model.settings = dict(hidden=hidden, seq_length=seq_length, batch=batch, steps=steps, lr=lr,
+                          optimizer=optimizer, clip_norm=clip_norm, dtype=np.dtype(dtype).name, seed=seed)  # fmt: skip
+    opt = optim.OPTIMIZERS[optimizer](lr=lr, backend=backend)
+    run = TrainingRun(model)
+    chunks = stream_batches(data, batch, seq_length)
+    workspace = Workspace()
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        x_index, y, wraps = next(chunks)
+        if wraps:
+            model.reset_state()
+        loss = model.train_step(x_index, y, opt, clip_norm=clip_norm, workspace=workspace)
+        run.losses.append(loss / seq_length)
+        run.characters += batch * seq_length
+        run.seconds = time.perf_counter() - start
+        if callback is not None:
+            callback(step, run.losses[-1], run)
+    return run
+
+
+def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
+    """Generate ``n_chars`` characters from a character model, after ``prime``.
+
+    Parameters
+    ----------
+    model : RNN
+        With a ``vocab``.
+    prime : str
+        Text to condition on (every character must be in the vocabulary).  Empty: the first
+        character is drawn at random from the vocabulary.
+    temperature : float
+        > 0; below 1 sharpens the distribution, above 1 flattens it.
+    seed : int or None
+        The same seed, model and arguments give the same text.
+
+    Returns
+    -------
+    str
+        ``prime`` followed by the generated characters.
+    """
+    if model.vocab is None:
+        raise ValueError("this model has no vocabulary: it was not trained on text")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(n_chars, bool) or not isinstance(n_chars, int) or n_chars < 0:
+        raise ValueError(f"n_chars must be an int >= 0, got {n_chars!r}")
+    vocab = CharVocab(model.vocab)
+    rng = np.random.default_rng(seed)
+    if prime:
+        context, generated = list(vocab.encode(prime)), []
+    elif n_chars == 0:
+        return ""
+    else:
+        first = int(rng.integers(len(vocab)))
+        context, generated = [first], [first]
+    a = np.zeros((model.n_a, 1), dtype=model.dtype)
+    x = np.zeros((model.n_x, 1), dtype=model.dtype)
+
+    def advance(index):
+        x[:] = 0
+        x[index] = 1
+        return rnn_cell_forward(x, a, model.params, backend=model.backend)[:2]
+
+    for index in context:  # run the prime (or the first character) through the network
+        a, y_hat = advance(index)
+    while len(generated) < n_chars:
+        # softmax(logits / temperature) from the probabilities: p ** (1 / temperature)
+        scaled = np.log(np.maximum(y_hat[:, 0].astype(np.float64), 1e-300)) / temperature
+        p = np.exp(scaled - scaled.max())
+        index = int(rng.choice(len(vocab), p=p / p.sum()))
+        generated.append(index)
+        a, y_hat = advance(index)
+    return prime + vocab.decode(generated)
