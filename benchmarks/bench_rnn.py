@@ -18,7 +18,7 @@ import tracemalloc
 
 import fastrnn
 from fastrnn.bench import BENCH_SIZES
-from fastrnn.cli import make_problem, median_seconds
+from fastrnn.bench import make_problem, median_seconds
 
 SIZES = {name: shape for name, *shape in BENCH_SIZES}
 DTYPES = ["float64", "float32"]

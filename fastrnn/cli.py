@@ -1,121 +1,237 @@
-"""Command line: ``python -m fastrnn [demo | bench]``.
+"""Command line: ``python -m fastrnn [demo | bench | train | sample]``.
 
-``demo`` (the default) runs one training step's maths (``loss_and_grads``) on every
-available backend for a few sizes and prints the loss, the largest relative difference
-between the backends and the median time of each.  ``bench`` (``fastrnn.bench``) times
-the Numba and NumPy backends against PyTorch CPU and the BLAS peak.
+- ``demo`` (the default): one training step's maths on both backends, a few sizes
+  (``fastrnn.bench.demo``).
+- ``bench``: Numba and NumPy backends against PyTorch CPU and the BLAS peak
+  (``fastrnn.bench.run``).
+- ``train [TEXT_FILE]``: train a character-level language model (the Zen of Python when no
+  file is given), with a progress bar, samples, a checkpoint and a loss-curve picture.
+- ``sample CHECKPOINT``: generate text from a trained model.
+
+Errors in what the user gave (a missing, empty or binary text, a bad checkpoint, a bad
+setting) end with a one-line message and exit status 1, never a traceback.
 """
 
 import argparse
-import time
+import json
+import math
+import sys
 
 import numpy as np
 
-from . import api
+from . import bench
+from .model import RNN, CheckpointError
+from .optim import OPTIMIZERS
+from .text import TextError, builtin_corpus, read_text, sample, train_char_rnn
 
-# (name, n_x, n_a, n_y, m, T)
-DEMO_SIZES = (
-    ("tiny", 8, 16, 8, 1, 100),
-    ("small", 32, 64, 32, 16, 100),
-    ("char-rnn", 65, 128, 65, 32, 64),
-)
+BUILTIN_CORPUS_NAME = "the Zen of Python (the standard library's `this` module)"
 
 
-def make_problem(n_x, n_a, n_y, m, T, *, dtype=np.float64, seed=0):
-    """Random parameters, inputs and labels of one size (what the demo and bench run).
-
-    Returns
-    -------
-    x : ndarray, shape (n_x, m, T)
-    a0 : ndarray, shape (n_a, m)
-    y : ndarray of int64, shape (m, T)
-    params : dict
-    """
-    rng = np.random.default_rng(seed)
-    params = api.init_params(n_x, n_a, n_y, seed=rng, dtype=dtype)
-    x = rng.standard_normal((n_x, m, T)).astype(dtype)
-    a0 = (0.1 * rng.standard_normal((n_a, m))).astype(dtype)
-    y = rng.integers(0, n_y, size=(m, T))
-    return x, a0, y, params
+class UsageError(ValueError):
+    """A setting that is valid for argparse but not for training."""
 
 
-def median_seconds(function, *, repeat=7, min_seconds=0.05):
-    """Median wall time of ``function()``; each sample loops until ``min_seconds``."""
-    loops = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(loops):
-            function()
-        if time.perf_counter() - start >= min_seconds or loops >= 1 << 20:
-            break
-        loops *= 2
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(loops):
-            function()
-        samples.append((time.perf_counter() - start) / loops)
-    return float(np.median(samples))
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if not value > 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
-def max_relative_difference(a, b):
-    """``max|a - b| / max|b|``: the difference relative to the reference's scale."""
-    scale = float(np.max(np.abs(b)))
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b))) / (scale if scale > 0 else 1.0)
+def _non_negative_float(text):
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
-def demo(sizes=DEMO_SIZES, dtype=np.float64):
-    backends = api.available_backends()
-    print(f"fastrnn demo: loss_and_grads, {np.dtype(dtype).name}, backends {', '.join(backends)}")
-    header = f"{'size':<9} {'(n_x, n_a, n_y, m, T)':<23} {'backend':<7} {'loss':>12} {'first call':>11} {'median':>10} {'speed-up':>8}"
-    print(header)
-    print("-" * len(header))
-    for name, *shape in sizes:
-        x, a0, y, params = make_problem(*shape, dtype=dtype)
-        results = {}
-        for backend in backends:
-            start = time.perf_counter()
-            loss, grads = api.loss_and_grads(x, a0, y, params, backend=backend)
-            first = time.perf_counter() - start
-            seconds = median_seconds(lambda: api.loss_and_grads(x, a0, y, params, backend=backend))
-            results[backend] = (loss, grads, first, seconds)
-        slowest = max(r[3] for r in results.values())
-        for backend, (loss, _, first, seconds) in results.items():
-            print(
-                f"{name:<9} {str(tuple(shape)):<23} {backend:<7} {loss:>12.6f} {first * 1e3:>9.1f}ms"
-                f" {seconds * 1e3:>8.3f}ms {slowest / seconds:>7.1f}x"
-            )
-        if len(results) == 2:
-            (loss_a, grads_a, *_), (loss_b, grads_b, *_) = results.values()
-            worst = max(max_relative_difference(grads_a[k], grads_b[k]) for k in grads_b)
-            worst = max(worst, abs(float(loss_a) - float(loss_b)) / abs(float(loss_b)))
-            print(f"{'':<9} largest relative difference between backends (loss and all gradients): {worst:.1e}")
-    return 0
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastrnn", description=__doc__.splitlines()[0])
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m fastrnn", description="fastrnn: a fast CPU vanilla RNN.")
     sub = parser.add_subparsers(dest="command")
-    demo_parser = sub.add_parser("demo", help="run loss_and_grads on both backends for a few sizes (default)")
-    demo_parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+
+    demo = sub.add_parser("demo", help="run loss_and_grads on both backends for a few sizes (default)")
+    demo.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+
     bench_parser = sub.add_parser("bench", help="time a training step: Numba, NumPy, PyTorch CPU and the BLAS peak")
     bench_parser.add_argument("--sizes", default="tiny,small,char-rnn,large", help="comma-separated, from: %(default)s")
     bench_parser.add_argument("--dtypes", default="float64,float32", help="comma-separated (default: %(default)s)")
-    bench_parser.add_argument("--repeat", type=int, default=7, help="samples per median (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.command in (None, "demo"):
-        return demo(dtype=getattr(args, "dtype", "float64"))
-    if args.command == "bench":
-        from . import bench
+    bench_parser.add_argument("--repeat", type=_positive(int), default=7, help="samples per median (default: %(default)s)")
 
-        known = {size[0]: size for size in bench.BENCH_SIZES}
-        names = [name.strip() for name in args.sizes.split(",") if name.strip()]
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            parser.error(f"--sizes: unknown size(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-        dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
-        if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
-            parser.error(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
-        bench.run([known[name] for name in names], [np.dtype(d).type for d in dtypes], repeat=args.repeat)
+    train = sub.add_parser("train", help="train a character-level language model on a text file")
+    train.add_argument("text_file", nargs="?", help="UTF-8 text to learn (default: the Zen of Python)")
+    train.add_argument("--hidden", type=_positive(int), default=128, help="hidden units (default: %(default)s)")
+    train.add_argument("--seq-length", type=_positive(int), default=32, help="characters per BPTT chunk (default: %(default)s)")
+    train.add_argument("--batch", type=_positive(int), default=16, help="parallel streams (default: %(default)s)")
+    train.add_argument("--steps", type=_positive(int), default=5000, help="training steps (default: %(default)s)")
+    train.add_argument("--lr", type=_positive(float), default=0.1, help="learning rate (default: %(default)s)")
+    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad", help="(default: %(default)s)")
+    train.add_argument("--clip", type=_non_negative_float, default=5.0, help="clip gradients by global norm; 0: off (default: %(default)s)")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: %(default)s)")
+    train.add_argument("--backend", choices=("numba", "numpy"), default=None, help="(default: automatic)")
+    train.add_argument("--seed", type=int, default=0, help="initial parameters and samples (default: %(default)s)")
+    train.add_argument("--out", default="fastrnn-model.npz", help="checkpoint path (default: %(default)s)")
+    train.add_argument("--plot", default="fastrnn-loss.png", help="loss-curve PNG; 'none': no picture (default: %(default)s)")
+    train.add_argument("--sample-every", type=int, default=1000, help="print a sample every N steps; 0: never (default: %(default)s)")
+    train.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+
+    sample_parser = sub.add_parser("sample", help="generate text from a checkpoint")
+    sample_parser.add_argument("checkpoint")
+    sample_parser.add_argument("--chars", type=int, default=300, help="characters to generate (default: %(default)s)")
+    sample_parser.add_argument("--temperature", type=_positive(float), default=1.0, help="(default: %(default)s)")
+    sample_parser.add_argument("--seed", type=int, default=None)
+    sample_parser.add_argument("--prime", default="", help="text to start from (its characters must be in the model's vocabulary)")
+    sample_parser.add_argument("--backend", choices=("numba", "numpy"), default=None)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "demo"
+    try:
+        if command == "demo":
+            return bench.demo(dtype=getattr(args, "dtype", "float64"))
+        if command == "bench":
+            return run_bench(args)
+        if command == "train":
+            return run_train(args)
+        return run_sample(args)
+    except (TextError, CheckpointError, UsageError) as error:
+        print(f"fastrnn {command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def run_bench(args):
+    known = {size[0]: size for size in bench.BENCH_SIZES}
+    names = [name.strip() for name in args.sizes.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if not names or unknown:
+        raise UsageError(f"--sizes: unknown size(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
+    if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
+        raise UsageError(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
+    bench.run([known[name] for name in names], [np.dtype(d).type for d in dtypes], repeat=args.repeat)
+    return 0
+
+
+def run_train(args):
+    from tqdm import tqdm
+
+    text = read_text(args.text_file) if args.text_file else builtin_corpus()
+    corpus = args.text_file or BUILTIN_CORPUS_NAME
+    if args.sample_every < 0:
+        raise UsageError(f"--sample-every must be >= 0, got {args.sample_every}")
+    messages = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON with --json
+    vocab_size = len(set(text))
+    print(
+        f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
+        f"hidden {args.hidden}, {args.optimizer} lr {args.lr}, {args.dtype}, backend {args.backend or 'automatic'}",
+        file=messages,
+    )
+    bar = tqdm(total=args.steps, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
+    first_step = {}
+
+    def on_step(step, loss, run):
+        if step == 1:
+            first_step["seconds"] = run.seconds  # includes compiling the kernels
+        if step % 20 == 0 or step == args.steps:
+            bar.set_postfix(loss=f"{loss:.3f}", chars_per_s=f"{run.characters / max(run.seconds, 1e-9):,.0f}", refresh=False)
+        bar.update(1)
+        if args.sample_every and step % args.sample_every == 0 and step < args.steps:
+            text_sample = sample(run.model, 160, temperature=0.8, seed=args.seed)
+            bar.write(f"--- step {step}, loss {loss:.3f} per character ---\n{text_sample}\n---", file=messages)
+
+    run = train_char_rnn(
+        text, hidden=args.hidden, seq_length=args.seq_length, batch=args.batch, steps=args.steps, lr=args.lr,
+        optimizer=args.optimizer, clip_norm=args.clip or None, dtype=np.dtype(args.dtype).type,
+        backend=args.backend, seed=args.seed, callback=on_step,
+    )  # fmt: skip
+    bar.close()
+    model = run.model
+    model.settings["corpus"] = corpus
+    try:
+        model.save(args.out)
+    except OSError as error:
+        raise UsageError(f"cannot write the checkpoint {args.out}: {error.strerror or error}") from None
+    plot = None if args.plot.lower() == "none" else write_loss_plot(run.losses, math.log(vocab_size), args.plot, messages)
+
+    tail = run.losses[-min(50, len(run.losses)) :]
+    steady_seconds = run.seconds - first_step.get("seconds", 0.0)
+    steady_chars = run.characters * (len(run.losses) - 1) / len(run.losses)
+    summary = {
+        "final_loss": float(np.mean(tail)),
+        "uniform_loss": math.log(vocab_size),
+        "first_loss": run.losses[0],
+        "steps": len(run.losses),
+        "seconds": run.seconds,
+        "first_step_seconds": first_step.get("seconds", 0.0),
+        "chars_per_second": steady_chars / steady_seconds if steady_seconds > 0 else float("nan"),
+        "checkpoint": args.out,
+        "loss_plot": plot,
+        "corpus": corpus,
+        "corpus_chars": len(text),
+        "vocab_size": vocab_size,
+        "batch": model.settings["batch"],
+        "seq_length": model.settings["seq_length"],
+        "dtype": args.dtype,
+        "backend": args.backend or "automatic",
+    }
+    if args.json:
+        print(json.dumps(summary))
         return 0
-    parser.error(f"unknown command {args.command}")
+    print(f"sample (temperature 0.8):\n{sample(model, 200, temperature=0.8, seed=args.seed)}\n")
+    print(
+        f"final loss {summary['final_loss']:.3f} nats per character (mean of the last {len(tail)} steps), "
+        f"uniform baseline ln({vocab_size}) = {summary['uniform_loss']:.3f}\n"
+        f"{summary['steps']} steps of {summary['batch']} x {summary['seq_length']} characters in {run.seconds:.1f} s "
+        f"(first step {summary['first_step_seconds']:.2f} s, compilation included); "
+        f"{summary['chars_per_second']:,.0f} characters per second after it\n"
+        f"checkpoint: {args.out}\n"
+        f"loss curve: {plot or 'not written'}"
+    )
+    return 0
+
+
+def write_loss_plot(losses, uniform, path, messages):
+    """A PNG of the per-character loss per step; None (and a note) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("loss curve not written: matplotlib is not installed (pip install 'fastrnn[plot]')", file=messages)
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    axes.plot(np.arange(1, len(losses) + 1), losses, linewidth=0.8, label="training loss")
+    axes.axhline(uniform, color="grey", linestyle="--", linewidth=1, label=f"uniform baseline ln(V) = {uniform:.2f}")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (nats per character)")
+    axes.set_title("fastrnn train")
+    axes.set_ylim(bottom=0)
+    axes.legend()
+    figure.tight_layout()
+    try:
+        figure.savefig(path)
+    except OSError as error:
+        raise UsageError(f"cannot write the loss curve {path}: {error.strerror or error}") from None
+    finally:
+        plt.close(figure)
+    return path
+
+
+def run_sample(args):
+    if args.chars < 0:
+        raise UsageError(f"--chars must be >= 0, got {args.chars}")
+    model = RNN.load(args.checkpoint, backend=args.backend)
+    if model.vocab is None:
+        raise UsageError(f"{args.checkpoint}: this model has no vocabulary (it was not trained on text)")
+    unknown = sorted(set(args.prime) - set(model.vocab))
+    if unknown:
+        raise UsageError(f"--prime has characters the model never saw: {''.join(unknown)!r}")
+    print(sample(model, args.chars, prime=args.prime, temperature=args.temperature, seed=args.seed))
+    return 0

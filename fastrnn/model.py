@@ -170,8 +170,8 @@ class RNN:
                 contents = {key: data[key] for key in data.files}
         except FileNotFoundError:
             raise CheckpointError(f"{path}: no such checkpoint file") from None
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as error:
-            raise CheckpointError(f"{path}: not a readable fastrnn checkpoint ({type(error).__name__}: {error})") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError):
+            raise CheckpointError(f"{path}: not a fastrnn checkpoint (not a readable .npz file)") from None
         if not isinstance(contents, dict) or str(contents.get("format", "")) != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: not a fastrnn checkpoint (expected format {CHECKPOINT_FORMAT!r})")
         missing = [key for key in (*PARAM_NAMES, "vocab", "has_vocab", "settings") if key not in contents]

@@ -3,6 +3,7 @@
 import ast
 import codecs
 import importlib.util
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -93,34 +94,44 @@ class CharVocab:
 def stream_batches(data, batch, seq_length):
     """Chunks of ``batch`` parallel streams for truncated BPTT, forever.
 
-    The index stream is cut into ``batch`` contiguous streams; chunk ``c`` holds steps
-    ``c*T .. c*T + T - 1`` of every stream, with targets shifted by one.  Hidden state is
-    carried from chunk to chunk and reset when the streams wrap around.
+    The index stream is cut into ``batch`` contiguous streams; chunk ``c`` of a pass holds
+    steps ``offset + c*T .. offset + c*T + T - 1`` of every stream, with targets shifted by
+    one.  The hidden state is carried from chunk to chunk and reset at the start of each
+    pass.  When the chunks do not fill a stream exactly, ``offset`` moves by one character
+    each pass, so that over passes every character is trained on.
 
     Yields
     ------
     x_index : ndarray of intp, shape (batch, seq_length)
     y : ndarray of intp, shape (batch, seq_length)
-    wraps : bool
+    starts_pass : bool
         True on the first chunk of each pass: reset the carried state.
     """
     per_stream = (len(data) - 1) // batch
     chunks = per_stream // seq_length
     if chunks < 1:
         raise ValueError(f"{len(data)} characters cannot fill {batch} streams of {seq_length + 1}")
+    slack = per_stream - chunks * seq_length
     inputs = data[: batch * per_stream].reshape(batch, per_stream)
     targets = data[1 : batch * per_stream + 1].reshape(batch, per_stream)
-    while True:
+    for pass_number in itertools.count():
+        offset = pass_number % (slack + 1)
         for c in range(chunks):
-            window = slice(c * seq_length, (c + 1) * seq_length)
+            window = slice(offset + c * seq_length, offset + (c + 1) * seq_length)
             yield inputs[:, window], targets[:, window], c == 0
 
 
+MIN_CHUNKS_PER_STREAM = 4
+
+
 def fit_batch_shape(n_chars, batch, seq_length):
-    """The largest (batch, seq_length) not above the asked ones that a text of ``n_chars``
-    characters fills (at least one chunk per stream)."""
+    """The (batch, seq_length) to train a text of ``n_chars`` characters with: the asked
+    ones, reduced so that each stream holds at least ``MIN_CHUNKS_PER_STREAM`` chunks where
+    the text allows it (a short text in many short streams would only repeat their starts),
+    and at least one chunk always."""
     seq_length = max(1, min(seq_length, n_chars - 1))
-    batch = max(1, min(batch, (n_chars - 1) // seq_length))
+    streams_that_fill = (n_chars - 1) // (MIN_CHUNKS_PER_STREAM * seq_length)
+    batch = max(1, min(batch, streams_that_fill or (n_chars - 1) // seq_length))
     return batch, seq_length
 
 

@@ -7,7 +7,7 @@ environment without it is a broken install and its tests fail rather than skip.
 import numpy as np
 import pytest
 
-from fastrnn.cli import make_problem  # noqa: F401  (re-exported for the tests)
+from fastrnn.bench import make_problem  # noqa: F401  (re-exported for the tests)
 
 BACKENDS = ("numpy", "numba")
 DTYPES = (np.float64, np.float32)
