@@ -94,3 +94,14 @@ def test_bad_settings_are_usage_errors(tmp_path):
     for args in (["train", "--steps", "0"], ["train", "--lr", "-1"], ["sample", "x.npz", "--temperature", "0"]):
         result = run_cli(*args, cwd=tmp_path, timeout=120)
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)  # the examples write files
+    exec(compile("\n".join(blocks), "README.md", "exec"), {})
