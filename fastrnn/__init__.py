@@ -9,6 +9,7 @@ Layout of the package:
 - ``api``: the public functions below (validate, lay out, dispatch);
 - ``validation``: argument checks shared by both backends;
 - ``workspace``: reusable memory for repeated training steps;
+- ``optim``, ``model``, ``text``: optimizers, the ``RNN`` model, character language models;
 - ``backends.numpy_backend``: the reference implementation;
 - ``backends.numba_backend`` + ``backends.numba_kernels``: allocation, and the jitted kernels;
 - ``backends._jit``: the JIT options every kernel uses.
@@ -26,6 +27,7 @@ from .api import (
     rnn_cell_forward,
     rnn_forward,
 )
+from .model import RNN, CheckpointError
 from .workspace import Workspace
 
 __version__ = "0.1.0"
@@ -42,4 +44,6 @@ __all__ = [
     "rnn_cell_forward",
     "rnn_forward",
     "Workspace",
+    "RNN",
+    "CheckpointError",
 ]
