@@ -28,6 +28,7 @@ from .api import (
     rnn_forward,
 )
 from .model import RNN, CheckpointError
+from .validation import NonFiniteResultError
 from .workspace import Workspace
 
 __version__ = "0.1.0"
@@ -46,4 +47,5 @@ __all__ = [
     "Workspace",
     "RNN",
     "CheckpointError",
+    "NonFiniteResultError",
 ]

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backends
-from .validation import FLOAT_DTYPES, check_array, check_labels, check_params
+from .validation import FLOAT_DTYPES, check_array, check_labels, check_params, check_results_finite
 from .workspace import Workspace, new_array
 
 
@@ -66,6 +66,12 @@ def _check_sequence_inputs(x, a0, params):
     x = check_array(x, "x", (dims.n_x, None, None), "(n_x, m, T)", dims.dtype)
     a0 = check_array(a0, "a0", (dims.n_a, x.shape[1]), "(n_a, m)", dims.dtype)
     return p, dims, x, a0
+
+
+def _overflow_reported_by_us():
+    """NumPy's overflow warnings off: ``check_results_finite`` turns an overflow into a
+    clear ``NonFiniteResultError`` right after, on both backends alike."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def _backend_name(module):
@@ -146,7 +152,9 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
     x_t = check_array(x_t, "x_t", (dims.n_x, None), "(n_x, m)", dims.dtype)
     a_prev = check_array(a_prev, "a_prev", (dims.n_a, x_t.shape[1]), "(n_a, m)", dims.dtype)
     # The cell is the T = 1 case of the forward pass: one code path for both.
-    h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), np.ascontiguousarray(a_prev.T), p)
+    with _overflow_reported_by_us():
+        h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), np.ascontiguousarray(a_prev.T), p)
+    check_results_finite({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
     a_t = h[1].T
     return a_t, y_hat[0].T, CellCache(a_t, a_prev, x_t, p, _backend_name(impl))
 
@@ -172,7 +180,9 @@ def rnn_cell_backward(da_t, cache):
     da_t = check_array(da_t, "da_t", (n_a, m), "(n_a, m)", cache.a_t.dtype)
     impl = backends.resolve(cache.backend)
     h = np.stack([cache.a_prev.T, cache.a_t.T])  # (2, m, n_a): a<t-1>, a<t>
-    grads = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(cache.x_t.T[None]), h, cache.params)
+    with _overflow_reported_by_us():
+        grads = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(cache.x_t.T[None]), h, cache.params)
+    check_results_finite(grads, h.dtype, "rnn_cell_backward")
     return {
         "dx_t": grads["dx"][0].T,
         "da_prev": grads["da0"].T,
@@ -206,7 +216,9 @@ def rnn_forward(x, a0, params, *, backend=None):
     impl = backends.resolve(backend)
     p, dims, x, a0 = _check_sequence_inputs(x, a0, params)
     xs = _to_time_major(x)
-    h, y_hat = impl.forward(xs, np.ascontiguousarray(a0.T), p)
+    with _overflow_reported_by_us():
+        h, y_hat = impl.forward(xs, np.ascontiguousarray(a0.T), p)
+    check_results_finite({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
     cache = ForwardCache(xs, h, p, _backend_name(impl))
     return _from_time_major(h[1:]), _from_time_major(y_hat), cache
 
@@ -231,7 +243,9 @@ def rnn_backward(da, cache):
     T, m, n_a = cache.h[1:].shape
     da = check_array(da, "da", (n_a, m, T), "(n_a, m, T)", cache.h.dtype)
     impl = backends.resolve(cache.backend)
-    grads = impl.backward(_to_time_major(da), cache.xs, cache.h, cache.params)
+    with _overflow_reported_by_us():
+        grads = impl.backward(_to_time_major(da), cache.xs, cache.h, cache.params)
+    check_results_finite(grads, cache.h.dtype, "rnn_backward")
     grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T
     return grads
@@ -325,9 +339,11 @@ def _loss_and_grads(impl, empty, inputs, a0, y, p, dims, return_state, xs_is_scr
     labels = check_labels(y, "y", (m, T), dims.n_y)
     labels_tm = _contiguous(labels.T, empty, "labels")
     # a0 goes in as a view: the backends copy it into h[0].
-    loss, grads, a_last = impl.loss_and_grads(
-        inputs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=xs_is_scratch
-    )
+    with _overflow_reported_by_us():
+        loss, grads, a_last = impl.loss_and_grads(
+            inputs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=xs_is_scratch
+        )
+    check_results_finite({"the loss": loss, **grads}, dims.dtype, "loss_and_grads")
     if "dx" in grads:
         grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T

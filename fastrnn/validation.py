@@ -68,8 +68,9 @@ def _all_finite(array):
     """
     if array.dtype.kind in "iub":
         return True
-    if math.isfinite(np.add.reduce(array, axis=None)):
-        return True
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum only means "look closer"
+        if math.isfinite(np.add.reduce(array, axis=None)):
+            return True
     return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
 
 
@@ -77,6 +78,24 @@ def _check_finite(array, name):
     if not _all_finite(array):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise ValueError(f"{name} must be finite, got {array[bad]} at index {bad}")
+
+
+class NonFiniteResultError(ValueError):
+    """Finite inputs whose results overflow the dtype (e.g. float32 logits above 3.4e38)."""
+
+
+def check_results_finite(results, dtype, what):
+    """Raise ``NonFiniteResultError`` unless every array (or scalar) in ``results`` is finite.
+
+    Inputs are checked before the kernels run, so a non-finite result means that the
+    computation itself overflowed ``dtype``: the message says so and what to do.
+    """
+    for name, value in results.items():
+        if not _all_finite(np.asarray(value)):
+            raise NonFiniteResultError(
+                f"{what}: {name} is not finite although every input is: the computation overflows "
+                f"{np.dtype(dtype).name} (weights or inputs too large for it); scale them down or use float64"
+            )
 
 
 def check_params(params):

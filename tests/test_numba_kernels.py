@@ -33,7 +33,7 @@ def ulps(actual, expected, dtype):
 
 def special_and_random(dtype, scale):
     rng = np.random.default_rng(60)
-    special = [0.0, -0.0, 1e-30, -1e-30, 3e-4, 4e-4, 0.6249, 0.625, 0.6251, 1.0, 7.9, 8.0, 19.0, 20.0, 50.0, 710.0]
+    special = [0.0, -0.0, 1e-30, -1e-30, 3e-4, 4e-4, 0.6249, 0.625, 0.6251, 1.0, 7.9, 8.0, 9.010913, 9.010914, 19.0, 19.07, 20.0, 50.0, 710.0]
     values = np.concatenate([special, np.negative(special), rng.standard_normal(100_000) * scale, rng.uniform(-1, 1, 10_000)])
     return values.astype(dtype)
 
@@ -47,6 +47,10 @@ def test_tanh_within_a_few_ulp(dtype, bound):
     assert ulps(out, expected, dtype).max() <= bound
     assert (np.abs(out) <= 1).all()
     np.testing.assert_array_equal(np.sign(out), np.sign(x))
+    # Saturation is exact: where tanh rounds to +-1 in this dtype, so does fast_tanh.
+    saturated = np.abs(expected.astype(dtype)) == 1
+    assert saturated.any()
+    np.testing.assert_array_equal(out[saturated], np.sign(x[saturated]))
 
 
 @pytest.mark.parametrize("dtype, bound", [(np.float64, 1), (np.float32, 1)])

@@ -108,13 +108,16 @@ def _overload_exp_nonpositive(x):
 # tanh.  float64 (Cephes): a rational approximation for |x| < 0.625, where 1 - exp(-2|x|)
 # would cancel; (1 - e) / (1 + e) with e = exp(-2|x|) elsewhere.  Both are computed and one
 # is selected, so that the loop stays branch-free and vectorises.  float32 (Eigen, as used
-# by TensorFlow): a [13/6] rational approximation on x clamped to +-7.905.
+# by TensorFlow): a [13/6] rational approximation on x clamped to +-7.905, and exactly +-1
+# from |x| = 9.0109, where float32 tanh rounds to +-1.
 
 _F64_TANH_P = (-9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3)
 _F64_TANH_Q = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3)
 
 _F32_TANH_CLAMP = np.float32(7.90531110763549805)
 _F32_TANH_TINY = np.float32(0.0004)  # below this tanh(x) == x in float32
+_F32_TANH_SATURATED = np.float32(9.010914)  # from here tanh(x) rounds to +-1 in float32
+_F32_ONE = np.float32(1.0)
 _F32_TANH_ALPHA = tuple(  # numerator, odd powers x**13 .. x**1
     np.float32(c)
     for c in (
@@ -160,7 +163,13 @@ def _tanh_f32(x):
     for c in _F32_TANH_BETA[1:]:
         q = q * x2 + c
     ratio = clamped * p / q
-    return x if abs(x) < _F32_TANH_TINY else ratio
+    abs_x = abs(x)
+    if abs_x < _F32_TANH_TINY:
+        return x
+    # Past its clamp the rational stays at 0.99999976 (4 ulp below 1); from |x| = 9.0109
+    # float32 tanh is exactly +-1, which saturated units must give (1 - a**2 = 0).
+    saturated = _F32_ONE if x > 0 else -_F32_ONE
+    return saturated if abs_x >= _F32_TANH_SATURATED else ratio
 
 
 @overload(fast_tanh, **_OVERLOAD_OPTIONS)
