@@ -1,0 +1,137 @@
+"""Property-based tests (hypothesis): shapes, dtypes, value ranges and memory layouts drawn
+at random; the backends must agree and the gradients must pass a finite-difference check."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastrnn
+from conftest import AGREEMENT, relative_error
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+sizes = st.tuples(
+    st.integers(1, 6),  # n_x
+    st.integers(1, 9),  # n_a
+    st.integers(1, 6),  # n_y
+    st.integers(1, 5),  # m
+    st.integers(1, 9),  # T
+)
+LAYOUTS = ("C", "F", "strided", "reversed", "read-only")
+
+
+def lay_out(array, layout):
+    """The same values in another memory layout."""
+    if layout == "F":
+        return np.asfortranarray(array)
+    if layout == "strided":
+        return np.repeat(array, 2, axis=-1)[..., ::2]
+    if layout == "reversed":
+        return np.flip(np.flip(array, axis=0).copy(), axis=0)
+    if layout == "read-only":
+        array = array.copy()
+        array.flags.writeable = False
+    return array
+
+
+@st.composite
+def problems(draw, dtypes=(np.float64, np.float32)):
+    n_x, n_a, n_y, m, T = draw(sizes)
+    dtype = draw(st.sampled_from(dtypes))
+    scale = draw(st.sampled_from([0.01, 1.0, 5.0]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    params = {k: (v * scale).astype(dtype) for k, v in fastrnn.init_params(n_x, n_a, n_y, seed=rng).items()}
+    params["b_a"] += dtype(rng.standard_normal() * 0.1)
+    x = (rng.standard_normal((n_x, m, T)) * scale).astype(dtype)
+    a0 = np.tanh(rng.standard_normal((n_a, m))).astype(dtype)
+    y = rng.integers(0, n_y, size=(m, T))
+    layout = draw(st.sampled_from(LAYOUTS))
+    return lay_out(x, layout), lay_out(a0, layout), lay_out(y, layout), params, dtype
+
+
+def gradient_tolerance(a, dtype):
+    """SPEC's tolerance, widened where units saturate.
+
+    The backward pass uses ``1 - a**2`` of the cached ``a`` (SPEC): where ``|a|`` is within
+    a few ulp of 1, a 1-ulp difference between the backends' tanh becomes a relative
+    difference of ``eps / (1 - a**2)`` in that unit's gradient, which no implementation of
+    that formula avoids (found by this test: ``z = -12.8``, float64, 7.6e-6).
+    """
+    eps = np.finfo(dtype).eps
+    one_minus_a2 = np.min(1 - np.asarray(a, np.float64) ** 2)
+    return max(AGREEMENT[np.dtype(dtype)], 8 * eps / max(one_minus_a2, eps))
+
+
+@SETTINGS
+@given(problems())
+def test_backends_agree_on_any_problem(problem):
+    x, a0, y, params, dtype = problem
+    tolerance = AGREEMENT[np.dtype(dtype)]
+    a_np, y_np, _ = fastrnn.rnn_forward(x, a0, params, backend="numpy")
+    a_nb, y_nb, _ = fastrnn.rnn_forward(x, a0, params, backend="numba")
+    assert relative_error(a_nb, a_np) <= tolerance
+    assert relative_error(y_nb, y_np) <= tolerance
+    loss_np, grads_np = fastrnn.loss_and_grads(x, a0, y, params, backend="numpy")
+    loss_nb, grads_nb = fastrnn.loss_and_grads(x, a0, y, params, backend="numba")
+    assert relative_error(loss_nb, loss_np) <= tolerance
+    # A drawn problem can make a gradient the small remainder of a cancelling sum (found by
+    # this test: float32 db_y = 1e-4 from summands of 0.3; db_a = 1e-8 from 1e-6), whose
+    # relative error says nothing about either backend.  So each difference is measured
+    # against the scale of the whole gradient (all seven arrays), and in float32 both
+    # backends are compared with a float64 computation of the same problem: the Numba
+    # backend's error may not exceed the NumPy reference's by more than 4x plus SPEC's 1e-4.
+    scale = max(float(np.max(np.abs(g))) for g in grads_np.values()) or 1.0
+    gradient_bound = gradient_tolerance(a_np, dtype)
+    if dtype == np.float32:
+        _, exact = fastrnn.loss_and_grads(
+            np.asarray(x, np.float64), a0, y, {k: v.astype(np.float64) for k, v in params.items()}, backend="numpy"
+        )
+    for key in grads_np:
+        numba_value = np.asarray(grads_nb[key], np.float64)
+        if dtype == np.float32:
+            numba_error = np.max(np.abs(numba_value - exact[key]))
+            numpy_error = np.max(np.abs(np.asarray(grads_np[key], np.float64) - exact[key]))
+            assert numba_error <= 4 * numpy_error + gradient_bound * scale, (key, numba_error, numpy_error)
+        else:
+            difference = np.max(np.abs(numba_value - grads_np[key]))
+            assert difference <= gradient_bound * scale, (key, difference / scale)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(dtypes=(np.float64,)), st.sampled_from(["numpy", "numba"]))
+def test_gradients_match_finite_differences_on_any_problem(problem, backend):
+    x, a0, y, params, _ = problem
+    x, a0 = np.array(x), np.array(a0)  # writeable copies, perturbed below
+    params = {k: np.array(v) for k, v in params.items()}
+    loss, grads = fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
+    step = 1e-5
+    for name, array, grad in [("W_aa", params["W_aa"], grads["dW_aa"]), ("W_ya", params["W_ya"], grads["dW_ya"]), ("x", x, grads["dx"])]:
+        numeric = np.empty_like(array)
+        for index in np.ndindex(array.shape):
+            saved = array[index]
+            array[index] = saved + step
+            plus = float(fastrnn.loss_and_grads(x, a0, y, params, backend=backend)[0])
+            array[index] = saved - step
+            minus = float(fastrnn.loss_and_grads(x, a0, y, params, backend=backend)[0])
+            array[index] = saved
+            numeric[index] = (plus - minus) / (2 * step)
+        # Relative error below 1e-6, or below the rounding floor of central differences,
+        # eps * |L| / h per entry, for gradients so small that the floor dominates (found by
+        # this test: weights of 0.01 give a dx of 1e-6, a floor of 1e-11 absolute).
+        floor = 10 * np.finfo(np.float64).eps * max(abs(float(loss)), 1.0) / step * np.sqrt(array.size)
+        error = np.linalg.norm(numeric - grad)
+        assert error <= max(1e-6 * (np.linalg.norm(numeric) + np.linalg.norm(grad)), floor), (name, error)
+
+
+def test_random_bad_arguments_never_crash():
+    # In a subprocess, so that a crash (a segfault from an unchecked kernel) fails this test
+    # instead of killing the test run.
+    script = Path(__file__).with_name("fuzz_bad_arguments.py")
+    result = subprocess.run([sys.executable, str(script), "400"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert "examples: 400" in result.stdout, result.stdout
