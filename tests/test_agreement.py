@@ -16,8 +16,8 @@ SHAPES = [
     (8, 16, 8, 1, 100),
     (6, 32, 5, 16, 9),
     (32, 64, 32, 16, 20),
-    (65, 128, 65, 32, 16),
-    pytest.param((5, 8, 4, 3, 3000), id="T=3000"),
+    pytest.param((65, 128, 65, 32, 16), marks=pytest.mark.slow),
+    pytest.param((5, 8, 4, 3, 3000), id="T=3000", marks=pytest.mark.slow),
 ]
 
 

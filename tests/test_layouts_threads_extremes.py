@@ -7,6 +7,7 @@ import sys
 import textwrap
 import tracemalloc
 
+import numba
 import numpy as np
 import pytest
 
@@ -98,6 +99,7 @@ def test_params_in_any_layout(backend, layout):
 # -- threads ------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT=1: nothing is compiled, so no kernel has a GIL option")
 def test_every_kernel_releases_the_gil():
     dispatchers = [obj for obj in vars(numba_kernels).values() if hasattr(obj, "targetoptions") and hasattr(obj, "py_func")]
     compiled_entry_points = [d for d in dispatchers if not d.targetoptions.get("inline") == "always"]
@@ -227,12 +229,14 @@ def test_a_sequence_of_100000_steps():
         assert_agree(results["numba"][1][key], results["numpy"][1][key], np.float64, key)
 
 
+@pytest.mark.slow
 def test_a_batch_of_10000(backend):
     x, a0, y, params = make_problem(4, 8, 4, 10_000, 3, seed=142)
     loss, grads = fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
     assert np.isfinite(loss) and grads["dx"].shape == (4, 10_000, 3)
 
 
+@pytest.mark.slow
 def test_memory_grows_linearly_with_T():
     params = fastrnn.init_params(8, 16, 8, seed=143)
 

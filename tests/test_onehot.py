@@ -15,7 +15,7 @@ def one_hot_problem(n_x, n_a, n_y, m, T, dtype, seed):
     return x_index, x, a0, y, params
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 2, 1, 1), (5, 8, 4, 3, 7), (65, 128, 65, 32, 16), (7, 16, 7, 1, 300)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 1, 2, 1, 1), (5, 8, 4, 3, 7), pytest.param((65, 128, 65, 32, 16), marks=pytest.mark.slow), (7, 16, 7, 1, 300)], ids=str)
 def test_onehot_equals_dense_inputs(backend, dtype, shape):
     x_index, x, a0, y, params = one_hot_problem(*shape, dtype, seed=80)
     loss_dense, grads_dense = fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
@@ -27,7 +27,7 @@ def test_onehot_equals_dense_inputs(backend, dtype, shape):
         assert_agree(grads[key], grads_dense[key], dtype, key)
 
 
-@pytest.mark.parametrize("shape", [(5, 8, 4, 3, 7), (65, 128, 65, 32, 16)], ids=str)
+@pytest.mark.parametrize("shape", [(5, 8, 4, 3, 7), pytest.param((65, 128, 65, 32, 16), marks=pytest.mark.slow)], ids=str)
 def test_onehot_backends_agree(dtype, shape):
     x_index, _, a0, y, params = one_hot_problem(*shape, dtype, seed=81)
     loss_np, grads_np = fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend="numpy")

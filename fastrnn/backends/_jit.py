@@ -20,8 +20,9 @@ Nothing else in the package passes options to ``numba.njit`` directly.
 """
 
 import numba
+import numpy as np
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 FASTMATH = frozenset({"contract", "nsz"})
 
@@ -38,13 +39,19 @@ def inline_kernel(function):
     return numba.njit(inline="always", **_OPTIONS)(function)
 
 
-@intrinsic
-def bits_as_float(typingctx, bits):
+def bits_as_float(bits):
     """Reinterpret the bits of an int64 as a float64 (int32 as float32).
 
-    Used to build ``2**n`` from its exponent bits in the vectorised ``exp``; LLVM turns it
-    into a plain register move, so loops that use it still vectorise.
+    Used to build ``2**n`` from its exponent bits in the vectorised ``exp``.  In compiled
+    code (the overload below) LLVM turns it into a register move, so loops that use it
+    still vectorise; this plain-Python version lets the kernels' maths run, and be
+    covered by tests, under ``NUMBA_DISABLE_JIT=1``.
     """
+    return np.asarray(bits).view(np.float64 if np.asarray(bits).dtype == np.int64 else np.float32)[()]
+
+
+@intrinsic
+def _bitcast(typingctx, bits):
     if bits == types.int64:
         result = types.float64
     elif bits == types.int32:
@@ -56,3 +63,10 @@ def bits_as_float(typingctx, bits):
         return builder.bitcast(args[0], context.get_value_type(result))
 
     return result(bits), codegen
+
+
+@overload(bits_as_float, inline="always")
+def _overload_bits_as_float(bits):
+    if bits in (types.int64, types.int32):
+        return lambda bits: _bitcast(bits)
+    return None
