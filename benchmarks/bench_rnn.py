@@ -17,6 +17,7 @@ import numpy as np
 import tracemalloc
 
 import fastrnn
+import fastrnn.optim
 from fastrnn.bench import BENCH_SIZES
 from fastrnn.bench import make_problem, median_seconds
 
@@ -46,15 +47,49 @@ class TrainingStep:
     def setup(self, size, dtype, backend):
         self.x, self.a0, self.y, self.params = _problem(size, dtype, backend)
         self.backend = backend
+        self.workspace = fastrnn.Workspace()
+        fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=backend, workspace=self.workspace)
 
     def time_loss_and_grads(self, size, dtype, backend):
         fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend)
+
+    def time_loss_and_grads_workspace(self, size, dtype, backend):
+        fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend, workspace=self.workspace)
 
     def time_rnn_forward(self, size, dtype, backend):
         fastrnn.rnn_forward(self.x, self.a0, self.params, backend=self.backend)
 
     def peakmem_loss_and_grads(self, size, dtype, backend):
         fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend)
+
+
+class CharModel:
+    """A character-level model's training step: one-hot inputs by index (``loss_and_grads_onehot``)
+    and ``RNN.train_step`` with Adagrad and global-norm clipping, as ``python -m fastrnn train``
+    runs it, at the char-rnn size (vocabulary 65, hidden 128, batch 32, 64 steps)."""
+
+    params = (DTYPES, BACKENDS)
+    param_names = ["dtype", "backend"]
+    timeout = 300
+
+    def setup(self, dtype, backend):
+        if backend not in fastrnn.available_backends():
+            raise NotImplementedError(f"backend {backend} is not available here")
+        rng = np.random.default_rng(0)
+        self.model = fastrnn.RNN(65, 128, 65, dtype=np.dtype(dtype).type, backend=backend, seed=0)
+        self.x_index = rng.integers(0, 65, size=(32, 64))
+        self.y = rng.integers(0, 65, size=(32, 64))
+        self.a0 = np.zeros((128, 32), dtype=dtype)
+        self.optimizer = fastrnn.optim.Adagrad(lr=0.01, backend=backend)
+        self.workspace = fastrnn.Workspace()
+        self.time_train_step(dtype, backend)  # compile, untimed
+        self.time_loss_and_grads_onehot(dtype, backend)
+
+    def time_loss_and_grads_onehot(self, dtype, backend):
+        fastrnn.loss_and_grads_onehot(self.x_index, self.a0, self.y, self.model.params, backend=backend)
+
+    def time_train_step(self, dtype, backend):
+        self.model.train_step(self.x_index, self.y, self.optimizer, clip_norm=5.0, workspace=self.workspace)
 
 
 class Memory:
