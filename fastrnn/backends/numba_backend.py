@@ -37,26 +37,22 @@ def _hidden_states(a0, T, empty):
     return h
 
 
-def _hidden_grads(xs, n_a, empty):
-    """Arrays for the gradients of the hidden layer and the inputs."""
-    T, m, n_x = xs.shape
-    return {
-        "dx": empty("dx", (T, m, n_x), xs.dtype),
-        "da0": empty("da0", (m, n_a), xs.dtype),
-        "dW_ax": empty("dW_ax", (n_a, n_x), xs.dtype),
-        "dW_aa": empty("dW_aa", (n_a, n_a), xs.dtype),
-        "db_a": empty("db_a", (n_a, 1), xs.dtype),
-    }
+def _grads(p, m, empty, *, output_layer):
+    """Arrays for ``da0`` (m, n_a) and the gradients of the hidden layer's parameters, and of
+    the output layer's with ``output_layer``."""
+    names = ("W_ax", "W_aa", "b_a") + (("W_ya", "b_y") if output_layer else ())
+    grads = {"d" + name: empty("d" + name, p[name].shape, p[name].dtype) for name in names}
+    grads["da0"] = empty("da0", (m, p["W_aa"].shape[0]), p["W_aa"].dtype)
+    return grads
 
 
 def forward(xs, a0, p):
     """Hidden states (T + 1, m, n_a) and softmax outputs (T, m, n_y)."""
-    empty = new_array
-    k = _kernel_params(p, empty)
+    k = _kernel_params(p, new_array)
     T, m, _ = xs.shape
-    h = _hidden_states(a0, T, empty)
-    y_hat = empty("y_hat", (T, m, k["b_y"].size), xs.dtype)
-    rec = empty("rec", a0.shape, xs.dtype)
+    h = _hidden_states(a0, T, new_array)
+    y_hat = np.empty((T, m, k["b_y"].size), dtype=xs.dtype)
+    rec = np.empty(a0.shape, dtype=xs.dtype)
     kernels.forward_kernel(xs, k["W_ax"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"], h, rec, y_hat)
     return h, y_hat
 
@@ -64,7 +60,8 @@ def forward(xs, a0, p):
 def backward(da, xs, h, p):
     """BPTT for an outside ``da`` (T, m, n_a); ``da`` is not modified."""
     dz = da.copy()  # the kernel turns da into dz in place
-    grads = _hidden_grads(xs, da.shape[2], new_array)
+    grads = _grads(p, da.shape[1], new_array, output_layer=False)
+    grads["dx"] = np.empty(xs.shape, dtype=xs.dtype)
     kernels.backward_kernel(
         dz, xs, h, p["W_ax"], p["W_aa"], grads["da0"], grads["dx"],
         grads["dW_ax"], grads["dW_aa"], grads["db_a"].reshape(-1),
@@ -92,14 +89,7 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     n_x, n_a, n_y = p["W_ax"].shape[1], a0.shape[1], k["b_y"].size
     dtype = p["W_aa"].dtype
     h = _hidden_states(a0, T, empty)
-    grads = {
-        "da0": empty("da0", (m, n_a), dtype),
-        "dW_ax": empty("dW_ax", (n_a, n_x), dtype),
-        "dW_aa": empty("dW_aa", (n_a, n_a), dtype),
-        "db_a": empty("db_a", (n_a, 1), dtype),
-        "dW_ya": empty("dW_ya", (n_y, n_a), dtype),
-        "db_y": empty("db_y", (n_y, 1), dtype),
-    }
+    grads = _grads(p, m, empty, output_layer=True)
     workspaces = (
         h,
         empty("rec", (m, n_a), dtype),
