@@ -7,6 +7,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class TextError(ValueError):
 def builtin_corpus():
     """The Zen of Python, from the standard library's ``this`` module (read, not imported:
     importing ``this`` prints it).  Ships with Python, so training needs no download."""
-    source = open(importlib.util.find_spec("this").origin, encoding="utf-8").read()
+    source = Path(importlib.util.find_spec("this").origin).read_text(encoding="utf-8")
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "s":
             return codecs.decode(ast.literal_eval(node.value), "rot13")
@@ -40,7 +41,7 @@ def read_text(path):
         UTF-8), or fewer than two distinct characters.
     """
     try:
-        raw = open(path, "rb").read()
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise TextError(f"{path}: no such file") from None
     except OSError as error:
