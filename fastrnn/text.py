@@ -5,6 +5,7 @@ import codecs
 import importlib.util
 import itertools
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,9 @@ def train_char_rnn(
     -------
     TrainingRun
     """
+    for name, value in (("hidden", hidden), ("seq_length", seq_length), ("batch", batch), ("steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     check_trainable(text)
     vocab = CharVocab.from_text(text)
     data = vocab.encode(text)
@@ -220,9 +224,9 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
     """
     if model.vocab is None:
         raise ValueError("this model has no vocabulary: it was not trained on text")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if isinstance(n_chars, bool) or not isinstance(n_chars, int) or n_chars < 0:
+    if isinstance(n_chars, bool) or not isinstance(n_chars, numbers.Integral) or n_chars < 0:
         raise ValueError(f"n_chars must be an int >= 0, got {n_chars!r}")
     vocab = CharVocab(model.vocab)
     rng = np.random.default_rng(seed)

@@ -166,3 +166,9 @@ def test_train_step_checks_its_optimizer():
         model.train_step(np.zeros((1, 2), int), np.zeros((1, 2), int), "adam")
     loss = model.train_step(np.zeros((1, 2), int), np.zeros((1, 2), int), optim.Adam(0.01), clip_value=1.0, clip_norm=1.0)
     assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("setting", [dict(hidden=0), dict(steps=1.5), dict(batch=-2), dict(seq_length=True), dict(optimizer="lbfgs")])
+def test_train_char_rnn_checks_its_settings(setting):
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        text.train_char_rnn(CORPUS, **setting)
