@@ -439,6 +439,21 @@ def backward_kernel(dz, xs, h, W_ax, W_aa, da_next, dx, dW_ax, dW_aa, db_a):
     input_backward(dz, xs, W_ax, dx, dW_ax)
 
 
+@inline_kernel
+def _after_the_input_layer(
+    labels, W_aa, W_aa_T, b_a, W_ya, b_y, h, rec, logits, dz, da_next, dW_aa, db_a, dW_ya, db_y
+):
+    """What a training step does between the input layer's forward and backward (which
+    differ for dense and one-hot inputs): the recurrence, the output layer, the loss and
+    BPTT.  ``h[1:]`` holds the input projection on entry; returns the loss."""
+    hidden_forward(W_aa_T, b_a, h, rec)
+    output_logits(h, W_ya, logits)
+    loss = softmax_cross_entropy(logits, b_y, labels, db_y)
+    output_backward(logits, h, W_ya, dW_ya, dz)
+    hidden_backward(dz, h, W_aa, da_next, dW_aa, db_a)
+    return loss
+
+
 @kernel
 def loss_and_grads_kernel(
     xs, labels, W_ax, W_aa, W_aa_T, b_a, W_ya, b_y,
@@ -450,11 +465,9 @@ def loss_and_grads_kernel(
     overwritten.  ``logits`` ends as ``dL/dlogits`` and ``dz`` as ``dL/dz``.
     """
     input_projection(xs, W_ax, h)
-    hidden_forward(W_aa_T, b_a, h, rec)
-    output_logits(h, W_ya, logits)
-    loss = softmax_cross_entropy(logits, b_y, labels, db_y)
-    output_backward(logits, h, W_ya, dW_ya, dz)
-    hidden_backward(dz, h, W_aa, da_next, dW_aa, db_a)
+    loss = _after_the_input_layer(
+        labels, W_aa, W_aa_T, b_a, W_ya, b_y, h, rec, logits, dz, da_next, dW_aa, db_a, dW_ya, db_y
+    )
     input_backward(dz, xs, W_ax, dx, dW_ax)
     return loss
 
@@ -467,11 +480,9 @@ def loss_and_grads_onehot_kernel(
     """``loss_and_grads_kernel`` for one-hot inputs given by their indices (T, m): the
     projection is a lookup of ``W_ax``'s columns and ``dW_ax`` a scatter-add; no dx."""
     input_lookup(x_index, W_ax_T, h)
-    hidden_forward(W_aa_T, b_a, h, rec)
-    output_logits(h, W_ya, logits)
-    loss = softmax_cross_entropy(logits, b_y, labels, db_y)
-    output_backward(logits, h, W_ya, dW_ya, dz)
-    hidden_backward(dz, h, W_aa, da_next, dW_aa, db_a)
+    loss = _after_the_input_layer(
+        labels, W_aa, W_aa_T, b_a, W_ya, b_y, h, rec, logits, dz, da_next, dW_aa, db_a, dW_ya, db_y
+    )
     input_lookup_backward(dz, x_index, dW_ax_T, dW_ax)
     return loss
 
