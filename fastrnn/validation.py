@@ -28,14 +28,19 @@ def _describe(value):
     return type(value).__name__
 
 
+def _as_array(value, name, what):
+    """``value`` as an ndarray, or a TypeError saying that ``name`` must be ``what``."""
+    if isinstance(value, (dict, str, bytes)) or value is None:
+        raise TypeError(f"{name} must be {what}, got {_describe(value)}")
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as error:  # ragged lists, objects NumPy cannot take
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}: {error}") from None
+
+
 def _as_real_array(value, name):
     """``value`` as an ndarray of real numbers, or a TypeError naming ``name``."""
-    if isinstance(value, (dict, str, bytes)) or value is None:
-        raise TypeError(f"{name} must be an array of real numbers, got {_describe(value)}")
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}: {error}") from None
+    array = _as_array(value, name, "an array of real numbers")
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got {_describe(array)}")
     return array
@@ -49,6 +54,14 @@ def _check_shape(array, name, expected, meaning):
         )
     if array.shape != tuple(expected):
         raise ValueError(f"{name} must have shape {meaning} = {tuple(expected)}, got {array.shape}")
+
+
+def _check_dims(array, name, expected, meaning):
+    """Rank, non-empty sizes and shape; ``expected`` may hold None for free sizes."""
+    if array.ndim != len(expected):
+        raise ValueError(f"{name} must be {len(expected)}-dimensional {meaning}, got {array.ndim} dimensions, shape {array.shape}")
+    _check_nonempty(array, name, meaning)
+    _check_shape(array, name, tuple(got if want is None else want for want, got in zip(expected, array.shape)), meaning)
 
 
 def _check_nonempty(array, name, meaning):
@@ -173,11 +186,7 @@ def check_array(value, name, expected, meaning, dtype):
         nothing needed changing).
     """
     array = _as_real_array(value, name)
-    if array.ndim != len(expected):
-        raise ValueError(f"{name} must be {len(expected)}-dimensional {meaning}, got {array.ndim} dimensions, shape {array.shape}")
-    _check_nonempty(array, name, meaning)
-    full = tuple(got if want is None else want for want, got in zip(expected, array.shape))
-    _check_shape(array, name, full, meaning)
+    _check_dims(array, name, expected, meaning)
     if array.dtype == dtype:
         _check_finite(array, name)
         return array
@@ -204,18 +213,13 @@ def check_labels(value, name, expected, n_classes, what="class labels"):
     ndarray of intp
         The labels (a new array where the dtype differs).
     """
-    if isinstance(value, (dict, str, bytes)) or value is None:
-        raise TypeError(f"{name} must be an integer array of {what}, got {_describe(value)}")
-    array = np.asarray(value)
+    array = _as_array(value, name, f"an integer array of {what}")
     if array.dtype.kind not in "iu":
         raise TypeError(
             f"{name} must hold integer {what} in [0, {n_classes}), got {_describe(array)}; "
             f"convert with .astype(int) if the values are whole numbers"
         )
-    if array.ndim != len(expected):
-        raise ValueError(f"{name} must be {len(expected)}-dimensional (m, T), got {array.ndim} dimensions, shape {array.shape}")
-    _check_nonempty(array, name, "(m, T)")
-    _check_shape(array, name, tuple(got if want is None else want for want, got in zip(expected, array.shape)), "(m, T)")
+    _check_dims(array, name, expected, "(m, T)")
     low, high = array.min(), array.max()
     if low < 0 or high >= n_classes:
         bad_value = low if low < 0 else high

@@ -149,9 +149,13 @@ def test_params_of_wrong_kind(problem, backend, bad):
 
 
 def test_ragged_list(problem, backend):
-    _, a0, y, params = problem
-    with raises(TypeError, "x"):
+    x, a0, y, params = problem
+    with raises(TypeError, "x must be"):
         fastrnn.loss_and_grads([[[1.0]], [[1.0, 2.0]]], a0, y, params, backend=backend)
+    with raises(TypeError, "y must be an integer array"):
+        fastrnn.loss_and_grads(x, a0, [[1], [1, 2]], params, backend=backend)
+    with raises(TypeError, "x_index must be an integer array"):
+        fastrnn.loss_and_grads_onehot([[1], [1, 2]], a0, y, params, backend=backend)
 
 
 # -- the other functions -----------------------------------------------------------------
