@@ -153,7 +153,7 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
     a_prev = check_array(a_prev, "a_prev", (dims.n_a, x_t.shape[1]), "(n_a, m)", dims.dtype)
     # The cell is the T = 1 case of the forward pass: one code path for both.
     with _overflow_reported_by_us():
-        h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), np.ascontiguousarray(a_prev.T), p)
+        h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p)  # a_prev: copied into h[0]
     check_results_finite({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
     a_t = h[1].T
     return a_t, y_hat[0].T, CellCache(a_t, a_prev, x_t, p, _backend_name(impl))
@@ -217,7 +217,7 @@ def rnn_forward(x, a0, params, *, backend=None):
     p, dims, x, a0 = _check_sequence_inputs(x, a0, params)
     xs = _to_time_major(x)
     with _overflow_reported_by_us():
-        h, y_hat = impl.forward(xs, np.ascontiguousarray(a0.T), p)
+        h, y_hat = impl.forward(xs, a0.T, p)  # a0 goes in as a view: the backends copy it into h[0]
     check_results_finite({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
     cache = ForwardCache(xs, h, p, _backend_name(impl))
     return _from_time_major(h[1:]), _from_time_major(y_hat), cache
