@@ -22,24 +22,22 @@ from .validation import PARAM_NAMES
 
 def _checked_pairs(params, grads):
     """(name, param, grad) for the five parameters, after the checks the kernels rely on:
-    a writeable C-contiguous float param, and a grad of its shape (cast to its dtype)."""
-    if not hasattr(params, "keys") or not hasattr(grads, "keys"):
-        raise TypeError(f"params and grads must be dicts, got {type(params).__name__} and {type(grads).__name__}")
+    a writeable C-contiguous float param, and a float grad of its shape (``_param_grads``),
+    cast to the param's dtype."""
+    if not hasattr(params, "keys"):
+        raise TypeError(f"params must be a dict, got {type(params).__name__}")
     pairs = []
-    for name in PARAM_NAMES:
+    for name, grad in zip(PARAM_NAMES, _param_grads(grads)):
         if name not in params:
             raise ValueError(f"params is missing {name}")
-        if "d" + name not in grads:
-            raise ValueError(f"grads is missing d{name}")
         param = params[name]
         if not isinstance(param, np.ndarray) or param.dtype not in (np.float32, np.float64):
             raise TypeError(f"params['{name}'] must be a float32 or float64 ndarray, got {type(param).__name__}")
         if not (param.flags.c_contiguous and param.flags.writeable):
             raise ValueError(f"params['{name}'] must be a writeable C-contiguous array (as from init_params) to update in place")
-        grad = np.asarray(grads["d" + name])
         if grad.shape != param.shape:
             raise ValueError(f"grads['d{name}'] must have the shape of params['{name}'], {param.shape}, got {grad.shape}")
-        pairs.append((name, param, np.ascontiguousarray(grad, dtype=param.dtype)))
+        pairs.append((name, param, grad.astype(param.dtype, copy=False)))
     return pairs
 
 
