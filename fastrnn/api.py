@@ -16,7 +16,16 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backends
-from .validation import FLOAT_DTYPES, check_array, check_labels, check_params, check_results_finite
+from .validation import (
+    FLOAT_DTYPES,
+    PARAM_LABELS,
+    check_array,
+    check_finite_together,
+    check_labels,
+    check_params,
+    check_results_finite,
+    report_non_finite_results,
+)
 from .workspace import Workspace, new_array
 
 
@@ -60,18 +69,16 @@ def _from_time_major(array):
     return array.transpose(2, 1, 0)
 
 
-def _check_sequence_inputs(x, a0, params):
-    """Checked params, their Dims, and x (n_x, m, T) and a0 (n_a, m) in the params' dtype."""
-    p, dims = check_params(params)
-    x = check_array(x, "x", (dims.n_x, None, None), "(n_x, m, T)", dims.dtype)
-    a0 = check_array(a0, "a0", (dims.n_a, x.shape[1]), "(n_a, m)", dims.dtype)
+def _check_inputs(params, x, a0, names=("x", "a0"), x_axes="(n_x, m, T)"):
+    """Checked params, their Dims, and ``x`` (n_x, m, T) or (n_x, m) and ``a0`` (n_a, m) in
+    the params' dtype; ``names`` name x and a0 in messages.  Finiteness is checked last,
+    for all seven arrays in one pass."""
+    p, dims = check_params(params, finite=False)
+    x_shape = (dims.n_x,) + (None,) * x_axes.count(",")  # free sizes: m and T
+    x = check_array(x, names[0], x_shape, x_axes, dims.dtype, finite=False)
+    a0 = check_array(a0, names[1], (dims.n_a, x.shape[1]), "(n_a, m)", dims.dtype, finite=False)
+    check_finite_together((*p.values(), x, a0), PARAM_LABELS + names)
     return p, dims, x, a0
-
-
-def _overflow_reported_by_us():
-    """NumPy's overflow warnings off: ``check_results_finite`` turns an overflow into a
-    clear ``NonFiniteResultError`` right after, on both backends alike."""
-    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def _backend_name(module):
@@ -148,12 +155,9 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
         For ``rnn_cell_backward``.
     """
     impl = backends.resolve(backend)
-    p, dims = check_params(params)
-    x_t = check_array(x_t, "x_t", (dims.n_x, None), "(n_x, m)", dims.dtype)
-    a_prev = check_array(a_prev, "a_prev", (dims.n_a, x_t.shape[1]), "(n_a, m)", dims.dtype)
+    p, dims, x_t, a_prev = _check_inputs(params, x_t, a_prev, ("x_t", "a_prev"), "(n_x, m)")
     # The cell is the T = 1 case of the forward pass: one code path for both.
-    with _overflow_reported_by_us():
-        h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p)  # a_prev: copied into h[0]
+    h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p)  # a_prev: copied into h[0]
     check_results_finite({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
     a_t = h[1].T
     return a_t, y_hat[0].T, CellCache(a_t, a_prev, x_t, p, _backend_name(impl))
@@ -180,8 +184,7 @@ def rnn_cell_backward(da_t, cache):
     da_t = check_array(da_t, "da_t", (n_a, m), "(n_a, m)", cache.a_t.dtype)
     impl = backends.resolve(cache.backend)
     h = np.stack([cache.a_prev.T, cache.a_t.T])  # (2, m, n_a): a<t-1>, a<t>
-    with _overflow_reported_by_us():
-        grads = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(cache.x_t.T[None]), h, cache.params)
+    grads = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(cache.x_t.T[None]), h, cache.params)
     check_results_finite(grads, h.dtype, "rnn_cell_backward")
     return {
         "dx_t": grads["dx"][0].T,
@@ -214,10 +217,9 @@ def rnn_forward(x, a0, params, *, backend=None):
         For ``rnn_backward``.
     """
     impl = backends.resolve(backend)
-    p, dims, x, a0 = _check_sequence_inputs(x, a0, params)
+    p, dims, x, a0 = _check_inputs(params, x, a0)
     xs = _to_time_major(x)
-    with _overflow_reported_by_us():
-        h, y_hat = impl.forward(xs, a0.T, p)  # a0 goes in as a view: the backends copy it into h[0]
+    h, y_hat = impl.forward(xs, a0.T, p)  # a0 goes in as a view: the backends copy it into h[0]
     check_results_finite({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
     cache = ForwardCache(xs, h, p, _backend_name(impl))
     return _from_time_major(h[1:]), _from_time_major(y_hat), cache
@@ -243,8 +245,7 @@ def rnn_backward(da, cache):
     T, m, n_a = cache.h[1:].shape
     da = check_array(da, "da", (n_a, m, T), "(n_a, m, T)", cache.h.dtype)
     impl = backends.resolve(cache.backend)
-    with _overflow_reported_by_us():
-        grads = impl.backward(_to_time_major(da), cache.xs, cache.h, cache.params)
+    grads = impl.backward(_to_time_major(da), cache.xs, cache.h, cache.params)
     check_results_finite(grads, cache.h.dtype, "rnn_backward")
     grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T
@@ -286,7 +287,7 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_sta
         Only with ``return_state=True``.
     """
     impl, empty = _resolve(backend, workspace)
-    p, dims, x, a0 = _check_sequence_inputs(x, a0, params)
+    p, dims, x, a0 = _check_inputs(params, x, a0)
     xs = _to_time_major(x, empty, "xs")
     # dx may overwrite xs when xs is a copy made here, not a view of the caller's x.
     scratch = not np.may_share_memory(xs, x)
@@ -313,9 +314,10 @@ def loss_and_grads_onehot(x_index, a0, y, params, *, backend=None, workspace=Non
         As in ``loss_and_grads``, but ``grads`` has no ``dx``.
     """
     impl, empty = _resolve(backend, workspace)
-    p, dims = check_params(params)
+    p, dims = check_params(params, finite=False)
     x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
-    a0 = check_array(a0, "a0", (dims.n_a, x_index.shape[0]), "(n_a, m)", dims.dtype)
+    a0 = check_array(a0, "a0", (dims.n_a, x_index.shape[0]), "(n_a, m)", dims.dtype, finite=False)
+    check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
     x_index_tm = _contiguous(x_index.T, empty, "x_index")
     return _loss_and_grads(impl, empty, x_index_tm, a0, y, p, dims, return_state)
 
@@ -339,11 +341,9 @@ def _loss_and_grads(impl, empty, inputs, a0, y, p, dims, return_state, xs_is_scr
     labels = check_labels(y, "y", (m, T), dims.n_y)
     labels_tm = _contiguous(labels.T, empty, "labels")
     # a0 goes in as a view: the backends copy it into h[0].
-    with _overflow_reported_by_us():
-        loss, grads, a_last = impl.loss_and_grads(
-            inputs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=xs_is_scratch
-        )
-    check_results_finite({"the loss": loss, **grads}, dims.dtype, "loss_and_grads")
+    loss, grads, a_last, finite = impl.loss_and_grads(inputs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=xs_is_scratch)
+    if not finite:  # the backend scanned its results (cheaper than NumPy calls here)
+        report_non_finite_results({"the loss": loss, **grads}, dims.dtype, "loss_and_grads")
     if "dx" in grads:
         grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T

@@ -21,8 +21,8 @@ def _apply_exp(x, out):
 
 
 @kernel
-def _matmul(a, b, out):
-    kernels.matmul_into(a, b, out)
+def _add_matmul(a, b, out, scratch):
+    kernels.add_matmul_into(a, b, out, scratch)
 
 
 def ulps(actual, expected, dtype):
@@ -68,15 +68,16 @@ def test_exp_of_nonpositive_within_one_ulp(dtype, bound):
     assert (out >= 0).all() and (out <= 1).all()
 
 
-@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 3, 5), (16, 32, 32), (7, 64, 48)], ids=str)
-def test_matmul_into_both_paths(shape, dtype):
+@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 3, 5), (3, 6, 7), (1, 15, 15), (16, 32, 32), (7, 64, 48)], ids=str)
+def test_add_matmul_into_both_paths(shape, dtype):
     # r * k * n at or below SMALL_MATMUL_FLOPS runs plain loops, above it BLAS.
     r, k, n = shape
     rng = np.random.default_rng(61)
-    a, b = rng.standard_normal((r, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
-    out = np.full((r, n), np.nan, dtype=dtype)
-    _matmul(a, b, out)
-    np.testing.assert_allclose(out, a @ b, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((r, k), (k, n), (r, n)))
+    out = c.copy()
+    _add_matmul(a, b, out, np.full((r, n), np.nan, dtype=dtype))  # scratch: overwritten before use
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, c + a @ b, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

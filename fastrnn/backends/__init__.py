@@ -51,15 +51,23 @@ def resolve(backend=None):
         The Numba backend was asked for by name but Numba or SciPy cannot be imported.
     """
     if backend is None:
-        from_env = os.environ.get(ENV_VAR, "").strip()
-        if from_env:
-            name, source = from_env.lower(), f"environment variable {ENV_VAR}={from_env!r}"
-        else:
-            name, source = ("numba" if _import_error("numba") is None else "numpy"), None
-    elif isinstance(backend, str):
+        return _resolve(None, os.environ.get(ENV_VAR, ""))
+    if isinstance(backend, str):
+        return _resolve(backend, None)
+    raise TypeError(f"backend must be a str ({' or '.join(map(repr, BACKENDS))}) or None, got {type(backend).__name__}")
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(backend, from_env):
+    """``resolve`` for a str or None ``backend`` and the environment variable's value:
+    cached, since every public call resolves (errors are raised, not cached)."""
+    from_env = (from_env or "").strip()
+    if backend is not None:
         name, source = backend.strip().lower(), f"backend={backend!r}"
+    elif from_env:
+        name, source = from_env.lower(), f"environment variable {ENV_VAR}={from_env!r}"
     else:
-        raise TypeError(f"backend must be a str ({' or '.join(map(repr, BACKENDS))}) or None, got {type(backend).__name__}")
+        name, source = ("numba" if _import_error("numba") is None else "numpy"), None
     if name not in BACKENDS:
         raise ValueError(f"{source} names no backend; expected one of {', '.join(map(repr, BACKENDS))}")
     reason = _import_error(name)

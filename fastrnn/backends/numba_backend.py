@@ -16,18 +16,10 @@ from ..workspace import new_array
 from . import numba_kernels as kernels
 
 
-def _kernel_params(p, empty):
-    """The parameters as the kernels take them: ``W_aa.T`` contiguous, biases 1-D."""
-    W_aa_T = empty("W_aa_T", p["W_aa"].shape, p["W_aa"].dtype)
-    np.copyto(W_aa_T, p["W_aa"].T)
-    return {
-        "W_ax": p["W_ax"],
-        "W_aa": p["W_aa"],
-        "W_aa_T": W_aa_T,
-        "b_a": p["b_a"].reshape(-1),
-        "W_ya": p["W_ya"],
-        "b_y": p["b_y"].reshape(-1),
-    }
+def _transposed_weights(p, empty):
+    """Workspaces ``W_ax_T``, ``W_aa_T``, ``W_ya_T`` that the kernels fill with the
+    weights' transposes."""
+    return tuple(empty(name + "_T", p[name].shape[::-1], p[name].dtype) for name in ("W_ax", "W_aa", "W_ya"))
 
 
 def _hidden_states(a0, T, empty):
@@ -48,12 +40,13 @@ def _grads(p, m, empty, *, output_layer):
 
 def forward(xs, a0, p):
     """Hidden states (T + 1, m, n_a) and softmax outputs (T, m, n_y)."""
-    k = _kernel_params(p, new_array)
     T, m, _ = xs.shape
     h = _hidden_states(a0, T, new_array)
-    y_hat = np.empty((T, m, k["b_y"].size), dtype=xs.dtype)
+    y_hat = np.empty((T, m, p["b_y"].size), dtype=xs.dtype)
     rec = np.empty(a0.shape, dtype=xs.dtype)
-    kernels.forward_kernel(xs, k["W_ax"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"], h, rec, y_hat)
+    kernels.forward_kernel(
+        xs, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], *_transposed_weights(p, new_array), h, rec, y_hat
+    )
     return h, y_hat
 
 
@@ -63,9 +56,8 @@ def backward(da, xs, h, p):
     grads = _grads(p, da.shape[1], new_array, output_layer=False)
     grads["dx"] = np.empty(xs.shape, dtype=xs.dtype)
     kernels.backward_kernel(
-        dz, xs, h, p["W_ax"], p["W_aa"], grads["da0"], grads["dx"],
-        grads["dW_ax"], grads["dW_aa"], grads["db_a"].reshape(-1),
-    )  # fmt: skip
+        dz, xs, h, p["W_ax"], p["W_aa"], grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"]
+    )
     return grads
 
 
@@ -82,37 +74,28 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     loss : float
     grads : dict
     a_last : ndarray, shape (m, n_a)
+    finite : bool
+        Whether the loss and every gradient are finite (checked by the kernel).
     """
-    k = _kernel_params(p, empty)
-    one_hot = inputs.ndim == 2
     T, m = inputs.shape[:2]
-    n_x, n_a, n_y = p["W_ax"].shape[1], a0.shape[1], k["b_y"].size
+    n_x, n_a, n_y = p["W_ax"].shape[1], a0.shape[1], p["b_y"].size
     dtype = p["W_aa"].dtype
     h = _hidden_states(a0, T, empty)
     grads = _grads(p, m, empty, output_layer=True)
-    workspaces = (
-        h,
-        empty("rec", (m, n_a), dtype),
-        empty("logits", (T, m, n_y), dtype),
-        empty("dz", (T, m, n_a), dtype),
+    arrays = (
+        p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"],
+        *_transposed_weights(p, empty),
+        h, empty("rec", (m, n_a), dtype), empty("logits", (T, m, n_y), dtype), empty("dz", (T, m, n_a), dtype),
         grads["da0"],
-    )
-    if one_hot:
-        W_ax_T = empty("W_ax_T", (n_x, n_a), dtype)
-        np.copyto(W_ax_T, p["W_ax"].T)
-        loss = kernels.loss_and_grads_onehot_kernel(
-            inputs, labels, W_ax_T, k["W_aa"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"],
-            *workspaces, empty("dW_ax_T", (n_x, n_a), dtype), grads["dW_ax"], grads["dW_aa"],
-            grads["db_a"].reshape(-1), grads["dW_ya"], grads["db_y"].reshape(-1),
-        )  # fmt: skip
+    )  # fmt: skip
+    gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
+    if inputs.ndim == 2:  # one-hot x_index
+        dW_ax_T = empty("dW_ax_T", (n_x, n_a), dtype)
+        loss, finite = kernels.loss_and_grads_onehot_kernel(inputs, labels, *arrays, dW_ax_T, *gradients)
     else:
         grads["dx"] = inputs if xs_is_scratch else empty("dx", inputs.shape, dtype)
-        loss = kernels.loss_and_grads_kernel(
-            inputs, labels, k["W_ax"], k["W_aa"], k["W_aa_T"], k["b_a"], k["W_ya"], k["b_y"],
-            *workspaces, grads["dx"], grads["dW_ax"], grads["dW_aa"],
-            grads["db_a"].reshape(-1), grads["dW_ya"], grads["db_y"].reshape(-1),
-        )  # fmt: skip
-    return loss, grads, h[-1]
+        loss, finite = kernels.loss_and_grads_kernel(inputs, labels, *arrays, grads["dx"], *gradients)
+    return loss, grads, h[-1], finite
 
 
 # -- optimizers: numpy_backend's functions, on flat views of contiguous arrays ------------

@@ -30,9 +30,24 @@ lookup and ``dW_ax`` a scatter-add, and no dense one-hot array is ever built.  T
 (float32 or float64) in the seed's shapes; every function computes in that dtype.
 """
 
+import functools
+
 import numpy as np
 
 from ..workspace import new_array
+
+
+def _overflow_reported_by_the_api(function):
+    """Run ``function`` with NumPy's overflow warnings off: ``fastrnn.api`` turns a
+    non-finite result into a clear ``NonFiniteResultError`` right after, as it does for
+    the Numba backend (whose kernels warn about nothing)."""
+
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return function(*args, **kwargs)
+
+    return quiet
 
 
 def rows(a):
@@ -98,6 +113,7 @@ def softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+@_overflow_reported_by_the_api
 def forward(xs, a0, p):
     """Hidden states and softmax outputs.
 
@@ -205,6 +221,7 @@ def input_backward(dz, inputs, p):
     return dz_rows.T @ rows(inputs), (dz_rows @ p["W_ax"]).reshape(inputs.shape)
 
 
+@_overflow_reported_by_the_api
 def backward(da, xs, h, p):
     """Gradients for an outside ``da``: the public ``rnn_backward``.
 
@@ -218,6 +235,7 @@ def backward(da, xs, h, p):
     return grads
 
 
+@_overflow_reported_by_the_api
 def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
     """Loss and every gradient of one training step.
 
@@ -243,6 +261,9 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
         and ``dx`` (T, m, n_x) for dense inputs.
     a_last : ndarray, shape (m, n_a)
         The last hidden state a<T>, for carrying over to the next chunk of a stream.
+    finite : bool
+        Whether the loss and every gradient are finite.  Finite inputs can still overflow
+        (float32 logits above 3.4e38); the caller reports it.
     """
     h = hidden_forward(input_projection(inputs, p), a0, p, empty)
     loss, dlogits = softmax_cross_entropy(output_logits(h, p), labels)
@@ -257,7 +278,8 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
         for name, value in grads.items():
             grads[name] = empty(name, value.shape, value.dtype)
             grads[name][...] = value
-    return loss, grads, h[-1]
+    finite = bool(np.isfinite(loss)) and all(np.isfinite(g).all() for g in grads.values())
+    return loss, grads, h[-1], finite
 
 
 # -- optimizers: in-place parameter updates (fastrnn.optim) ------------------------------
