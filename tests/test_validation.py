@@ -67,13 +67,24 @@ def test_labels_that_are_not_integers(problem, backend, dtype):
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", ["x", "a0", "W_aa", "b_y"])
-def test_non_finite_values(problem, backend, value, where):
-    x, a0, y, params = problem
-    x, a0, params = x.copy(), a0.copy(), {k: v.copy() for k, v in params.items()}
+@pytest.mark.parametrize("T_steps", [T, 1000], ids=["joined", "one by one"])  # arrays checked in one call up to 4096 entries
+def test_non_finite_values(backend, value, where, T_steps):
+    x, a0, y, params = make_problem(N_X, N_A, N_Y, M, T_steps, seed=40)
     target = {"x": x, "a0": a0}.get(where, params.get(where))
-    target.flat[1] = value
+    target.flat[-1] = value
     with raises(ValueError, where, "finite"):
         fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
+
+
+@pytest.mark.parametrize("where", ["a0", "W_ax"])
+def test_non_finite_values_one_hot_and_cell(problem, backend, where):
+    x, a0, y, params = problem
+    target = {"a0": a0}.get(where, params.get(where))
+    target.flat[0] = np.nan
+    with raises(ValueError, where, "finite"):
+        fastrnn.loss_and_grads_onehot(y % N_X, a0, y, params, backend=backend)
+    with raises(ValueError, where.replace("a0", "a_prev"), "finite"):
+        fastrnn.rnn_cell_forward(x[:, :, 0], a0, params, backend=backend)
 
 
 def test_float64_input_that_overflows_float32(backend):
