@@ -68,9 +68,10 @@ def test_exp_of_nonpositive_within_one_ulp(dtype, bound):
     assert (out >= 0).all() and (out <= 1).all()
 
 
-@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 3, 5), (3, 6, 7), (1, 15, 15), (16, 32, 32), (7, 64, 48)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 3, 5), (3, 6, 7), (1, 15, 15), (1, 64, 64), (1, 91, 91), (4, 16, 16), (7, 64, 48)], ids=str)
 def test_add_matmul_into_both_paths(shape, dtype):
-    # r * k * n at or below SMALL_MATMUL_FLOPS runs plain loops, above it BLAS.
+    # Loops at or below SMALL_MATVEC_FLOPS (one row) or SMALL_MATMUL_FLOPS, else BLAS.
+    # k % 4 != 0 runs the loops' remainder; (1, 91, 91) and (4, 16, 16) run BLAS.
     r, k, n = shape
     rng = np.random.default_rng(61)
     a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((r, k), (k, n), (r, n)))
@@ -107,3 +108,16 @@ def test_bounds_checking_is_live_in_the_boundscheck_run():
 @kernel
 def _softmax_cross_entropy(logits, b_y, labels, db_y):
     return kernels.softmax_cross_entropy(logits, b_y, labels, db_y)
+
+
+@kernel
+def _transpose(a, out):
+    kernels.transpose_into(a, out)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (16, 8), (37, 20), (20, 37)], ids=str)  # tiles of 16, ragged edges
+def test_transpose_into(shape, dtype):
+    a = np.random.default_rng(62).standard_normal(shape).astype(dtype)
+    out = np.full(shape[::-1], np.nan, dtype=dtype)
+    _transpose(a, out)
+    np.testing.assert_array_equal(out, a.T)
