@@ -7,13 +7,16 @@ import fastrnn
 from conftest import assert_agree, make_problem
 
 # (n_x, n_a, n_y, m, T): degenerate sizes, both paths of the recurrent product (plain loops
-# up to m * n_a**2 = 8192, BLAS above), and a long sequence.
+# up to n_a**2 = 8192 for one sequence and m * n_a**2 = 512 for several, BLAS above), and a
+# long sequence.
 SHAPES = [
     (1, 1, 2, 1, 1),
     (3, 1, 2, 1, 7),
     (4, 5, 3, 1, 1),
     (4, 5, 3, 7, 1),
     (8, 16, 8, 1, 100),
+    (3, 40, 3, 1, 5),
+    (3, 8, 3, 4, 5),
     (6, 32, 5, 16, 9),
     (32, 64, 32, 16, 20),
     pytest.param((65, 128, 65, 32, 16), marks=pytest.mark.slow),

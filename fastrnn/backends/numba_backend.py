@@ -16,10 +16,17 @@ from ..workspace import new_array
 from . import numba_kernels as kernels
 
 
-def _transposed_weights(p, empty):
-    """Workspaces ``W_ax_T``, ``W_aa_T``, ``W_ya_T`` that the kernels fill with the
-    weights' transposes."""
-    return tuple(empty(name + "_T", p[name].shape[::-1], p[name].dtype) for name in ("W_ax", "W_aa", "W_ya"))
+def forward_scratch_size(p, m):
+    """Entries of the kernels' forward scratch: the weights' transposes and ``rec`` (m, n_a)
+    (``numba_kernels.forward_scratch``)."""
+    n_a = p["W_aa"].shape[0]
+    return p["W_ax"].size + p["W_aa"].size + p["W_ya"].size + m * n_a
+
+
+def dz_buffer_size(p, T, m):
+    """Entries of a training step's flat ``dz_buffer``: the forward scratch, then dL/dz
+    (T, m, n_a) in the same memory."""
+    return max(forward_scratch_size(p, m), T * m * p["W_aa"].shape[0])
 
 
 def _hidden_states(a0, T, empty):
@@ -43,10 +50,8 @@ def forward(xs, a0, p):
     T, m, _ = xs.shape
     h = _hidden_states(a0, T, new_array)
     y_hat = np.empty((T, m, p["b_y"].size), dtype=xs.dtype)
-    rec = np.empty(a0.shape, dtype=xs.dtype)
-    kernels.forward_kernel(
-        xs, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], *_transposed_weights(p, new_array), h, rec, y_hat
-    )
+    scratch = np.empty(forward_scratch_size(p, m), dtype=xs.dtype)
+    kernels.forward_kernel(xs, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, y_hat)
     return h, y_hat
 
 
@@ -84,9 +89,7 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     grads = _grads(p, m, empty, output_layer=True)
     arrays = (
         p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"],
-        *_transposed_weights(p, empty),
-        h, empty("rec", (m, n_a), dtype), empty("logits", (T, m, n_y), dtype), empty("dz", (T, m, n_a), dtype),
-        grads["da0"],
+        h, empty("logits", (T, m, n_y), dtype), empty("dz", (dz_buffer_size(p, T, m),), dtype), grads["da0"],
     )  # fmt: skip
     gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
     if inputs.ndim == 2:  # one-hot x_index

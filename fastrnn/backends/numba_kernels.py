@@ -494,8 +494,10 @@ def input_lookup_backward(dz, x_index, dW_ax_T, dW_ax):
 # =======================================================================================
 
 
-# Arguments: the parameters and gradients come in the seed's shapes (biases (n, 1)) and
-# ``W_ax_T``, ``W_aa_T``, ``W_ya_T`` are workspaces the kernels fill with the transposes.
+# The parameters and gradients come in the seed's shapes (biases (n, 1)).  The forward
+# pass's scratch (the weights' transposes and ``rec``) is carved out of one flat buffer; in
+# a training step that buffer is also ``dz``'s, which the backward pass writes only after
+# the forward pass's last use of its scratch: no memory of its own.
 
 
 @inline_kernel
@@ -504,12 +506,30 @@ def vector(b):
     return b.reshape(b.size)
 
 
-@kernel
-def forward_kernel(xs, W_ax, W_aa, b_a, W_ya, b_y, W_ax_T, W_aa_T, W_ya_T, h, rec, y_hat):
-    """Hidden states into ``h[1:]`` (``h[0] = a0`` on entry), softmax outputs into ``y_hat``."""
+@inline_kernel
+def forward_scratch(buffer, W_ax, W_aa, W_ya, m):
+    """``W_ax_T`` (n_x, n_a), ``W_aa_T`` (n_a, n_a), ``W_ya_T`` (n_a, n_y), filled with the
+    weights' transposes, and ``rec`` (m, n_a), as consecutive views of the flat ``buffer``
+    (``numba_backend.forward_scratch_size`` entries at least)."""
+    n_a, n_x = W_ax.shape
+    n_y = W_ya.shape[0]
+    end_ax = n_x * n_a
+    end_aa = end_ax + n_a * n_a
+    end_ya = end_aa + n_a * n_y
+    W_ax_T = buffer[:end_ax].reshape((n_x, n_a))
+    W_aa_T = buffer[end_ax:end_aa].reshape((n_a, n_a))
+    W_ya_T = buffer[end_aa:end_ya].reshape((n_a, n_y))
+    rec = buffer[end_ya : end_ya + m * n_a].reshape((m, n_a))
     transpose_into(W_ax, W_ax_T)
     transpose_into(W_aa, W_aa_T)
     transpose_into(W_ya, W_ya_T)
+    return W_ax_T, W_aa_T, W_ya_T, rec
+
+
+@kernel
+def forward_kernel(xs, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, y_hat):
+    """Hidden states into ``h[1:]`` (``h[0] = a0`` on entry), softmax outputs into ``y_hat``."""
+    W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(scratch, W_ax, W_aa, W_ya, xs.shape[1])
     input_projection(xs, W_ax_T, h)
     hidden_forward(W_aa_T, vector(b_a), h, rec)
     output_logits(h, W_ya_T, y_hat)
@@ -525,19 +545,26 @@ def backward_kernel(dz, xs, h, W_ax, W_aa, da0, dx, dW_ax, dW_aa, db_a):
 
 @inline_kernel
 def _after_the_input_layer(
-    labels, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, h, rec, logits, dz, da0, dW_aa, db_a, dW_ya, db_y
+    labels, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec, h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y
 ):
     """What a training step does between the input layer's forward and backward (which
     differ for dense and one-hot inputs): the recurrence, the output layer, the loss and
-    BPTT.  ``h[1:]`` holds the input projection on entry; returns the loss."""
-    transpose_into(W_aa, W_aa_T)
-    transpose_into(W_ya, W_ya_T)
+    BPTT.  ``h[1:]`` holds the input projection on entry.
+
+    Returns
+    -------
+    loss : float
+    dz : ndarray, shape (T, m, n_a)
+        dL/dz, a view of ``dz_buffer`` (whose start held the forward scratch).
+    """
     hidden_forward(W_aa_T, vector(b_a), h, rec)
     output_logits(h, W_ya_T, logits)
     loss = softmax_cross_entropy(logits, vector(b_y), labels, vector(db_y))
+    T, m, n_a = h[1:].shape
+    dz = dz_buffer[: T * m * n_a].reshape((T, m, n_a))  # the forward scratch is dead from here
     output_backward(logits, h, W_ya, dW_ya, dz)
     hidden_backward(dz, h, W_aa, da0, dW_aa, vector(db_a))
-    return loss
+    return loss, dz
 
 
 @inline_kernel
@@ -551,13 +578,14 @@ def _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y):
 
 @kernel
 def loss_and_grads_kernel(
-    xs, labels, W_ax, W_aa, b_a, W_ya, b_y, W_ax_T, W_aa_T, W_ya_T,
-    h, rec, logits, dz, da0, dx, dW_ax, dW_aa, db_a, dW_ya, db_y,
+    xs, labels, W_ax, W_aa, b_a, W_ya, b_y,
+    h, logits, dz_buffer, da0, dx, dW_ax, dW_aa, db_a, dW_ya, db_y,
 ):  # fmt: skip
     """One training step on dense inputs: forward, loss and every gradient.
 
     ``h[0]`` holds a0 on entry; every array after ``b_y`` is a workspace or an output,
-    overwritten.  ``logits`` ends as ``dL/dlogits`` and ``dz`` as ``dL/dz``.
+    overwritten.  ``logits`` ends as ``dL/dlogits``; ``dz_buffer`` is flat (see
+    ``numba_backend.dz_buffer_size``): the forward scratch, then ``dL/dz``.
 
     Returns
     -------
@@ -566,10 +594,10 @@ def loss_and_grads_kernel(
         Whether the loss and every gradient are finite: a scan here costs a fraction of the
         NumPy calls the caller would need (finite inputs can still overflow in float32).
     """
-    transpose_into(W_ax, W_ax_T)
+    W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(dz_buffer, W_ax, W_aa, W_ya, xs.shape[1])
     input_projection(xs, W_ax_T, h)
-    loss = _after_the_input_layer(
-        labels, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, h, rec, logits, dz, da0, dW_aa, db_a, dW_ya, db_y
+    loss, dz = _after_the_input_layer(
+        labels, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec, h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y
     )
     input_backward(dz, xs, W_ax, dx, dW_ax)
     finite = _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y) and all_finite(dx)
@@ -578,15 +606,15 @@ def loss_and_grads_kernel(
 
 @kernel
 def loss_and_grads_onehot_kernel(
-    x_index, labels, W_ax, W_aa, b_a, W_ya, b_y, W_ax_T, W_aa_T, W_ya_T,
-    h, rec, logits, dz, da0, dW_ax_T, dW_ax, dW_aa, db_a, dW_ya, db_y,
+    x_index, labels, W_ax, W_aa, b_a, W_ya, b_y,
+    h, logits, dz_buffer, da0, dW_ax_T, dW_ax, dW_aa, db_a, dW_ya, db_y,
 ):  # fmt: skip
     """``loss_and_grads_kernel`` for one-hot inputs given by their indices (T, m): the
     projection is a lookup of ``W_ax``'s columns and ``dW_ax`` a scatter-add; no dx."""
-    transpose_into(W_ax, W_ax_T)
+    W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(dz_buffer, W_ax, W_aa, W_ya, x_index.shape[1])
     input_lookup(x_index, W_ax_T, h)
-    loss = _after_the_input_layer(
-        labels, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, h, rec, logits, dz, da0, dW_aa, db_a, dW_ya, db_y
+    loss, dz = _after_the_input_layer(
+        labels, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec, h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y
     )
     input_lookup_backward(dz, x_index, dW_ax_T, dW_ax)
     return loss, _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y)
