@@ -35,7 +35,14 @@ def kernel(function):
 
 
 def inline_kernel(function):
-    """Compile a small helper that is inlined into the kernels that call it."""
+    """Compile a small helper that is inlined into the kernels that call it.
+
+    For what runs inside a time loop, where a call would cost more than the work (an
+    inlined (1 x 16) @ (16 x 16) product per step: 24 us per tiny training step, 28 us as
+    calls).  Each inlined copy is compiled again, so helpers called once or twice per
+    kernel are plain ``kernel`` functions instead: cold compilation is part of a user's
+    first call (inlining the transposes and finiteness scans cost 0.8 s of it).
+    """
     return numba.njit(inline="always", **_OPTIONS)(function)
 
 

@@ -250,7 +250,7 @@ def rows(a):
 _TRANSPOSE_TILE = 16
 
 
-@inline_kernel
+@kernel  # called once per array, not per time step: compiled once, not inlined (_jit.py)
 def transpose_into(a, out):
     """``out[:] = a.T``.  The kernels keep C-contiguous transposes of the weights they
     multiply from the right: OpenBLAS is slower on a transposed right operand at small sizes
@@ -266,7 +266,7 @@ def transpose_into(a, out):
                     out[j, i] = a[i, j]
 
 
-@inline_kernel
+@kernel  # called once per array, not per time step: compiled once, not inlined (_jit.py)
 def all_finite(a):
     """Whether every entry of the C-contiguous ``a`` is finite: an and-reduction of
     comparisons (false for inf and NaN), which vectorises."""
