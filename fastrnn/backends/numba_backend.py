@@ -89,7 +89,7 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     grads = _grads(p, m, empty, output_layer=True)
     arrays = (
         p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"],
-        h, empty("logits", (T, m, n_y), dtype), empty("dz", (dz_buffer_size(p, T, m),), dtype), grads["da0"],
+        h, empty("logits", (T, m, n_y), dtype), empty("dz_buffer", (dz_buffer_size(p, T, m),), dtype), grads["da0"],
     )  # fmt: skip
     gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
     if inputs.ndim == 2:  # one-hot x_index
