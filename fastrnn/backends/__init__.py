@@ -10,6 +10,8 @@ import functools
 import importlib
 import os
 
+import numpy as np
+
 ENV_VAR = "FASTRNN_BACKEND"
 BACKENDS = ("numba", "numpy")
 
@@ -77,3 +79,17 @@ def _resolve(backend, from_env):
             f"install numba and scipy, or use backend='numpy'"
         )
     return importlib.import_module(f"fastrnn.backends.{name}_backend")
+
+
+def overflow_reported_by_the_api(function):
+    """Run a backend function with NumPy's overflow warnings off: ``fastrnn.api`` turns a
+    non-finite result into a clear ``NonFiniteResultError`` right after.  For the NumPy
+    backend, and for the Numba one when its kernels run as plain Python
+    (``NUMBA_DISABLE_JIT=1``); compiled kernels warn about nothing."""
+
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return function(*args, **kwargs)
+
+    return quiet

@@ -11,9 +11,11 @@ kernels compile on first use per dtype, or load from Numba's on-disk cache.
 """
 
 import numpy as np
+from numba import config
 
 from ..workspace import new_array
 from . import numba_kernels as kernels
+from . import overflow_reported_by_the_api
 
 
 def forward_scratch_size(p, m):
@@ -99,6 +101,10 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
         grads["dx"] = inputs if xs_is_scratch else empty("dx", inputs.shape, dtype)
         loss, finite = kernels.loss_and_grads_kernel(inputs, labels, *arrays, grads["dx"], *gradients)
     return loss, grads, h[-1], finite
+
+
+if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where compiled code is silent
+    forward, backward, loss_and_grads = map(overflow_reported_by_the_api, (forward, backward, loss_and_grads))
 
 
 # -- optimizers: numpy_backend's functions, on flat views of contiguous arrays ------------

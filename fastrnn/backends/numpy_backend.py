@@ -30,24 +30,10 @@ lookup and ``dW_ax`` a scatter-add, and no dense one-hot array is ever built.  T
 (float32 or float64) in the seed's shapes; every function computes in that dtype.
 """
 
-import functools
-
 import numpy as np
 
 from ..workspace import new_array
-
-
-def _overflow_reported_by_the_api(function):
-    """Run ``function`` with NumPy's overflow warnings off: ``fastrnn.api`` turns a
-    non-finite result into a clear ``NonFiniteResultError`` right after, as it does for
-    the Numba backend (whose kernels warn about nothing)."""
-
-    @functools.wraps(function)
-    def quiet(*args, **kwargs):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return function(*args, **kwargs)
-
-    return quiet
+from . import overflow_reported_by_the_api
 
 
 def rows(a):
@@ -113,7 +99,7 @@ def softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@_overflow_reported_by_the_api
+@overflow_reported_by_the_api
 def forward(xs, a0, p):
     """Hidden states and softmax outputs.
 
@@ -221,7 +207,7 @@ def input_backward(dz, inputs, p):
     return dz_rows.T @ rows(inputs), (dz_rows @ p["W_ax"]).reshape(inputs.shape)
 
 
-@_overflow_reported_by_the_api
+@overflow_reported_by_the_api
 def backward(da, xs, h, p):
     """Gradients for an outside ``da``: the public ``rnn_backward``.
 
@@ -235,7 +221,7 @@ def backward(da, xs, h, p):
     return grads
 
 
-@_overflow_reported_by_the_api
+@overflow_reported_by_the_api
 def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
     """Loss and every gradient of one training step.
 
