@@ -341,7 +341,9 @@ def _loss_and_grads(impl, empty, inputs, a0, y, p, dims, return_state, xs_is_scr
     labels = check_labels(y, "y", (m, T), dims.n_y)
     labels_tm = _contiguous(labels.T, empty, "labels")
     # a0 goes in as a view: the backends copy it into h[0].
-    loss, grads, a_last, finite = impl.loss_and_grads(inputs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=xs_is_scratch)
+    loss, grads, a_last, finite = impl.loss_and_grads(
+        inputs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=xs_is_scratch
+    )
     if not finite:  # the backend scanned its results (cheaper than NumPy calls here)
         report_non_finite_results({"the loss": loss, **grads}, dims.dtype, "loss_and_grads")
     if "dx" in grads:
