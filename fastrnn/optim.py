@@ -17,7 +17,7 @@ import numbers
 import numpy as np
 
 from . import backends
-from .validation import PARAM_NAMES
+from .validation import FLOAT_DTYPES, PARAM_NAMES
 
 
 def _checked_pairs(params, grads):
@@ -31,7 +31,7 @@ def _checked_pairs(params, grads):
         if name not in params:
             raise ValueError(f"params is missing {name}")
         param = params[name]
-        if not isinstance(param, np.ndarray) or param.dtype not in (np.float32, np.float64):
+        if not isinstance(param, np.ndarray) or param.dtype not in FLOAT_DTYPES:
             raise TypeError(f"params['{name}'] must be a float32 or float64 ndarray, got {type(param).__name__}")
         if not (param.flags.c_contiguous and param.flags.writeable):
             raise ValueError(f"params['{name}'] must be a writeable C-contiguous array (as from init_params) to update in place")
@@ -141,10 +141,10 @@ def _param_grads(grads):
         if key not in grads:
             raise ValueError(f"grads is missing {key}")
         grad = np.asarray(grads[key])
-        if grad.dtype not in (np.float32, np.float64):
+        if grad.dtype not in FLOAT_DTYPES:
             raise TypeError(f"grads['{key}'] must be float32 or float64, got {grad.dtype}")
         if not (grad.flags.c_contiguous and grad.flags.writeable):
-            grad = np.ascontiguousarray(grad).copy()
+            grad = np.array(grad, order="C")  # one copy, contiguous and writeable
         grads[key] = grad
         result.append(grad)
     return result
