@@ -53,14 +53,14 @@ def resolve(backend=None):
         The Numba backend was asked for by name but Numba or SciPy cannot be imported.
     """
     if backend is None:
-        return _resolve(None, os.environ.get(ENV_VAR, ""))
+        return _resolve_cached(None, os.environ.get(ENV_VAR, ""))
     if isinstance(backend, str):
-        return _resolve(backend, None)
+        return _resolve_cached(backend, None)
     raise TypeError(f"backend must be a str ({' or '.join(map(repr, BACKENDS))}) or None, got {type(backend).__name__}")
 
 
 @functools.lru_cache(maxsize=64)
-def _resolve(backend, from_env):
+def _resolve_cached(backend, from_env):
     """``resolve`` for a str or None ``backend`` and the environment variable's value:
     cached, since every public call resolves (errors are raised, not cached)."""
     from_env = (from_env or "").strip()
