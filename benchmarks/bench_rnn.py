@@ -63,6 +63,44 @@ class TrainingStep:
         fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend)
 
 
+class Workers:
+    """A training step with the default ``workers`` (fastrnn's choice of shards and BLAS
+    threads), with ``workers=1``, and with one shard per core (``-1``), at the sizes where
+    threads matter; and the default's speed-up over ``workers=1`` measured in one process
+    (a ratio is steadier than two times on a shared machine)."""
+
+    params = (["char-rnn", "char-rnn-256", "large"], DTYPES, ["default", "1", "-1"])
+    param_names = ["size", "dtype", "workers"]
+    timeout = 300
+
+    def setup(self, size, dtype, workers):
+        self.problem = _problem(size, dtype, "numba")
+        self.workers = None if workers == "default" else int(workers)
+        self.time_loss_and_grads(size, dtype, workers)  # start the shard threads, untimed
+
+    def time_loss_and_grads(self, size, dtype, workers):
+        fastrnn.loss_and_grads(*self.problem, backend="numba", workers=self.workers)
+
+
+class WorkersSpeedup:
+    """How many times faster the default ``workers`` runs a training step than ``workers=1``."""
+
+    params = (["char-rnn", "char-rnn-256", "large"], DTYPES)
+    param_names = ["size", "dtype"]
+    unit = "times"
+    timeout = 600
+
+    def setup(self, size, dtype):
+        self.problem = _problem(size, dtype, "numba")
+
+    def track_default_over_one_worker(self, size, dtype):
+        seconds = {
+            workers: median_seconds(lambda: fastrnn.loss_and_grads(*self.problem, backend="numba", workers=workers), repeat=5)
+            for workers in (None, 1)
+        }
+        return seconds[1] / seconds[None]
+
+
 class CharModel:
     """A character-level model's training step: one-hot inputs by index (``loss_and_grads_onehot``)
     and ``RNN.train_step`` with Adagrad and global-norm clipping, as ``python -m fastrnn train``

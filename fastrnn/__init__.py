@@ -9,6 +9,7 @@ Layout of the package:
 - ``api``: the public functions below (validate, lay out, dispatch);
 - ``validation``: argument checks shared by both backends;
 - ``workspace``: reusable memory for repeated training steps;
+- ``parallel``: ``workers=``, a batch cut into shards run in threads;
 - ``optim``, ``model``, ``text``: optimizers, the ``RNN`` model, character language models;
 - ``backends.numpy_backend``: the reference implementation;
 - ``backends.numba_backend`` + ``backends.numba_kernels``: allocation, and the jitted kernels;

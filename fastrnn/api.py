@@ -15,10 +15,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backends
+from . import backends, parallel
 from .validation import (
     FLOAT_DTYPES,
     PARAM_LABELS,
+    PARAM_NAMES,
     check_array,
     check_finite_together,
     check_labels,
@@ -82,7 +83,7 @@ def _check_inputs(params, x, a0, names=("x", "a0"), x_axes="(n_x, m, T)"):
 
 
 def _backend_name(module):
-    return module.__name__.rsplit(".", 1)[-1].removesuffix("_backend")
+    return module.NAME
 
 
 def available_backends():
@@ -195,7 +196,7 @@ def rnn_cell_backward(da_t, cache):
     }
 
 
-def rnn_forward(x, a0, params, *, backend=None):
+def rnn_forward(x, a0, params, *, backend=None, workers=None):
     """Forward pass over a batch of sequences.
 
     Parameters
@@ -206,6 +207,8 @@ def rnn_forward(x, a0, params, *, backend=None):
         As from ``init_params``; its dtype is the dtype of the results.
     backend : {"numba", "numpy"} or None
         None: ``FASTRNN_BACKEND`` if set, else Numba where it imports, else NumPy.
+    workers : int or None
+        Threads, as in ``loss_and_grads``.
 
     Returns
     -------
@@ -217,12 +220,37 @@ def rnn_forward(x, a0, params, *, backend=None):
         For ``rnn_backward``.
     """
     impl = backends.resolve(backend)
+    workers = parallel.check_workers(workers)
     p, dims, x, a0 = _check_inputs(params, x, a0)
     xs = _to_time_major(x)
-    h, y_hat = impl.forward(xs, a0.T, p)  # a0 goes in as a view: the backends copy it into h[0]
+    T, m, _ = xs.shape
+    run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
+    with parallel.blas_threads(run.blas_threads):
+        if run.shards == 1:
+            h, y_hat = impl.forward(xs, a0.T, p)  # a0 goes in as a view: the backends copy it into h[0]
+        else:
+            h, y_hat = _sharded_forward(impl, run, xs, a0, p, dims)
     check_results_finite({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
     cache = ForwardCache(xs, h, p, _backend_name(impl))
     return _from_time_major(h[1:]), _from_time_major(y_hat), cache
+
+
+def _sharded_forward(impl, run, xs, a0, p, dims):
+    """``impl.forward`` shard by shard, each shard's states and outputs copied into its rows
+    of the whole batch's ``h`` and ``y_hat``."""
+    T, m, _ = xs.shape
+    h = np.empty((T + 1, m, dims.n_a), dtype=dims.dtype)
+    y_hat = np.empty((T, m, dims.n_y), dtype=dims.dtype)
+    shards = parallel.split_batch(m, run.shards)
+
+    def forward_shard(k):
+        rows = shards[k]
+        h_k, y_hat_k = impl.forward(np.ascontiguousarray(xs[:, rows]), a0[:, rows].T, p)
+        h[:, rows] = h_k
+        y_hat[:, rows] = y_hat_k
+
+    parallel.run_shards(forward_shard, run.shards, run.threads)
+    return h, y_hat
 
 
 def rnn_backward(da, cache):
@@ -252,7 +280,7 @@ def rnn_backward(da, cache):
     return grads
 
 
-def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_state=False):
+def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_state=False, workers=None):
     """Cross-entropy loss of a batch of sequences and the gradient of every input.
 
     ``L = -(1/m) sum_{i,t} log y_hat[y[i, t], i, t]``: summed over time, averaged over the
@@ -271,10 +299,17 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_sta
         Reuse this workspace's arrays instead of allocating: a training loop of one shape
         then allocates nothing after its first step (Numba backend; the NumPy reference
         still makes its temporaries).  The returned gradients are views of the workspace,
-        overwritten by its next use.
+        overwritten by its next use.  One workspace serves any ``workers``.
     return_state : bool
         Also return the last hidden state a<T>, shape (n_a, m), to carry over to the next
         chunk of a long sequence (truncated BPTT: pass it as the next ``a0``).
+    workers : int or None
+        Threads to use.  An int ``k >= 1`` cuts the batch into ``k`` shards of whole
+        sequences (at most ``m``), run by at most as many threads as this process has cores,
+        each with one BLAS thread; -1 is one shard per core; None (the default) lets
+        fastrnn choose from the problem's size and the cores (README, "Every core").
+        Results agree with ``workers=1`` to rounding and are bitwise the same from run to
+        run for the same ``workers``.
 
     Returns
     -------
@@ -286,15 +321,25 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_sta
     a_last : ndarray, shape (n_a, m)
         Only with ``return_state=True``.
     """
-    impl, empty = _resolve(backend, workspace)
+    impl, empty, workspace = _resolve(backend, workspace)
+    workers = parallel.check_workers(workers)
     p, dims, x, a0 = _check_inputs(params, x, a0)
+    n_x, m, T = x.shape
+    labels = check_labels(y, "y", (m, T), dims.n_y)
+    run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
+    if run.shards > 1:
+        return _sharded_loss_and_grads(impl, run, workspace, x, a0, labels, p, dims, return_state)
     xs = _to_time_major(x, empty, "xs")
     # dx may overwrite xs when xs is a copy made here, not a view of the caller's x.
     scratch = not np.may_share_memory(xs, x)
-    return _loss_and_grads(impl, empty, xs, a0, y, p, dims, return_state, xs_is_scratch=scratch)
+    with parallel.blas_threads(run.blas_threads):
+        result = _shard_loss_and_grads(impl, empty, xs, a0.T, labels.T, p, m, xs_is_scratch=scratch)
+    return _results(result, dims, return_state)
 
 
-def loss_and_grads_onehot(x_index, a0, y, params, *, backend=None, workspace=None, return_state=False):
+def loss_and_grads_onehot(
+    x_index, a0, y, params, *, backend=None, workspace=None, return_state=False, workers=None
+):
     """``loss_and_grads`` for one-hot inputs given by the index of their 1 (text, tokens).
 
     The same result as ``loss_and_grads`` on the dense one-hot ``x`` (``x[x_index[i, t], i,
@@ -305,7 +350,7 @@ def loss_and_grads_onehot(x_index, a0, y, params, *, backend=None, workspace=Non
     ----------
     x_index : array_like of int, shape (m, T)
         Index in ``[0, n_x)`` of each input's 1.
-    a0, y, params, backend, workspace, return_state
+    a0, y, params, backend, workspace, return_state, workers
         As in ``loss_and_grads``.
 
     Returns
@@ -313,41 +358,138 @@ def loss_and_grads_onehot(x_index, a0, y, params, *, backend=None, workspace=Non
     loss, grads[, a_last]
         As in ``loss_and_grads``, but ``grads`` has no ``dx``.
     """
-    impl, empty = _resolve(backend, workspace)
+    impl, empty, workspace = _resolve(backend, workspace)
+    workers = parallel.check_workers(workers)
     p, dims = check_params(params, finite=False)
     x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
-    a0 = check_array(a0, "a0", (dims.n_a, x_index.shape[0]), "(n_a, m)", dims.dtype, finite=False)
+    m, T = x_index.shape
+    a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False)
     check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
-    x_index_tm = _contiguous(x_index.T, empty, "x_index")
-    return _loss_and_grads(impl, empty, x_index_tm, a0, y, p, dims, return_state)
+    labels = check_labels(y, "y", (m, T), dims.n_y)
+    # n_x = 0: the input layer of one-hot inputs is a lookup, no matrix product.
+    run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
+    if run.shards > 1:
+        return _sharded_loss_and_grads(impl, run, workspace, x_index, a0, labels, p, dims, return_state)
+    with parallel.blas_threads(run.blas_threads):
+        result = _shard_loss_and_grads(impl, empty, x_index.T, a0.T, labels.T, p, m)
+    return _results(result, dims, return_state)
 
 
 def _resolve(backend, workspace):
-    """The backend module and the allocator for a call."""
+    """The backend module, the allocator for a call, and the workspace (or None)."""
     impl = backends.resolve(backend)
     if workspace is None:
-        return impl, new_array
+        return impl, new_array, None
     if not isinstance(workspace, Workspace):
         raise TypeError(f"workspace must be a fastrnn.Workspace or None, got {type(workspace).__name__}")
-    return impl, workspace.empty
+    return impl, workspace.empty, workspace
 
 
-def _loss_and_grads(impl, empty, inputs, a0, y, p, dims, return_state, xs_is_scratch=False):
-    """The shared second half of the two loss functions: labels, dispatch, lay back out.
+def _shard_loss_and_grads(impl, empty, inputs, a0_rows, labels, p, batch_size, xs_is_scratch=False):
+    """One backend's training step on a batch or a shard of one, in the time-major layout.
 
-    ``inputs`` are already time-major: ``xs`` (T, m, n_x) or ``x_index`` (T, m).
+    Parameters
+    ----------
+    impl : module
+        The backend.
+    empty : callable
+        ``empty(name, shape, dtype)``: the allocator (a workspace's, or ``new_array``).
+    inputs : ndarray
+        ``xs`` (T, m, n_x) or ``x_index`` (T, m), in any layout: made contiguous here.
+    a0_rows : ndarray, shape (m, n_a)
+        A view is fine: the backends copy it into ``h[0]``.
+    labels : ndarray of intp, shape (T, m)
+        Checked.
+    p : dict
+        Checked parameters.
+    batch_size : int
+        The whole batch's ``m``, which the loss is averaged over (a shard's share of it).
+    xs_is_scratch : bool
+        ``inputs`` is a copy that ``dx`` may overwrite (see ``numba_backend``).
+
+    Returns
+    -------
+    loss, grads, a_last, finite
+        As the backends' ``loss_and_grads``; ``grads`` in the time-major layout.
     """
-    T, m = inputs.shape[:2]
-    labels = check_labels(y, "y", (m, T), dims.n_y)
-    labels_tm = _contiguous(labels.T, empty, "labels")
-    # a0 goes in as a view: the backends copy it into h[0].
-    loss, grads, a_last, finite = impl.loss_and_grads(
-        inputs, a0.T, labels_tm, p, empty=empty, xs_is_scratch=xs_is_scratch
+    inputs = _contiguous(inputs, empty, "x_index" if inputs.ndim == 2 else "xs")
+    labels = _contiguous(labels, empty, "labels")
+    return impl.loss_and_grads(
+        inputs, a0_rows, labels, p, empty=empty, xs_is_scratch=xs_is_scratch, batch_size=batch_size
     )
-    if not finite:  # the backend scanned its results (cheaper than NumPy calls here)
+
+
+def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, return_state):
+    """``loss_and_grads`` (dense ``x`` (n_x, m, T) or one-hot ``x_index`` (m, T)) cut into
+    ``run.shards`` shards of whole sequences, run on ``run.threads`` threads.
+
+    Each shard computes its share of the whole batch's loss and gradients
+    (``batch_size=m``), in arrays of its own (a ``Workspace.shard``, or new ones), except
+    ``da0``, whose rows it writes in place.  ``dx`` and the last states are copied into
+    their rows of the whole batch's arrays by the shard's own thread; the weight gradients
+    are added in shard order (``parallel.sum_in_order``).
+    """
+    dense = inputs.ndim == 3
+    m = inputs.shape[1] if dense else inputs.shape[0]
+    T = inputs.shape[-1]
+    shards = parallel.split_batch(m, run.shards)
+    empty = new_array if workspace is None else workspace.empty
+    da0 = empty("da0", (m, dims.n_a), dims.dtype)
+    a_last = empty("a_last", (m, dims.n_a), dims.dtype) if return_state else None
+    dx = empty("dx", (T, m, dims.n_x), dims.dtype) if dense else None
+
+    def shard_allocator(k):
+        own = new_array if workspace is None else workspace.shard(k).empty
+        rows = shards[k]
+
+        def empty_for_shard(name, shape, dtype):
+            return da0[rows] if name == "da0" else own(name, shape, dtype)
+
+        return empty_for_shard
+
+    allocators = [shard_allocator(k) for k in range(run.shards)]
+
+    def run_shard(k):
+        rows = shards[k]
+        if dense:
+            shard_inputs = _to_time_major(inputs[:, rows], allocators[k], "xs")
+            scratch = not np.may_share_memory(shard_inputs, inputs)  # never write dx over the caller's x
+        else:
+            shard_inputs, scratch = inputs[rows].T, False
+        loss, grads, h_last, finite = _shard_loss_and_grads(
+            impl, allocators[k], shard_inputs, a0[:, rows].T, labels[rows].T, p, m, xs_is_scratch=scratch
+        )
+        if dense:
+            dx[:, rows] = grads.pop("dx")
+        if return_state:
+            a_last[rows] = h_last
+        return loss, grads, finite
+
+    with parallel.blas_threads(run.blas_threads):
+        parts = parallel.run_shards(run_shard, run.shards, run.threads)
+    grads = parallel.sum_in_order([part[1] for part in parts], WEIGHT_GRADIENTS)
+    grads["da0"] = da0
+    if dense:
+        grads["dx"] = dx
+    loss = sum(part[0] for part in parts)  # in shard order
+    # Finite shards can still sum to inf in float32: the sums are checked too (few entries).
+    finite = all(part[2] for part in parts) and all(np.isfinite(grads[name]).all() for name in WEIGHT_GRADIENTS)
+    return _results((loss, grads, a_last, finite), dims, return_state)
+
+
+WEIGHT_GRADIENTS = tuple("d" + name for name in PARAM_NAMES)
+
+
+def _results(result, dims, return_state):
+    """The public results of a training step from the backend's: non-finite results
+    reported, arrays laid back out in the seed's layout, the loss in the params' dtype."""
+    loss, grads, a_last, finite = result
+    # The loss is accumulated in float64: it can be finite there and overflow float32 here.
+    with np.errstate(over="ignore"):
+        loss = dims.dtype.type(loss)
+    if not (finite and np.isfinite(loss)):  # the backend scanned its results (cheaper than NumPy calls)
         report_non_finite_results({"the loss": loss, **grads}, dims.dtype, "loss_and_grads")
     if "dx" in grads:
         grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T
-    loss = dims.dtype.type(loss)
     return (loss, grads, a_last.T) if return_state else (loss, grads)

@@ -7,20 +7,22 @@ and the median time of each.
 ``bench`` compares fastrnn against NumPy, PyTorch CPU and the BLAS peak, side by side.
 
 For each size and dtype it times one training step (forward, cross-entropy, backward:
-``loss_and_grads``) on the Numba backend, the NumPy backend and, when torch is installed,
-``torch.nn.RNN`` + ``nn.Linear`` + ``cross_entropy`` + ``backward`` with the same dtype and
-thread count; and it measures the matrix-multiply peak of the BLAS the Numba kernels call
-(SciPy's, through Numba's ``np.dot``) on a (3200 x 512) @ (512 x 512) product.  Times are
-medians; each backend is timed in its own block, because two BLAS thread pools (NumPy's
-and SciPy's) spinning in turn slow each other down.
+``loss_and_grads``) on the Numba backend with the default ``workers`` and with
+``workers=1``, on the NumPy backend and, when torch is installed, ``torch.nn.RNN`` +
+``nn.Linear`` + ``cross_entropy`` + ``backward`` with the same dtype and as many threads as
+this process has cores; and it measures the matrix-multiply peak of the BLAS the Numba
+kernels call (SciPy's, through Numba's ``np.dot``) on a (3200 x 512) @ (512 x 512)
+product.  Times are medians; each backend is timed in its own block, because two BLAS
+thread pools (NumPy's and SciPy's) spinning in turn slow each other down.
 """
 
+import functools
 import os
 import time
 
 import numpy as np
 
-from . import api
+from . import api, parallel
 
 # (name, n_x, n_a, n_y, m, T)
 DEMO_SIZES = (
@@ -109,6 +111,7 @@ BENCH_SIZES = (
     ("tiny", 8, 16, 8, 1, 100),
     ("small", 32, 64, 32, 16, 100),
     ("char-rnn", 65, 128, 65, 32, 64),
+    ("char-rnn-256", 65, 128, 65, 256, 64),  # char-rnn with a batch of 256: room for threads
     ("large", 256, 512, 256, 64, 50),
 )
 
@@ -178,7 +181,7 @@ def blas_description():
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        return "threadpoolctl not installed (pip install '.[bench]' to show the BLAS kernel)"
+        return "threadpoolctl cannot be imported: the BLAS kernel is unknown"
     return "; ".join(
         f"{info.get('internal_api')} {info.get('version')} {info.get('architecture')} x{info.get('num_threads')}"
         f" ({os.path.basename(info.get('filepath', ''))})"
@@ -194,7 +197,7 @@ def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
     try:
         import torch
 
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(parallel.available_cores())
         torch_version = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         torch_version = "torch not installed: pip install torch==2.13.0 (a CPU build) to compare"
@@ -207,8 +210,8 @@ def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
     print(f"BLAS: {blas_description()}")  # after the peak, so that SciPy's BLAS is loaded
     print("BLAS matmul peak: " + ", ".join(f"{d.name} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
     header = (
-        f"{'size':<9} {'dtype':<7} {'numba ms':>9} {'numpy ms':>9} {'torch ms':>9}"
-        f" {'vs numpy':>9} {'vs torch':>9} {'GFLOP/s':>8} {'of peak':>8}"
+        f"{'size':<12} {'dtype':<7} {'numba ms':>9} {'1 worker':>9} {'numpy ms':>9} {'torch ms':>9}"
+        f" {'vs 1 wkr':>8} {'vs numpy':>8} {'vs torch':>8} {'GFLOP/s':>8} {'of peak':>7}  threads"
     )
     print(header)
     print("-" * len(header))
@@ -217,22 +220,29 @@ def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
         for name, *shape in sizes:
             x, a0, y, params = make_problem(*shape, dtype=dtype)
             times = {}
-            for backend in ("numba", "numpy"):
-                api.loss_and_grads(x, a0, y, params, backend=backend)  # compile / warm up
-                times[backend] = median_seconds(lambda: api.loss_and_grads(x, a0, y, params, backend=backend), repeat=repeat)
+            for label, backend, workers in (("numba", "numba", None), ("numba-1", "numba", 1), ("numpy", "numpy", None)):
+                step = functools.partial(api.loss_and_grads, x, a0, y, params, backend=backend, workers=workers)
+                step()  # compile / warm up
+                times[label] = median_seconds(step, repeat=repeat)
             step = torch_step(x, a0, y, params)
             if step is not None:
                 step()
                 times["torch"] = median_seconds(step, repeat=repeat)
             flops = training_step_flops(*shape)
-            row = dict(size=name, shape=tuple(shape), dtype=np.dtype(dtype).name, seconds=times,
+            threads = parallel.describe(parallel.plan(None, *shape[3:], *shape[:3]))
+            row = dict(size=name, shape=tuple(shape), dtype=np.dtype(dtype).name, seconds=times, threads=threads,
                        gflops=flops / times["numba"] / 1e9, peak_fraction=flops / times["numba"] / peaks[np.dtype(dtype)])  # fmt: skip
             results.append(row)
             torch_ms = f"{times['torch'] * 1e3:>9.3f}" if "torch" in times else f"{'-':>9}"
-            vs_torch = f"{times['torch'] / times['numba']:>8.2f}x" if "torch" in times else f"{'-':>9}"
+            vs_torch = f"{times['torch'] / times['numba']:>7.2f}x" if "torch" in times else f"{'-':>8}"
             print(
-                f"{name:<9} {row['dtype']:<7} {times['numba'] * 1e3:>9.3f} {times['numpy'] * 1e3:>9.3f} {torch_ms}"
-                f" {times['numpy'] / times['numba']:>8.1f}x {vs_torch} {row['gflops']:>8.1f} {row['peak_fraction']:>7.0%}"
+                f"{name:<12} {row['dtype']:<7} {times['numba'] * 1e3:>9.3f} {times['numba-1'] * 1e3:>9.3f}"
+                f" {times['numpy'] * 1e3:>9.3f} {torch_ms} {times['numba-1'] / times['numba']:>7.2f}x"
+                f" {times['numpy'] / times['numba']:>7.1f}x {vs_torch} {row['gflops']:>8.1f} {row['peak_fraction']:>7.0%}"
+                f"  {threads}"
             )
-    print("vs numpy, vs torch: how many times faster the Numba backend is; of peak: its GFLOP/s over the BLAS peak")
+    print(
+        "numba ms: the Numba backend with the default workers (threads: what it chose); 1 worker: with workers=1;\n"
+        "vs 1 wkr, vs numpy, vs torch: how many times faster the default is; of peak: its GFLOP/s over the BLAS peak"
+    )
     return results

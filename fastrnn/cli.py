@@ -19,10 +19,11 @@ import sys
 
 import numpy as np
 
-from . import bench
+from . import backends, bench, parallel
 from .model import RNN, CheckpointError
 from .optim import OPTIMIZERS
-from .text import TextError, builtin_corpus, read_text, sample, train_char_rnn
+from .parallel import check_workers
+from .text import TextError, builtin_corpus, fit_batch_shape, read_text, sample, train_char_rnn
 
 BUILTIN_CORPUS_NAME = "the Zen of Python (the standard library's `this` module)"
 
@@ -42,6 +43,13 @@ def _positive(kind):
     return parse
 
 
+def _workers(text):
+    try:
+        return check_workers(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, or -1 for every core, got {text}") from None
+
+
 def _non_negative_float(text):
     value = float(text)
     if not (value >= 0 and math.isfinite(value)):
@@ -57,7 +65,8 @@ def build_parser():
     demo.add_argument("--dtype", choices=("float64", "float32"), default="float64")
 
     bench_parser = sub.add_parser("bench", help="time a training step: Numba, NumPy, PyTorch CPU and the BLAS peak")
-    bench_parser.add_argument("--sizes", default="tiny,small,char-rnn,large", help="comma-separated, from: %(default)s")
+    sizes = ",".join(size[0] for size in bench.BENCH_SIZES)
+    bench_parser.add_argument("--sizes", default=sizes, help="comma-separated, from: %(default)s")
     bench_parser.add_argument("--dtypes", default="float64,float32", help="comma-separated (default: %(default)s)")
     bench_parser.add_argument("--repeat", type=_positive(int), default=7, help="samples per median (default: %(default)s)")
 
@@ -72,6 +81,8 @@ def build_parser():
     train.add_argument("--clip", type=_non_negative_float, default=5.0, help="clip gradients by global norm; 0: off (default: %(default)s)")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: %(default)s)")
     train.add_argument("--backend", choices=("numba", "numpy"), default=None, help="(default: automatic)")
+    train.add_argument("--workers", type=_workers, default=None,
+                       help="threads per step: N >= 1, or -1 for every core (default: fastrnn chooses from the sizes and cores)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0, help="initial parameters and samples (default: %(default)s)")
     train.add_argument("--out", default="fastrnn-model.npz", help="checkpoint path (default: %(default)s)")
     train.add_argument("--plot", default="fastrnn-loss.png", help="loss-curve PNG; 'none': no picture (default: %(default)s)")
@@ -127,9 +138,11 @@ def run_train(args):
         raise UsageError(f"--sample-every must be >= 0, got {args.sample_every}")
     messages = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON with --json
     vocab_size = len(set(text))
+    threads = describe_threads(args, len(text), vocab_size)
     print(
         f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
-        f"hidden {args.hidden}, {args.optimizer} lr {args.lr}, {args.dtype}, backend {args.backend or 'automatic'}",
+        f"hidden {args.hidden}, {args.optimizer} lr {args.lr}, {args.dtype}, backend {args.backend or 'automatic'}; "
+        f"{threads}",
         file=messages,
     )
     bar = tqdm(total=args.steps, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
@@ -148,7 +161,7 @@ def run_train(args):
     run = train_char_rnn(
         text, hidden=args.hidden, seq_length=args.seq_length, batch=args.batch, steps=args.steps, lr=args.lr,
         optimizer=args.optimizer, clip_norm=args.clip or None, dtype=np.dtype(args.dtype).type,
-        backend=args.backend, seed=args.seed, callback=on_step,
+        backend=args.backend, seed=args.seed, callback=on_step, workers=args.workers,
     )  # fmt: skip
     bar.close()
     model = run.model
@@ -179,6 +192,8 @@ def run_train(args):
         "seq_length": model.settings["seq_length"],
         "dtype": args.dtype,
         "backend": args.backend or "automatic",
+        "workers": "automatic" if args.workers is None else args.workers,
+        "threads": threads,
     }
     if args.json:
         print(json.dumps(summary))
@@ -194,6 +209,14 @@ def run_train(args):
         f"loss curve: {plot or 'not written'}"
     )
     return 0
+
+
+def describe_threads(args, n_chars, vocab_size):
+    """How each training step will run, e.g. ``'2 shards x 1 BLAS thread (2 cores)'``."""
+    batch, seq_length = fit_batch_shape(n_chars, args.batch, args.seq_length)
+    backend = backends.resolve(args.backend).NAME
+    run = parallel.plan(args.workers, batch, seq_length, 0, args.hidden, vocab_size, backend)  # one-hot inputs
+    return f"{parallel.describe(run)} ({parallel.available_cores()} cores)"
 
 
 def write_loss_plot(losses, uniform, path, messages):

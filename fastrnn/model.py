@@ -75,14 +75,18 @@ class RNN:
             return self.state
         return np.zeros((self.n_a, m), dtype=self.dtype)
 
-    def forward(self, x, a0=None):
-        """Hidden states (n_a, m, T) and softmax outputs (n_y, m, T) for dense ``x`` (n_x, m, T)."""
+    def forward(self, x, a0=None, *, workers=None):
+        """Hidden states (n_a, m, T) and softmax outputs (n_y, m, T) for dense ``x`` (n_x, m, T).
+
+        ``workers``: threads, as in ``fastrnn.loss_and_grads``.
+        """
         x = np.asarray(x)
         m = x.shape[1] if x.ndim == 3 else 1  # a wrong rank is reported by rnn_forward
-        a, y_hat, _ = api.rnn_forward(x, self._initial_state(a0, m, False), self.params, backend=self.backend)
+        a0 = self._initial_state(a0, m, False)
+        a, y_hat, _ = api.rnn_forward(x, a0, self.params, backend=self.backend, workers=workers)
         return a, y_hat
 
-    def loss_and_grads(self, inputs, y, *, a0=None, carry_state=False, workspace=None):
+    def loss_and_grads(self, inputs, y, *, a0=None, carry_state=False, workspace=None, workers=None):
         """Loss and gradients for one chunk.
 
         Parameters
@@ -95,6 +99,8 @@ class RNN:
         carry_state : bool
             Start from the carried state and keep the last state for the next chunk.
         workspace : Workspace, optional
+        workers : int or None
+            Threads, as in ``fastrnn.loss_and_grads`` (None: fastrnn chooses).
 
         Returns
         -------
@@ -107,13 +113,15 @@ class RNN:
         function = api.loss_and_grads_onehot if one_hot else api.loss_and_grads
         loss, grads, a_last = function(
             inputs, self._initial_state(a0, m, carry_state), y, self.params,
-            backend=self.backend, workspace=workspace, return_state=True,
+            backend=self.backend, workspace=workspace, return_state=True, workers=workers,
         )  # fmt: skip
         if carry_state:
             self.state = np.array(a_last)  # a copy: a workspace reuses a_last's memory
         return loss, grads
 
-    def train_step(self, inputs, y, optimizer, *, clip_norm=None, clip_value=None, carry_state=True, workspace=None):
+    def train_step(
+        self, inputs, y, optimizer, *, clip_norm=None, clip_value=None, carry_state=True, workspace=None, workers=None
+    ):
         """One step of training: loss and gradients, clipping, an optimizer update.
 
         Parameters
@@ -126,6 +134,8 @@ class RNN:
             Clip every gradient entry to ``[-clip_value, clip_value]`` first.
         carry_state : bool
             Truncated BPTT: start from the state the previous step left and keep the new one.
+        workspace, workers
+            As in ``loss_and_grads``.
 
         Returns
         -------
@@ -134,7 +144,7 @@ class RNN:
         """
         if not isinstance(optimizer, optim.Optimizer):
             raise TypeError(f"optimizer must be a fastrnn.optim.Optimizer, got {type(optimizer).__name__}")
-        loss, grads = self.loss_and_grads(inputs, y, carry_state=carry_state, workspace=workspace)
+        loss, grads = self.loss_and_grads(inputs, y, carry_state=carry_state, workspace=workspace, workers=workers)
         if clip_norm is not None:
             optim.clip_by_global_norm(grads, clip_norm, backend=self.backend)
         if clip_value is not None:

@@ -15,6 +15,7 @@ import numpy as np
 from . import optim
 from .api import rnn_cell_forward
 from .model import RNN
+from .parallel import check_workers
 from .workspace import Workspace
 
 
@@ -149,7 +150,7 @@ class TrainingRun:
 
 def train_char_rnn(
     text, *, hidden=128, seq_length=32, batch=16, steps=1000, lr=0.1, optimizer="adagrad",
-    clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None,
+    clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None, workers=None,
 ):  # fmt: skip
     """Train a character-level RNN on ``text`` with truncated BPTT.
 
@@ -166,6 +167,8 @@ def train_char_rnn(
         For the model (``seed`` also fixes the initial parameters).
     callback : callable, optional
         ``callback(step, loss_per_char, run)`` after every step.
+    workers : int or None
+        Threads per step, as in ``fastrnn.loss_and_grads`` (None: fastrnn chooses).
 
     Returns
     -------
@@ -174,6 +177,7 @@ def train_char_rnn(
     for name, value in (("hidden", hidden), ("seq_length", seq_length), ("batch", batch), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_workers(workers)
     check_trainable(text)
     vocab = CharVocab.from_text(text)
     data = vocab.encode(text)
@@ -193,7 +197,7 @@ def train_char_rnn(
         x_index, y, wraps = next(chunks)
         if wraps:
             model.reset_state()
-        loss = model.train_step(x_index, y, opt, clip_norm=clip_norm, workspace=workspace)
+        loss = model.train_step(x_index, y, opt, clip_norm=clip_norm, workspace=workspace, workers=workers)
         run.losses.append(loss / seq_length)
         run.characters += batch * seq_length
         run.seconds = time.perf_counter() - start

@@ -19,7 +19,8 @@ class Workspace:
 
     The gradients a call returns are views of the workspace's arrays: **the next call with
     the same workspace overwrites them**.  Copy what you keep, and give each thread its own
-    workspace.
+    workspace.  A call with several ``workers`` keeps each shard's arrays in a workspace of
+    its own inside this one (``shard``), so one workspace serves any ``workers``.
 
     Examples
     --------
@@ -32,6 +33,15 @@ class Workspace:
 
     def __init__(self):
         self._arrays = {}
+        self._shards = {}
+
+    def shard(self, index):
+        """The workspace of shard ``index`` of a call with several ``workers``: a workspace
+        of its own, kept inside this one, so that one workspace serves any ``workers``."""
+        child = self._shards.get(index)
+        if child is None:
+            child = self._shards[index] = Workspace()
+        return child
 
     def empty(self, name, shape, dtype):
         """The array kept under ``name``, reallocated if its shape or dtype differ.
@@ -46,8 +56,10 @@ class Workspace:
 
     @property
     def nbytes(self):
-        """Bytes held by the workspace's arrays."""
-        return sum(array.nbytes for array in self._arrays.values())
+        """Bytes held by the workspace's arrays, its shards' included."""
+        own = sum(array.nbytes for array in self._arrays.values())
+        return own + sum(child.nbytes for child in self._shards.values())
 
     def __repr__(self):
-        return f"Workspace({len(self._arrays)} arrays, {self.nbytes / 2**20:.1f} MiB)"
+        shards = f", {len(self._shards)} shards" if self._shards else ""
+        return f"Workspace({len(self._arrays)} arrays{shards}, {self.nbytes / 2**20:.1f} MiB)"

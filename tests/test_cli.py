@@ -105,3 +105,14 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert blocks
     monkeypatch.chdir(tmp_path)  # the examples write files
     exec(compile("\n".join(blocks), "README.md", "exec"), {})
+
+
+def test_train_workers_flag(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 40)
+    bad = run_cli("train", corpus, "--workers", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "--workers" in bad.stderr and "-1 for every core" in bad.stderr
+    result = run_cli("train", corpus, "--steps", 20, "--hidden", 16, "--workers", 2, "--json", "--plot", "none", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["workers"] == 2 and summary["threads"].startswith("2 shards x 1 BLAS thread"), summary

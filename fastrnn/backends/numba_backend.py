@@ -17,6 +17,8 @@ from ..workspace import new_array
 from . import numba_kernels as kernels
 from . import overflow_reported_by_the_api
 
+NAME = "numba"  # what ``backend=`` calls this backend
+
 
 def forward_scratch_size(p, m):
     """Entries of the kernels' forward scratch: the weights' transposes and ``rec`` (m, n_a)
@@ -68,13 +70,14 @@ def backward(da, xs, h, p):
     return grads
 
 
-def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
+def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None):
     """Loss and every gradient of one training step (see ``numpy_backend.loss_and_grads``).
 
     ``inputs`` is dense ``xs`` (T, m, n_x) or one-hot ``x_index`` (T, m).
     ``xs_is_scratch``: ``xs`` is a copy the caller made for this call, so ``dx`` may be
     written over it (the kernel reads ``xs`` for the last time before it writes ``dx``);
-    this saves a (T, m, n_x) array.
+    this saves a (T, m, n_x) array.  ``batch_size``: normalise by this batch size instead
+    of ``m`` (a shard of a larger batch, see ``numpy_backend.softmax_cross_entropy``).
 
     Returns
     -------
@@ -87,6 +90,7 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     T, m = inputs.shape[:2]
     n_x, n_a, n_y = p["W_ax"].shape[1], a0.shape[1], p["b_y"].size
     dtype = p["W_aa"].dtype
+    batch_size = m if batch_size is None else batch_size
     h = _hidden_states(a0, T, empty)
     grads = _grads(p, m, empty, output_layer=True)
     arrays = (
@@ -96,10 +100,10 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
     if inputs.ndim == 2:  # one-hot x_index
         dW_ax_T = empty("dW_ax_T", (n_x, n_a), dtype)
-        loss, finite = kernels.loss_and_grads_onehot_kernel(inputs, labels, *arrays, dW_ax_T, *gradients)
+        loss, finite = kernels.loss_and_grads_onehot_kernel(inputs, labels, batch_size, *arrays, dW_ax_T, *gradients)
     else:
         grads["dx"] = inputs if xs_is_scratch else empty("dx", inputs.shape, dtype)
-        loss, finite = kernels.loss_and_grads_kernel(inputs, labels, *arrays, grads["dx"], *gradients)
+        loss, finite = kernels.loss_and_grads_kernel(inputs, labels, batch_size, *arrays, grads["dx"], *gradients)
     return loss, grads, h[-1], finite
 
 

@@ -35,6 +35,8 @@ import numpy as np
 from ..workspace import new_array
 from . import overflow_reported_by_the_api
 
+NAME = "numpy"  # what ``backend=`` calls this backend
+
 
 def rows(a):
     """View a (T, m, n) block as the (T * m, n) matrix of its rows (no copy)."""
@@ -115,7 +117,7 @@ def forward(xs, a0, p):
 # -- loss --------------------------------------------------------------------------------
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, batch_size=None):
     """Cross-entropy summed over time, averaged over the batch, and its gradient.
 
     ``L = -(1/m) sum_{t,i} log softmax(logits[t, i])[labels[t, i]]``, computed as
@@ -125,6 +127,10 @@ def softmax_cross_entropy(logits, labels):
     ----------
     logits : ndarray, shape (T, m, n_y)
     labels : ndarray of intp, shape (T, m)
+    batch_size : int or None
+        The ``m`` of ``1/m``: None for these ``m`` sequences.  A shard of a larger batch
+        passes the whole batch's size, so that its loss and gradients are its share of the
+        whole batch's, and the shards' results simply add up (``fastrnn.parallel``).
 
     Returns
     -------
@@ -133,7 +139,7 @@ def softmax_cross_entropy(logits, labels):
     dlogits : ndarray, shape (T, m, n_y)
         ``dL/dlogits = (softmax(logits) - onehot(labels)) / m``.
     """
-    m = logits.shape[1]
+    m = logits.shape[1] if batch_size is None else batch_size
     t, i = np.indices(labels.shape)  # logits[t, i, labels] picks each row's target class
     row_max = logits.max(axis=-1, keepdims=True)
     e = np.exp(logits - row_max)
@@ -222,7 +228,7 @@ def backward(da, xs, h, p):
 
 
 @overflow_reported_by_the_api
-def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False):
+def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None):
     """Loss and every gradient of one training step.
 
     Parameters
@@ -238,6 +244,8 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     xs_is_scratch : bool
         The caller allows ``dx`` to overwrite ``xs``: accepted for the backends' common
         signature and ignored, the reference keeps them apart.
+    batch_size : int or None
+        Normalise by this batch size instead of ``m`` (``softmax_cross_entropy``).
 
     Returns
     -------
@@ -252,7 +260,7 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
         (float32 logits above 3.4e38); the caller reports it.
     """
     h = hidden_forward(input_projection(inputs, p), a0, p, empty)
-    loss, dlogits = softmax_cross_entropy(output_logits(h, p), labels)
+    loss, dlogits = softmax_cross_entropy(output_logits(h, p), labels, batch_size)
     dW_ya, db_y, da = output_backward(dlogits, h, p)
     dz, grads = hidden_backward(da, h, p)
     grads["dW_ax"], dx = input_backward(dz, inputs, p)
