@@ -32,7 +32,8 @@ from .workspace import Workspace, new_array
 
 class CellCache(NamedTuple):
     """What ``rnn_cell_backward`` needs from ``rnn_cell_forward`` (the seed's cache, plus the
-    backend that made it)."""
+    backend that made it).  It owns its arrays: changing the inputs or the params in place
+    after the forward step does not change the gradients; ``a_t`` is read-only."""
 
     a_t: np.ndarray  # (n_a, m)
     a_prev: np.ndarray  # (n_a, m)
@@ -43,7 +44,12 @@ class CellCache(NamedTuple):
 
 class ForwardCache(NamedTuple):
     """What ``rnn_backward`` needs from ``rnn_forward``, in the backends' time-major layout.
-    It shares memory with the ``a`` that ``rnn_forward`` returned."""
+
+    It owns its arrays (a copy of the params, and of ``x`` where the time-major layout was a
+    view of it), so that changing them in place after the forward pass does not change the
+    gradients.  ``h`` is the memory of the ``a`` that ``rnn_forward`` returned, which is
+    read-only for that reason.  ``rnn_backward`` checks every array against the params
+    before a kernel reads it."""
 
     xs: np.ndarray  # (T, m, n_x)
     h: np.ndarray  # (T + 1, m, n_a), h[0] = a0
@@ -160,8 +166,31 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
     # The cell is the T = 1 case of the forward pass: one code path for both.
     h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p)  # a_prev: copied into h[0]
     check_results_finite({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
-    a_t = h[1].T
-    return a_t, y_hat[0].T, CellCache(a_t, a_prev, x_t, p, _backend_name(impl))
+    a_t = _read_only(h[1].T)
+    cache = CellCache(a_t, _read_only(h[0].T), _read_only(np.array(x_t)), _owned(p), _backend_name(impl))
+    return a_t, y_hat[0].T, cache
+
+
+def _read_only(array):
+    """A read-only view of ``array``: what a cache keeps for the backward pass."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _owned(p):
+    """Read-only copies of the params, for a cache."""
+    return {name: _read_only(value.copy()) for name, value in p.items()}
+
+
+def _checked_cache_params(cache, kind):
+    """A cache's backend module and checked params (the checks of any argument)."""
+    if not (isinstance(cache.backend, str) and cache.backend in backends.BACKENDS):
+        raise ValueError(f"cache.backend must name a backend ({', '.join(backends.BACKENDS)}), got {cache.backend!r}")
+    if not isinstance(cache.params, dict):
+        raise TypeError(f"cache.params must be the params dict {kind} was given, got {type(cache.params).__name__}")
+    p, dims = check_params(cache.params)
+    return backends.resolve(cache.backend), p, dims
 
 
 def rnn_cell_backward(da_t, cache):
@@ -181,11 +210,16 @@ def rnn_cell_backward(da_t, cache):
     """
     if not isinstance(cache, CellCache):
         raise TypeError(f"cache must be the CellCache returned by rnn_cell_forward, got {type(cache).__name__}")
-    n_a, m = cache.a_t.shape
-    da_t = check_array(da_t, "da_t", (n_a, m), "(n_a, m)", cache.a_t.dtype)
-    impl = backends.resolve(cache.backend)
-    h = np.stack([cache.a_prev.T, cache.a_t.T])  # (2, m, n_a): a<t-1>, a<t>
-    grads = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(cache.x_t.T[None]), h, cache.params)
+    # Every array of the cache against its params: the kernels trust shapes (Numba does not
+    # check bounds), and a cache may have been changed or built by hand.
+    impl, p, dims = _checked_cache_params(cache, "rnn_cell_forward")
+    a_t = check_array(cache.a_t, "cache.a_t", (dims.n_a, None), "(n_a, m)", dims.dtype)
+    m = a_t.shape[1]
+    a_prev = check_array(cache.a_prev, "cache.a_prev", (dims.n_a, m), "(n_a, m)", dims.dtype)
+    x_t = check_array(cache.x_t, "cache.x_t", (dims.n_x, m), "(n_x, m)", dims.dtype)
+    da_t = check_array(da_t, "da_t", (dims.n_a, m), "(n_a, m)", dims.dtype)
+    h = np.stack([a_prev.T, a_t.T])  # (2, m, n_a): a<t-1>, a<t>
+    grads = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(x_t.T[None]), h, p)
     check_results_finite(grads, h.dtype, "rnn_cell_backward")
     return {
         "dx_t": grads["dx"][0].T,
@@ -213,7 +247,7 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None):
     Returns
     -------
     a : ndarray, shape (n_a, m, T)
-        Hidden states a<1..T>.
+        Hidden states a<1..T>: a read-only view of the cache's (copy it to change it).
     y_hat : ndarray, shape (n_y, m, T)
         Softmax outputs (over axis 0).
     cache : ForwardCache
@@ -231,8 +265,10 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None):
         else:
             h, y_hat = _sharded_forward(impl, run, xs, a0, p, dims)
     check_results_finite({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
-    cache = ForwardCache(xs, h, p, _backend_name(impl))
-    return _from_time_major(h[1:]), _from_time_major(y_hat), cache
+    if np.may_share_memory(xs, x):  # the time-major layout was the caller's x itself
+        xs = xs.copy()
+    cache = ForwardCache(_read_only(xs), _read_only(h), _owned(p), _backend_name(impl))
+    return _from_time_major(cache.h[1:]), _from_time_major(y_hat), cache
 
 
 def _sharded_forward(impl, run, xs, a0, p, dims):
@@ -270,11 +306,18 @@ def rnn_backward(da, cache):
     """
     if not isinstance(cache, ForwardCache):
         raise TypeError(f"cache must be the ForwardCache returned by rnn_forward, got {type(cache).__name__}")
-    T, m, n_a = cache.h[1:].shape
-    da = check_array(da, "da", (n_a, m, T), "(n_a, m, T)", cache.h.dtype)
-    impl = backends.resolve(cache.backend)
-    grads = impl.backward(_to_time_major(da), cache.xs, cache.h, cache.params)
-    check_results_finite(grads, cache.h.dtype, "rnn_backward")
+    # Every array of the cache against its params: the kernels trust shapes (Numba does not
+    # check bounds), and a cache may have been changed or built by hand.
+    impl, p, dims = _checked_cache_params(cache, "rnn_forward")
+    h = check_array(cache.h, "cache.h", (None, None, dims.n_a), "(T + 1, m, n_a)", dims.dtype)
+    if h.shape[0] < 2:
+        raise ValueError(f"cache.h must hold a0 and at least one step, shape (T + 1, m, n_a), got {h.shape}")
+    T, m = h.shape[0] - 1, h.shape[1]
+    xs = check_array(cache.xs, "cache.xs", (T, m, dims.n_x), "(T, m, n_x)", dims.dtype)
+    h, xs = np.ascontiguousarray(h), np.ascontiguousarray(xs)
+    da = check_array(da, "da", (dims.n_a, m, T), "(n_a, m, T)", dims.dtype)
+    grads = impl.backward(_to_time_major(da), xs, h, p)
+    check_results_finite(grads, dims.dtype, "rnn_backward")
     grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T
     return grads

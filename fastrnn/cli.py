@@ -13,9 +13,13 @@ setting) end with a one-line message and exit status 1, never a traceback.
 """
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
+import threading
 
 import numpy as np
 
@@ -48,6 +52,16 @@ def _workers(text):
         return check_workers(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an int >= 1, or -1 for every core, got {text}") from None
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
+    return value
 
 
 def _non_negative_float(text):
@@ -83,17 +97,22 @@ def build_parser():
     train.add_argument("--backend", choices=("numba", "numpy"), default=None, help="(default: automatic)")
     train.add_argument("--workers", type=_workers, default=None,
                        help="threads per step: N >= 1, or -1 for every core (default: fastrnn chooses from the sizes and cores)")  # fmt: skip
-    train.add_argument("--seed", type=int, default=0, help="initial parameters and samples (default: %(default)s)")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="initial parameters and samples (default: %(default)s)")
     train.add_argument("--out", default="fastrnn-model.npz", help="checkpoint path (default: %(default)s)")
     train.add_argument("--plot", default="fastrnn-loss.png", help="loss-curve PNG; 'none': no picture (default: %(default)s)")
     train.add_argument("--sample-every", type=int, default=1000, help="print a sample every N steps; 0: never (default: %(default)s)")
     train.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    train.add_argument("--save-every", type=_non_negative_int, default=1000,
+                       help="also write the checkpoint every N steps; 0: only at the end (default: %(default)s)")  # fmt: skip
+    train.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                       help="continue the run that wrote CHECKPOINT (its settings, optimizer state and step count) up to --steps")  # fmt: skip
 
     sample_parser = sub.add_parser("sample", help="generate text from a checkpoint")
     sample_parser.add_argument("checkpoint")
-    sample_parser.add_argument("--chars", type=int, default=300, help="characters to generate (default: %(default)s)")
-    sample_parser.add_argument("--temperature", type=_positive(float), default=1.0, help="(default: %(default)s)")
-    sample_parser.add_argument("--seed", type=int, default=None)
+    sample_parser.add_argument("--chars", type=_non_negative_int, default=300, help="characters to generate (default: %(default)s)")
+    sample_parser.add_argument("--temperature", type=_positive(float), default=1.0,
+                               help="below 1 sharpens, above 1 flattens; tiny values pick the likeliest character (default: %(default)s)")  # fmt: skip
+    sample_parser.add_argument("--seed", type=_non_negative_int, default=None)
     sample_parser.add_argument("--prime", default="", help="text to start from (its characters must be in the model's vocabulary)")
     sample_parser.add_argument("--backend", choices=("numba", "numpy"), default=None)
     return parser
@@ -111,8 +130,19 @@ def main(argv=None):
         if command == "train":
             return run_train(args)
         return run_sample(args)
-    except (TextError, CheckpointError, UsageError) as error:
-        print(f"fastrnn {command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one elsewhere
+        print(f"fastrnn {command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError as error:
+        detail = f" ({error})" if str(error) else ""
+        print(f"fastrnn {command}: error: not enough memory for these settings{detail}", file=sys.stderr)
+        return 1
+    except (ValueError, ImportError, OSError) as error:
+        # User errors (TextError, CheckpointError, UsageError, a bad setting, a training run
+        # that overflows its dtype: all ValueErrors), a backend that cannot be imported, a
+        # file that cannot be read or written: one line, never a traceback.
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"fastrnn {command}: error: {message}", file=sys.stderr)
         return 1
 
 
@@ -130,77 +160,49 @@ def run_bench(args):
 
 
 def run_train(args):
-    from tqdm import tqdm
+    """``train``: check where results go, train (resuming if asked), save, summarise.
 
-    text = read_text(args.text_file) if args.text_file else builtin_corpus()
-    corpus = args.text_file or BUILTIN_CORPUS_NAME
+    Ctrl-C stops at the end of the current step: the checkpoint (with the optimizer's state,
+    for ``--resume``) and the plot are written, one line says so, and the exit status is 130.
+    A checkpoint is also written every ``--save-every`` steps.
+    """
     if args.sample_every < 0:
         raise UsageError(f"--sample-every must be >= 0, got {args.sample_every}")
+    # Where the results go is checked before the first step, not found wrong after the last.
+    check_output_path(args.out, "--out")
+    if args.plot.lower() != "none":
+        check_output_path(args.plot, "--plot")
+        if not args.plot.lower().endswith(".png"):
+            raise UsageError(f"--plot must name a .png file (or be 'none'), got {args.plot}")
+    text = read_text(args.text_file) if args.text_file else builtin_corpus()
+    corpus = args.text_file or BUILTIN_CORPUS_NAME
+    resume = RNN.load(args.resume, backend=args.backend) if args.resume else None
     messages = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON with --json
     vocab_size = len(set(text))
     threads = describe_threads(args, len(text), vocab_size)
     print(
         f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
         f"hidden {args.hidden}, {args.optimizer} lr {args.lr}, {args.dtype}, backend {args.backend or 'automatic'}; "
-        f"{threads}",
+        f"{threads}" + (f"; resuming {args.resume} at step {resume.settings.get('steps_done')}" if resume else ""),
         file=messages,
     )
-    bar = tqdm(total=args.steps, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
-    first_step = {}
-
-    def on_step(step, loss, run):
-        if step == 1:
-            first_step["seconds"] = run.seconds  # includes compiling the kernels
-        if step % 20 == 0 or step == args.steps:
-            bar.set_postfix(loss=f"{loss:.3f}", chars_per_s=f"{run.characters / max(run.seconds, 1e-9):,.0f}", refresh=False)
-        bar.update(1)
-        if args.sample_every and step % args.sample_every == 0 and step < args.steps:
-            text_sample = sample(run.model, 160, temperature=0.8, seed=args.seed)
-            bar.write(f"--- step {step}, loss {loss:.3f} per character ---\n{text_sample}\n---", file=messages)
-
-    run = train_char_rnn(
-        text, hidden=args.hidden, seq_length=args.seq_length, batch=args.batch, steps=args.steps, lr=args.lr,
-        optimizer=args.optimizer, clip_norm=args.clip or None, dtype=np.dtype(args.dtype).type,
-        backend=args.backend, seed=args.seed, callback=on_step, workers=args.workers,
-    )  # fmt: skip
-    bar.close()
+    with _stop_on_ctrl_c() as interrupted:
+        run = _train_with_progress(args, text, resume, interrupted, messages)
     model = run.model
     model.settings["corpus"] = corpus
-    try:
-        model.save(args.out)
-    except OSError as error:
-        raise UsageError(f"cannot write the checkpoint {args.out}: {error.strerror or error}") from None
+    _save(model, run.optimizer, args.out)
     plot = None if args.plot.lower() == "none" else write_loss_plot(run.losses, math.log(vocab_size), args.plot, messages)
-
-    tail = run.losses[-min(50, len(run.losses)) :]
-    steady_seconds = run.seconds - first_step.get("seconds", 0.0)
-    steady_chars = run.characters * (len(run.losses) - 1) / len(run.losses)
-    summary = {
-        "final_loss": float(np.mean(tail)),
-        "uniform_loss": math.log(vocab_size),
-        "first_loss": run.losses[0],
-        "steps": len(run.losses),
-        "seconds": run.seconds,
-        "first_step_seconds": first_step.get("seconds", 0.0),
-        "chars_per_second": steady_chars / steady_seconds if steady_seconds > 0 else float("nan"),
-        "checkpoint": args.out,
-        "loss_plot": plot,
-        "corpus": corpus,
-        "corpus_chars": len(text),
-        "vocab_size": vocab_size,
-        "batch": model.settings["batch"],
-        "seq_length": model.settings["seq_length"],
-        "dtype": args.dtype,
-        "backend": args.backend or "automatic",
-        "workers": "automatic" if args.workers is None else args.workers,
-        "threads": threads,
-    }
+    if run.stopped_early:
+        print(f"fastrnn train: interrupted after step {run.steps_done}; checkpoint written to {args.out} "
+              f"(continue with --resume {args.out})", file=sys.stderr)  # fmt: skip
+        return 130
+    summary = _summary(args, run, corpus, text, vocab_size, threads, plot)
     if args.json:
         print(json.dumps(summary))
         return 0
     print(f"sample (temperature 0.8):\n{sample(model, 200, temperature=0.8, seed=args.seed)}\n")
     print(
-        f"final loss {summary['final_loss']:.3f} nats per character (mean of the last {len(tail)} steps), "
+        f"final loss {summary['final_loss']:.3f} nats per character (mean of the last {summary['mean_of_last']} steps), "
         f"uniform baseline ln({vocab_size}) = {summary['uniform_loss']:.3f}\n"
         f"{summary['steps']} steps of {summary['batch']} x {summary['seq_length']} characters in {run.seconds:.1f} s "
         f"(first step {summary['first_step_seconds']:.2f} s, compilation included); "
@@ -209,6 +211,107 @@ def run_train(args):
         f"loss curve: {plot or 'not written'}"
     )
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c():
+    """While training: the first Ctrl-C sets the event yielded (training stops after the
+    current step); a second one interrupts at once, as Ctrl-C usually does."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield interrupted
+        return
+
+    def first_ctrl_c(signum, frame):
+        interrupted.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first_ctrl_c)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train_with_progress(args, text, resume, interrupted, messages):
+    """``train_char_rnn`` with a progress bar, samples, periodic checkpoints and Ctrl-C."""
+    from tqdm import tqdm
+
+    total = args.steps
+    done = int(resume.settings.get("steps_done", 0)) if resume else 0
+    bar = tqdm(total=total, initial=min(done, total), unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
+    first_step = {}
+
+    def on_step(step, loss, run):
+        if step == run.first_step:
+            first_step["seconds"] = run.seconds  # includes compiling the kernels
+        if step % 20 == 0 or step == total:
+            bar.set_postfix(loss=f"{loss:.3f}", chars_per_s=f"{run.characters / max(run.seconds, 1e-9):,.0f}", refresh=False)
+        bar.update(1)
+        if args.sample_every and step % args.sample_every == 0 and step < total:
+            text_sample = sample(run.model, 160, temperature=0.8, seed=args.seed)
+            bar.write(f"--- step {step}, loss {loss:.3f} per character ---\n{text_sample}\n---", file=messages)
+        if args.save_every and step % args.save_every == 0 and step < total:
+            _save(run.model, run.optimizer, args.out)
+        return interrupted.is_set()
+
+    try:
+        run = train_char_rnn(
+            text, hidden=args.hidden, seq_length=args.seq_length, batch=args.batch, steps=total, lr=args.lr,
+            optimizer=args.optimizer, clip_norm=args.clip or None, dtype=np.dtype(args.dtype).type,
+            backend=args.backend, seed=args.seed, callback=on_step, workers=args.workers, resume=resume,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    run.first_step_seconds = first_step.get("seconds", 0.0)
+    return run
+
+
+def _save(model, optimizer, path):
+    try:
+        model.save(path, optimizer=optimizer)
+    except OSError as error:
+        raise UsageError(f"cannot write the checkpoint {path}: {error.strerror or error}") from None
+
+
+def _summary(args, run, corpus, text, vocab_size, threads, plot):
+    """The run's figures, as ``--json`` prints them."""
+    tail = run.losses[-min(50, len(run.losses)) :]
+    steady_seconds = run.seconds - run.first_step_seconds
+    steady_chars = run.characters * (len(run.losses) - 1) / len(run.losses)
+    return {
+        "final_loss": float(np.mean(tail)),
+        "mean_of_last": len(tail),
+        "uniform_loss": math.log(vocab_size),
+        "first_loss": run.losses[0],
+        "steps": run.steps_done,
+        "seconds": run.seconds,
+        "first_step_seconds": run.first_step_seconds,
+        "chars_per_second": steady_chars / steady_seconds if steady_seconds > 0 else None,
+        "checkpoint": args.out,
+        "loss_plot": plot,
+        "corpus": corpus,
+        "corpus_chars": len(text),
+        "vocab_size": vocab_size,
+        "batch": run.model.settings["batch"],
+        "seq_length": run.model.settings["seq_length"],
+        "dtype": args.dtype,
+        "backend": args.backend or "automatic",
+        "workers": "automatic" if args.workers is None else args.workers,
+        "threads": threads,
+    }
+
+
+def check_output_path(path, flag):
+    """A UsageError unless a file can be written at ``path``: its folder exists and is
+    writable, and ``path`` is not a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {folder} is not writable")
 
 
 def describe_threads(args, n_chars, vocab_size):

@@ -13,11 +13,12 @@ and dispatch.  Each works on the params dict of ``init_params`` and the grads di
 
 import math
 import numbers
+import weakref
 
 import numpy as np
 
 from . import backends
-from .validation import FLOAT_DTYPES, PARAM_NAMES
+from .validation import FLOAT_DTYPES, PARAM_NAMES, NonFiniteResultError, check_finite_together
 
 
 def _checked_pairs(params, grads):
@@ -41,43 +42,197 @@ def _checked_pairs(params, grads):
     return pairs
 
 
-def _check_positive(name, value, *, allow_zero=False):
+def _real(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise TypeError(f"{name} must be a finite real number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return float(value)
 
 
+def _positive(name, value):
+    value = _real(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _non_negative(name, value):
+    value = _real(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _below_one(name, value):
+    value = _real(name, value)
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+class _Setting:
+    """An optimizer setting, checked whenever it is set: at construction and after
+    (``optimizer.lr = float("nan")`` is an error, not a silent NaN at the next step)."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        return self if instance is None else instance.__dict__[self.name]
+
+    def __set__(self, instance, value):
+        instance.__dict__[self.name] = self.check(self.name, value)
+
+
+def _in_dtype(name, value, dtype, *, nonzero=False, below_one=False):
+    """The setting ``value`` in the parameters' ``dtype``, which must keep its meaning there:
+    finite, not rounded to 0 (``nonzero``) or to 1 (``below_one``)."""
+    with np.errstate(over="ignore"):
+        cast = dtype.type(value)
+    if not np.isfinite(cast):
+        raise ValueError(f"{name} = {value} is not finite in {dtype.name}, the parameters' dtype")
+    if nonzero and value != 0 and cast == 0:
+        raise ValueError(f"{name} = {value} rounds to 0 in {dtype.name}, the parameters' dtype; use at least {np.finfo(dtype).tiny}")
+    if below_one and cast >= 1:
+        largest = np.nextafter(dtype.type(1), dtype.type(0))
+        raise ValueError(f"{name} = {value} rounds to 1 in {dtype.name}, the parameters' dtype; use at most {largest}")
+    return cast
+
+
 class Optimizer:
-    """Base class: holds ``lr``, the backend and one state array per parameter and slot."""
+    """Base class: settings, the backend, and state arrays for the parameters it updates.
+
+    The state belongs to the parameter arrays of the first ``step``: a step with other
+    arrays (a second model, or parameters replaced by new arrays) is an error, not a silent
+    sharing of moments; use one optimizer per model, or ``reset()``.  ``state_dict()`` and
+    ``load_state_dict()`` carry the state (by parameter name) across a checkpoint.
+    """
 
     slots = ()  # names of the per-parameter state arrays
+    lr = _Setting(_positive)
 
     def __init__(self, lr, *, backend=None):
-        self.lr = _check_positive("lr", lr)
+        self.lr = lr
         self.backend = backend
         backends.resolve(backend)  # an unknown backend fails here, not at the first step
-        self.state = {}
         self.steps = 0
+        self.reset()
+
+    @property
+    def settings(self):
+        """The settings, by name (what ``state_dict`` saves)."""
+        names = [name for cls in reversed(type(self).__mro__) for name, value in vars(cls).items() if isinstance(value, _Setting)]
+        return {name: getattr(self, name) for name in names}
+
+    def reset(self):
+        """Forget every state array and the parameters they belonged to (the step count stays)."""
+        self._state = {}  # parameter name -> its state arrays, one per slot
+        self._owners = {}  # parameter name -> weak reference to the array the state belongs to
+        self._loaded = {}  # parameter name -> state arrays from load_state_dict, not yet bound
 
     def _slots(self, name, param):
-        """The state arrays of one parameter, created as zeros on first use."""
-        key = (name, param.shape, param.dtype)
-        if key not in self.state:
-            self.state[key] = [np.zeros_like(param) for _ in self.slots]
-        return self.state[key]
+        """The state arrays of one parameter: bound to ``param`` on first use (zeros, or what
+        ``load_state_dict`` gave); another array under the same name is an error."""
+        owner = self._owners.get(name)
+        if owner is not None:
+            if owner() is not param:
+                raise ValueError(
+                    f"this {type(self).__name__}'s state for {name} belongs to another array: "
+                    f"use one optimizer per model, or call reset() after replacing the parameters"
+                )
+            return self._state[name]
+        arrays = self._loaded.pop(name, None)
+        if arrays is None:
+            arrays = [np.zeros_like(param) for _ in self.slots]
+        elif any(a.shape != param.shape or a.dtype != param.dtype for a in arrays):
+            raise ValueError(
+                f"the loaded {type(self).__name__} state for {name} has shape {arrays[0].shape} and dtype "
+                f"{arrays[0].dtype}, params['{name}'] {param.shape} and {param.dtype}"
+            )
+        self._owners[name] = weakref.ref(param)
+        self._state[name] = arrays
+        return arrays
 
     def step(self, params, grads):
-        """Update every parameter in place from its gradient."""
+        """Update every parameter in place from its gradient, or change nothing and raise.
+
+        Raises
+        ------
+        ValueError
+            A gradient that is not finite (NaN or inf), a setting that the parameters' dtype
+            cannot hold (``lr`` beyond float32's range, ``eps`` that rounds to 0, a beta
+            that rounds to 1), or parameters this optimizer's state does not belong to.
+        NonFiniteResultError (a ValueError)
+            The step would make a parameter or a state array non-finite.
+        """
         impl = backends.resolve(self.backend)
         pairs = _checked_pairs(params, grads)
+        check_finite_together([grad for _, _, grad in pairs], [f"grads['d{name}']" for name, _, _ in pairs])
+        scalars = {}
+        for _, param, _ in pairs:
+            if param.dtype not in scalars:
+                scalars[param.dtype] = self._scalars(param.dtype, self.steps + 1)
+        updates = [(name, param, grad, self._slots(name, param), scalars[param.dtype]) for name, param, grad in pairs]
+        # Check every new value first, then write: a step that would overflow changes nothing.
+        for name, param, grad, state, values in updates:
+            if not self._update(impl, param, grad, state, values, commit=False):
+                raise NonFiniteResultError(
+                    f"this {type(self).__name__} step would make params['{name}'] (or its state) non-finite in "
+                    f"{param.dtype} (lr = {self.lr}); no parameter was changed"
+                )
+        for name, param, grad, state, values in updates:
+            self._update(impl, param, grad, state, values, commit=True)
         self.steps += 1
-        for name, param, grad in pairs:
-            self._update(impl, param, grad, *self._slots(name, param))
 
-    def _update(self, impl, param, grad, *slots):
+    def _scalars(self, dtype, step):
+        """The settings the update takes, in ``dtype`` (checked there), for step ``step``."""
         raise NotImplementedError
+
+    def _update(self, impl, param, grad, state, scalars, commit):
+        raise NotImplementedError
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self):
+        """What resuming needs: the optimizer's kind, settings, step count and state arrays
+        (copies, by parameter name)."""
+        state = {name: arrays for name, arrays in self._loaded.items()} | self._state
+        return {
+            "optimizer": type(self).__name__,
+            "settings": self.settings,
+            "steps": self.steps,
+            "state": {name: dict(zip(self.slots, (a.copy() for a in arrays))) for name, arrays in state.items()},
+        }
+
+    def load_state_dict(self, state_dict):
+        """Take the settings, step count and state of ``state_dict()``.  The state binds to
+        the parameter arrays of the next ``step``, which must have its shapes and dtype."""
+        if not isinstance(state_dict, dict) or state_dict.get("optimizer") != type(self).__name__:
+            found = state_dict.get("optimizer") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"state_dict is not a {type(self).__name__}'s (got {found!r})")
+        settings, steps, state = state_dict.get("settings"), state_dict.get("steps"), state_dict.get("state")
+        if not isinstance(settings, dict) or set(settings) != set(self.settings):
+            raise ValueError(f"state_dict settings must be {sorted(self.settings)}, got {settings!r}")
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+            raise ValueError(f"state_dict steps must be an int >= 0, got {steps!r}")
+        if not isinstance(state, dict) or not set(state) <= set(PARAM_NAMES):
+            raise ValueError(f"state_dict state must map parameter names ({', '.join(PARAM_NAMES)}) to arrays")
+        loaded = {}
+        for name, arrays in state.items():
+            if not isinstance(arrays, dict) or set(arrays) != set(self.slots):
+                raise ValueError(f"state_dict state for {name} must have the arrays {', '.join(self.slots)}")
+            values = [np.array(arrays[slot], order="C") for slot in self.slots]
+            if any(v.dtype not in FLOAT_DTYPES or v.shape != values[0].shape for v in values):
+                raise ValueError(f"state_dict state for {name} must be float arrays of one shape")
+            check_finite_together(values, [f"state_dict state for {name}: {slot}" for slot in self.slots])
+            loaded[name] = values
+        for name, value in settings.items():
+            setattr(self, name, value)  # checked as at construction
+        self.reset()
+        self._loaded = loaded
+        self.steps = int(steps)
 
 
 class SGD(Optimizer):
@@ -85,49 +240,75 @@ class SGD(Optimizer):
     ``v = momentum * v + grad``, ``param -= lr * v``."""
 
     slots = ("velocity",)
+    momentum = _Setting(_non_negative)
 
     def __init__(self, lr=0.01, momentum=0.0, *, backend=None):
         super().__init__(lr, backend=backend)
-        self.momentum = _check_positive("momentum", momentum, allow_zero=True)
+        self.momentum = momentum
 
-    def _update(self, impl, param, grad, velocity):
-        dtype = param.dtype.type
-        impl.sgd_update(param, grad, velocity, dtype(self.lr), dtype(self.momentum))
+    def _scalars(self, dtype, step):
+        return _in_dtype("lr", self.lr, dtype, nonzero=True), _in_dtype("momentum", self.momentum, dtype)
+
+    def _update(self, impl, param, grad, state, scalars, commit):
+        return impl.sgd_update(param, grad, *state, *scalars, commit)
 
 
 class Adagrad(Optimizer):
     """Adagrad, the classic char-RNN choice: ``G += grad**2``, ``param -= lr * grad / sqrt(G + eps)``."""
 
     slots = ("sum_sq",)
+    eps = _Setting(_positive)
 
     def __init__(self, lr=0.1, eps=1e-8, *, backend=None):
         super().__init__(lr, backend=backend)
-        self.eps = _check_positive("eps", eps)
+        self.eps = eps
 
-    def _update(self, impl, param, grad, sum_sq):
-        dtype = param.dtype.type
-        impl.adagrad_update(param, grad, sum_sq, dtype(self.lr), dtype(self.eps))
+    def _scalars(self, dtype, step):
+        return _in_dtype("lr", self.lr, dtype, nonzero=True), _in_dtype("eps", self.eps, dtype, nonzero=True)
+
+    def _update(self, impl, param, grad, state, scalars, commit):
+        return impl.adagrad_update(param, grad, *state, *scalars, commit)
 
 
 class Adam(Optimizer):
-    """Adam with bias correction (Kingma and Ba, 2015)."""
+    """Adam with bias correction (Kingma and Ba, 2015).  The corrections ``1 - beta**step``
+    are computed here, in float64, for both backends."""
 
     slots = ("m", "v")
+    beta1 = _Setting(_below_one)
+    beta2 = _Setting(_below_one)
+    eps = _Setting(_positive)
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, backend=None):
         super().__init__(lr, backend=backend)
-        self.beta1 = _check_positive("beta1", beta1, allow_zero=True)
-        self.beta2 = _check_positive("beta2", beta2, allow_zero=True)
-        if self.beta1 >= 1 or self.beta2 >= 1:
-            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}")
-        self.eps = _check_positive("eps", eps)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
-    def _update(self, impl, param, grad, m, v):
-        dtype = param.dtype.type
-        impl.adam_update(param, grad, m, v, dtype(self.lr), dtype(self.beta1), dtype(self.beta2), dtype(self.eps), self.steps)
+    def _scalars(self, dtype, step):
+        return (
+            _in_dtype("lr", self.lr, dtype, nonzero=True),
+            _in_dtype("beta1", self.beta1, dtype, below_one=True),
+            _in_dtype("beta2", self.beta2, dtype, below_one=True),
+            _in_dtype("eps", self.eps, dtype, nonzero=True),
+            _in_dtype("1 - beta1**step", 1 - self.beta1**step, dtype, nonzero=True),
+            _in_dtype("1 - beta2**step", 1 - self.beta2**step, dtype, nonzero=True),
+        )
+
+    def _update(self, impl, param, grad, state, scalars, commit):
+        return impl.adam_update(param, grad, *state, *scalars, commit)
 
 
 OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}
+
+
+def from_state_dict(state_dict, *, backend=None):
+    """A new optimizer of the kind ``state_dict`` was saved from, with its state."""
+    kinds = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+    kind = state_dict.get("optimizer") if isinstance(state_dict, dict) else None
+    if kind not in kinds:
+        raise ValueError(f"state_dict names no optimizer of fastrnn ({', '.join(kinds)}), got {kind!r}")
+    optimizer = kinds[kind](backend=backend)
+    optimizer.load_state_dict(state_dict)
+    return optimizer
 
 
 def _param_grads(grads):
@@ -152,7 +333,7 @@ def _param_grads(grads):
 
 def clip_by_value(grads, limit, *, backend=None):
     """Clip every parameter gradient ``grads["d" + name]`` to ``[-limit, limit]``, in place."""
-    limit = _check_positive("limit", limit)
+    limit = _positive("limit", limit)
     impl = backends.resolve(backend)
     for grad in _param_grads(grads):
         impl.clip_by_value(grad, grad.dtype.type(limit))
@@ -162,15 +343,25 @@ def clip_by_global_norm(grads, max_norm, *, backend=None):
     """Scale all parameter gradients by ``max_norm / norm`` when their global L2 norm
     exceeds ``max_norm``, in place.
 
+    The norm is computed as ``largest * sqrt(sum((grad / largest)**2))`` with ``largest``
+    the largest magnitude (as BLAS ``nrm2`` scales), so that finite gradients near float64's
+    limit (1e160 and above, whose squares overflow) are clipped instead of zeroed.
+
     Returns
     -------
     float
-        The global norm before clipping.
+        The global norm before clipping; NaN when a gradient is not finite (nothing is
+        scaled then, and an optimizer's ``step`` refuses such gradients).
     """
-    max_norm = _check_positive("max_norm", max_norm)
+    max_norm = _positive("max_norm", max_norm)
     impl = backends.resolve(backend)
     grad_list = _param_grads(grads)
-    norm = math.sqrt(sum(impl.sum_of_squares(grad) for grad in grad_list))
+    largest = max(impl.max_abs(grad) for grad in grad_list)
+    if not math.isfinite(largest):
+        return math.nan
+    if largest == 0:
+        return 0.0
+    norm = largest * math.sqrt(sum(impl.sum_of_squares(grad, 1.0 / largest) for grad in grad_list))
     if norm > max_norm:
         for grad in grad_list:
             impl.scale(grad, grad.dtype.type(max_norm / norm))

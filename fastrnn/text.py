@@ -143,14 +143,23 @@ class TrainingRun:
     """What ``train_char_rnn`` returns."""
 
     model: RNN
-    losses: list = field(default_factory=list)  # per-character loss of every step
+    optimizer: optim.Optimizer = None
+    losses: list = field(default_factory=list)  # per-character loss of every step of this run
     seconds: float = 0.0
     characters: int = 0  # characters processed (steps * batch * seq_length)
+    first_step: int = 1  # the step this run started at (after those of a resumed checkpoint)
+    first_step_seconds: float = 0.0  # its time, compilation included (set by the command line)
+    stopped_early: bool = False  # the callback asked to stop before ``steps``
+
+    @property
+    def steps_done(self):
+        """Steps trained in all, those of a resumed checkpoint included."""
+        return self.first_step - 1 + len(self.losses)
 
 
 def train_char_rnn(
     text, *, hidden=128, seq_length=32, batch=16, steps=1000, lr=0.1, optimizer="adagrad",
-    clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None, workers=None,
+    clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None, workers=None, resume=None,
 ):  # fmt: skip
     """Train a character-level RNN on ``text`` with truncated BPTT.
 
@@ -159,6 +168,7 @@ def train_char_rnn(
     text : str
     hidden, seq_length, batch, steps : int
         ``batch`` and ``seq_length`` shrink to what the text fills (``fit_batch_shape``).
+        ``steps`` counts from the start of training, a resumed run's earlier steps included.
     lr : float
     optimizer : {"adagrad", "adam", "sgd"}
     clip_norm : float or None
@@ -166,9 +176,16 @@ def train_char_rnn(
     dtype, backend, seed
         For the model (``seed`` also fixes the initial parameters).
     callback : callable, optional
-        ``callback(step, loss_per_char, run)`` after every step.
+        ``callback(step, loss_per_char, run)`` after every step; a true return value stops
+        training after that step (``run.stopped_early``).
     workers : int or None
         Threads per step, as in ``fastrnn.loss_and_grads`` (None: fastrnn chooses).
+    resume : RNN, optional
+        A model loaded from a checkpoint of a run on the same text (``RNN.load``; saved with
+        its optimizer).  Training continues where it stopped: its parameters, carried state,
+        optimizer state and step count, and its settings (which replace ``hidden``,
+        ``seq_length``, ``batch``, ``lr``, ``optimizer``, ``clip_norm``, ``dtype`` and
+        ``seed``), so that the losses continue those of an uninterrupted run.
 
     Returns
     -------
@@ -181,29 +198,54 @@ def train_char_rnn(
     check_trainable(text)
     vocab = CharVocab.from_text(text)
     data = vocab.encode(text)
-    batch, seq_length = fit_batch_shape(len(data), batch, seq_length)
-    if optimizer not in optim.OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(optim.OPTIMIZERS)}, got {optimizer!r}")
-    model = RNN(len(vocab), hidden, len(vocab), dtype=dtype, backend=backend, seed=seed)
-    model.vocab = vocab.chars
-    model.settings = dict(hidden=hidden, seq_length=seq_length, batch=batch, steps=steps, lr=lr,
-                          optimizer=optimizer, clip_norm=clip_norm, dtype=np.dtype(dtype).name, seed=seed)  # fmt: skip
-    opt = optim.OPTIMIZERS[optimizer](lr=lr, backend=backend)
-    run = TrainingRun(model)
+    if resume is not None:
+        model, opt, start = _resumed(resume, vocab, backend)
+        seq_length, batch, clip_norm = (model.settings[key] for key in ("seq_length", "batch", "clip_norm"))
+    else:
+        batch, seq_length = fit_batch_shape(len(data), batch, seq_length)
+        if optimizer not in optim.OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(optim.OPTIMIZERS)}, got {optimizer!r}")
+        model = RNN(len(vocab), hidden, len(vocab), dtype=dtype, backend=backend, seed=seed)
+        model.vocab = vocab.chars
+        model.settings = dict(hidden=hidden, seq_length=seq_length, batch=batch, steps=steps, lr=lr,
+                              optimizer=optimizer, clip_norm=clip_norm, dtype=np.dtype(dtype).name, seed=seed)  # fmt: skip
+        opt, start = optim.OPTIMIZERS[optimizer](lr=lr, backend=backend), 0
+    model.settings["steps"] = steps
+    run = TrainingRun(model, opt, first_step=start + 1)
     chunks = stream_batches(data, batch, seq_length)
+    for _ in range(start):  # the chunks a resumed run has trained on already
+        next(chunks)
     workspace = Workspace()
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
+    begin = time.perf_counter()
+    for step in range(start + 1, steps + 1):
         x_index, y, wraps = next(chunks)
         if wraps:
             model.reset_state()
         loss = model.train_step(x_index, y, opt, clip_norm=clip_norm, workspace=workspace, workers=workers)
+        model.settings["steps_done"] = step
         run.losses.append(loss / seq_length)
         run.characters += batch * seq_length
-        run.seconds = time.perf_counter() - start
-        if callback is not None:
-            callback(step, run.losses[-1], run)
+        run.seconds = time.perf_counter() - begin
+        if callback is not None and callback(step, run.losses[-1], run) and step < steps:
+            run.stopped_early = True
+            break
     return run
+
+
+def _resumed(model, vocab, backend):
+    """The model, optimizer and step count to resume a training run from."""
+    if not isinstance(model, RNN):
+        raise TypeError(f"resume must be an RNN loaded from a checkpoint, got {type(model).__name__}")
+    if model.vocab != vocab.chars:
+        raise ValueError("resume: the checkpoint was trained on a text with other characters than this one")
+    if model.optimizer_state is None:
+        raise ValueError("resume: the checkpoint holds no optimizer state (save it with RNN.save(path, optimizer=...))")
+    settings = model.settings
+    needed = ("seq_length", "batch", "clip_norm", "steps_done")
+    if any(key not in settings for key in needed):
+        raise ValueError(f"resume: the checkpoint's settings lack {', '.join(k for k in needed if k not in settings)}")
+    model.backend = backend
+    return model, optim.from_state_dict(model.optimizer_state, backend=backend), int(settings["steps_done"])
 
 
 def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
@@ -252,9 +294,12 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
     for index in context:  # run the prime (or the first character) through the network
         a, y_hat = advance(index)
     while len(generated) < n_chars:
-        # softmax(logits / temperature) from the probabilities: p ** (1 / temperature)
-        scaled = np.log(np.maximum(y_hat[:, 0].astype(np.float64), 1e-300)) / temperature
-        p = np.exp(scaled - scaled.max())
+        # softmax(logits / temperature) from the probabilities: p ** (1 / temperature).
+        # Shifted first, so that every value is <= 0 and a tiny temperature only makes the
+        # others -inf (greedy sampling), never inf - inf.
+        log_p = np.log(np.maximum(y_hat[:, 0].astype(np.float64), 1e-300))
+        with np.errstate(over="ignore"):
+            p = np.exp((log_p - log_p.max()) / temperature)
         index = int(rng.choice(len(vocab), p=p / p.sum()))
         generated.append(index)
         a, y_hat = advance(index)

@@ -35,6 +35,11 @@ def _as_array(value, name, what):
         return value
     if isinstance(value, (dict, str, bytes)) or value is None:
         raise TypeError(f"{name} must be {what}, got {_describe(value)}")
+    if isinstance(value, np.ma.MaskedArray):  # np.asarray would drop the mask and use what is under it
+        raise TypeError(
+            f"{name} is a masked array, and fastrnn has no missing values: pass {name}.filled(value) "
+            f"with the value you mean (for sequences of different lengths, give each batch its own T)"
+        )
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as error:  # ragged lists, objects NumPy cannot take

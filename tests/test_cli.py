@@ -116,3 +116,133 @@ def test_train_workers_flag(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["workers"] == 2 and summary["threads"].startswith("2 shards x 1 BLAS thread"), summary
+
+
+# -- nothing lost, one line per error ------------------------------------------------------
+
+
+def _crafted_checkpoints(tmp_path):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from fastrnn.model import RNN
+
+    model = RNN(3, 4, 3, seed=0)
+    model.vocab = "abc"
+    good = tmp_path / "good.npz"
+    model.save(good)
+    with zipfile.ZipFile(good) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+
+    def npy(array):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    crafted = {
+        "two_element_has_vocab": {**members, "has_vocab.npy": npy(np.array([True, True]))},
+        "zero_d_vocab": {k: v for k, v in {**members, "vocab.npy": npy(np.array("abc"))}.items() if k != "vocab_codepoints.npy"},
+        "deep_settings": {**members, "settings.npy": npy(np.array("[" * 100_000 + "]" * 100_000))},
+    }
+    paths = {}
+    for name, contents in crafted.items():
+        paths[name] = tmp_path / f"{name}.npz"
+        with zipfile.ZipFile(paths[name], "w") as archive:
+            for member, data in contents.items():
+                archive.writestr(member, data)
+    paths["npy"] = tmp_path / "weights.npy"
+    np.save(paths["npy"], np.ones(3))
+    return paths
+
+
+def test_every_user_error_is_one_line_and_exit_1(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 40)
+    crafted = _crafted_checkpoints(tmp_path)
+    quick = ["--steps", 3, "--hidden", 8, "--plot", "none", "--sample-every", 0]
+    cases = [
+        (["sample", crafted["npy"]], None),
+        (["sample", crafted["two_element_has_vocab"]], None),
+        (["sample", crafted["zero_d_vocab"]], None),
+        (["sample", crafted["deep_settings"]], None),
+        (["train", corpus, "--lr", "1e39", "--dtype", "float32", *quick, "--out", tmp_path / "a.npz"], None),
+        (["train", corpus, "--plot", tmp_path / "x.txt", "--steps", 3], None),
+        (["train", corpus, "--out", tmp_path / "missing" / "m.npz", "--steps", 3], None),
+        (["train", corpus, "--out", tmp_path, "--steps", 3], None),
+        (["train", corpus, "--hidden", 10_000_000, "--steps", 1, "--plot", "none", "--out", tmp_path / "b.npz"], None),
+        (["train", corpus, *quick, "--out", tmp_path / "c.npz"], {"FASTRNN_BACKEND": "bogus"}),
+        (["train", corpus, *quick, "--resume", tmp_path / "nothing.npz", "--out", tmp_path / "d.npz"], None),
+    ]
+    import os
+
+    for args, env in cases:
+        environment = {**os.environ, **(env or {})}
+        result = subprocess.run([sys.executable, "-m", "fastrnn", *map(str, args)], capture_output=True, text=True,
+                                timeout=600, cwd=tmp_path, env=environment)  # fmt: skip
+        lines = [line for line in result.stderr.splitlines() if line.strip() and "step/s" not in line and "|" not in line]
+        assert result.returncode == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert len(lines) == 1 and "error:" in lines[0], (args, lines)
+    assert not (tmp_path / "missing").exists()
+    # Not errors: a tiny temperature is greedy sampling, not a crash.
+    train = run_cli("train", corpus, *quick, "--out", tmp_path / "m.npz", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    greedy = run_cli("sample", tmp_path / "m.npz", "--temperature", "5e-324", "--chars", 20, "--seed", 1, cwd=tmp_path)
+    assert greedy.returncode == 0 and len(greedy.stdout.strip()) >= 1, greedy.stderr
+    negative_seed = run_cli("train", corpus, "--seed", -1, cwd=tmp_path)
+    assert negative_seed.returncode == 2 and "--seed" in negative_seed.stderr and "Traceback" not in negative_seed.stderr
+
+
+def test_resuming_continues_the_uninterrupted_loss_curve(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat; the dog sat on the log. " * 30)
+    common = ["--hidden", 16, "--seq-length", 8, "--batch", 4, "--plot", "none", "--sample-every", 0, "--json", "--workers", 1]
+    whole = run_cli("train", corpus, "--steps", 60, *common, "--out", tmp_path / "whole.npz", cwd=tmp_path)
+    first = run_cli("train", corpus, "--steps", 25, *common, "--out", tmp_path / "part.npz", cwd=tmp_path)
+    rest = run_cli("train", corpus, "--steps", 60, "--resume", tmp_path / "part.npz", *common, "--out", tmp_path / "rest.npz", cwd=tmp_path)
+    for result in (whole, first, rest):
+        assert result.returncode == 0, result.stderr
+    import numpy as np
+
+    from fastrnn.model import RNN
+
+    assert json.loads(rest.stdout)["steps"] == 60
+    resumed, uninterrupted = RNN.load(tmp_path / "rest.npz"), RNN.load(tmp_path / "whole.npz")
+    for name, value in uninterrupted.params.items():
+        np.testing.assert_array_equal(resumed.params[name], value, err_msg=name)
+    np.testing.assert_array_equal(resumed.state, uninterrupted.state)
+
+
+def test_ctrl_c_stops_after_the_step_and_writes_the_checkpoint(tmp_path):
+    import signal
+    import time
+
+    from fastrnn.model import RNN
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 200)
+    checkpoint = tmp_path / "m.npz"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastrnn", "train", str(corpus), "--steps", "1000000", "--hidden", "16",
+         "--plot", "none", "--sample-every", "0", "--save-every", "1", "--out", str(checkpoint)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first checkpoint: training runs, Ctrl-C is handled
+        assert checkpoint.exists(), "training did not start"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted after step" in stderr and "--resume" in stderr
+    model = RNN.load(checkpoint)
+    assert model.optimizer_state is not None and model.settings["steps_done"] >= 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

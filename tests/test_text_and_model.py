@@ -112,7 +112,7 @@ def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
     np.savez(other, weights=np.ones(3))
     contents = dict(np.load(good))
     wrong_vocab = tmp_path / "wrong_vocab.npz"
-    np.savez(wrong_vocab, **dict(contents, vocab=np.array(list("abcd"))))
+    np.savez(wrong_vocab, **dict(contents, vocab=np.array(list("abcd")), vocab_codepoints=np.array([97, 98, 99, 100])))
     wrong_shape = tmp_path / "wrong_shape.npz"
     np.savez(wrong_shape, **dict(contents, W_aa=np.ones((4, 5))))
     non_finite = tmp_path / "non_finite.npz"

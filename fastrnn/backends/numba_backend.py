@@ -118,27 +118,33 @@ def _flat(*arrays):
     return [a.reshape(-1) for a in arrays]
 
 
-def sgd_update(param, grad, velocity, lr, momentum):
-    kernels.sgd_update(*_flat(param, grad, velocity), lr, momentum)
+def sgd_update(param, grad, velocity, lr, momentum, commit=True):
+    return kernels.sgd_update(*_flat(param, grad, velocity), lr, momentum, commit)
 
 
-def adagrad_update(param, grad, sum_sq, lr, eps):
-    kernels.adagrad_update(*_flat(param, grad, sum_sq), lr, eps)
+def adagrad_update(param, grad, sum_sq, lr, eps, commit=True):
+    return kernels.adagrad_update(*_flat(param, grad, sum_sq), lr, eps, commit)
 
 
-def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
-    dtype = param.dtype.type
-    correction1, correction2 = dtype(1 - float(beta1) ** step), dtype(1 - float(beta2) ** step)
-    kernels.adam_update(*_flat(param, grad, m, v), lr, beta1, beta2, eps, correction1, correction2)
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, correction1, correction2, commit=True):
+    return kernels.adam_update(*_flat(param, grad, m, v), lr, beta1, beta2, eps, correction1, correction2, commit)
 
 
 def clip_by_value(grad, limit):
     kernels.clip_by_value(grad.reshape(-1), limit)
 
 
-def sum_of_squares(grad):
-    return kernels.sum_of_squares(grad.reshape(-1))
+def max_abs(grad):
+    return kernels.max_abs(grad.reshape(-1))
+
+
+def sum_of_squares(grad, inv_scale):
+    return kernels.sum_of_squares(grad.reshape(-1), inv_scale)
 
 
 def scale(grad, factor):
     kernels.scale(grad.reshape(-1), factor)
+
+
+if config.DISABLE_JIT:  # as above: fastrnn.optim reports a step that would overflow
+    sgd_update, adagrad_update, adam_update = map(overflow_reported_by_the_api, (sgd_update, adagrad_update, adam_update))

@@ -627,34 +627,56 @@ def loss_and_grads_onehot_kernel(
 # =======================================================================================
 # 5. Optimizer updates (numpy_backend's sgd_update, adagrad_update, adam_update and the
 # clipping helpers), over flat C-contiguous views of one parameter and its state.  Scalars
-# arrive in the parameter's dtype, so float32 stays float32.
+# arrive in the parameter's dtype, so float32 stays float32.  With ``commit`` false a
+# kernel computes the new values without writing them and returns whether all are finite;
+# with ``commit`` true it writes them (fastrnn.optim checks every parameter first).
 # =======================================================================================
 
 
 @kernel
-def sgd_update(param, grad, velocity, lr, momentum):
+def sgd_update(param, grad, velocity, lr, momentum, commit):
+    finite = True
     for k in range(param.size):
-        velocity[k] = momentum * velocity[k] + grad[k]
-        param[k] -= lr * velocity[k]
+        new_velocity = momentum * velocity[k] + grad[k]
+        new_param = param[k] - lr * new_velocity
+        if commit:
+            velocity[k] = new_velocity
+            param[k] = new_param
+        else:
+            finite &= math.isfinite(new_param) and math.isfinite(new_velocity)
+    return finite
 
 
 @kernel
-def adagrad_update(param, grad, sum_sq, lr, eps):
+def adagrad_update(param, grad, sum_sq, lr, eps, commit):
+    finite = True
     for k in range(param.size):
-        sum_sq[k] += grad[k] * grad[k]
-        param[k] -= lr * grad[k] / np.sqrt(sum_sq[k] + eps)
+        new_sum_sq = sum_sq[k] + grad[k] * grad[k]
+        new_param = param[k] - lr * grad[k] / np.sqrt(new_sum_sq + eps)
+        if commit:
+            sum_sq[k] = new_sum_sq
+            param[k] = new_param
+        else:
+            finite &= math.isfinite(new_param) and math.isfinite(new_sum_sq)
+    return finite
 
 
 @kernel
-def adam_update(param, grad, m, v, lr, beta1, beta2, eps, correction1, correction2):
-    """``correction1 = 1 - beta1**step`` and ``correction2 = 1 - beta2**step`` come from
-    the caller (computed once, in float64, then cast)."""
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, correction1, correction2, commit):
     one = param.dtype.type(1)
+    finite = True
     for k in range(param.size):
         g = grad[k]
-        m[k] = beta1 * m[k] + (one - beta1) * g
-        v[k] = beta2 * v[k] + (one - beta2) * g * g
-        param[k] -= lr * (m[k] / correction1) / (np.sqrt(v[k] / correction2) + eps)
+        new_m = beta1 * m[k] + (one - beta1) * g
+        new_v = beta2 * v[k] + (one - beta2) * g * g
+        new_param = param[k] - lr * (new_m / correction1) / (np.sqrt(new_v / correction2) + eps)
+        if commit:
+            m[k] = new_m
+            v[k] = new_v
+            param[k] = new_param
+        else:
+            finite &= math.isfinite(new_param) and math.isfinite(new_m) and math.isfinite(new_v)
+    return finite
 
 
 @kernel
@@ -664,10 +686,18 @@ def clip_by_value(grad, limit):
 
 
 @kernel
-def sum_of_squares(grad):
+def max_abs(grad):
+    largest = 0.0
+    for k in range(grad.size):
+        largest = max(largest, abs(np.float64(grad[k])))
+    return largest
+
+
+@kernel
+def sum_of_squares(grad, inv_scale):
     total = 0.0
     for k in range(grad.size):
-        g = np.float64(grad[k])
+        g = np.float64(grad[k]) * inv_scale
         total += g * g
     return total
 

@@ -278,36 +278,50 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
 
 # -- optimizers: in-place parameter updates (fastrnn.optim) ------------------------------
 # Each takes one parameter array, its gradient and the optimizer's state arrays of the same
-# shape, and updates them in place.  Scalars are of the parameter's dtype.
+# shape.  It computes the new values of all of them; with ``commit=False`` it only returns
+# whether they are all finite, with ``commit=True`` it writes them (in place) and returns
+# True.  fastrnn.optim checks every parameter before it commits any, so that a step that
+# would overflow changes nothing.  Scalars are of the parameter's dtype.
 
 
-def sgd_update(param, grad, velocity, lr, momentum):
+def _finish_update(commit, new_values, targets):
+    if not commit:
+        return all(bool(np.isfinite(value).all()) for value in new_values)
+    for target, value in zip(targets, new_values):
+        target[...] = value
+    return True
+
+
+@overflow_reported_by_the_api  # fastrnn.optim reports a step that overflows
+def sgd_update(param, grad, velocity, lr, momentum, commit=True):
     """``velocity = momentum * velocity + grad``; ``param -= lr * velocity`` (PyTorch's form)."""
-    velocity *= momentum
-    velocity += grad
-    param -= lr * velocity
+    new_velocity = momentum * velocity + grad
+    new_param = param - lr * new_velocity
+    return _finish_update(commit, (new_param, new_velocity), (param, velocity))
 
 
-def adagrad_update(param, grad, sum_sq, lr, eps):
+@overflow_reported_by_the_api  # fastrnn.optim reports a step that overflows
+def adagrad_update(param, grad, sum_sq, lr, eps, commit=True):
     """``sum_sq += grad**2``; ``param -= lr * grad / sqrt(sum_sq + eps)`` (min-char-rnn's form)."""
-    sum_sq += grad * grad
-    param -= lr * grad / np.sqrt(sum_sq + eps)
+    new_sum_sq = sum_sq + grad * grad
+    new_param = param - lr * grad / np.sqrt(new_sum_sq + eps)
+    return _finish_update(commit, (new_param, new_sum_sq), (param, sum_sq))
 
 
-def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step):
-    """Adam (Kingma and Ba) with bias correction; ``step`` counts from 1.
+@overflow_reported_by_the_api  # fastrnn.optim reports a step that overflows
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, correction1, correction2, commit=True):
+    """Adam (Kingma and Ba) with bias correction.
 
     ``m = beta1 m + (1 - beta1) grad``, ``v = beta2 v + (1 - beta2) grad**2``,
-    ``param -= lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1 - beta1**step)``,
-    ``v_hat = v / (1 - beta2**step)``.
+    ``param -= lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / correction1``,
+    ``v_hat = v / correction2``; the caller computes ``correction1 = 1 - beta1**step`` and
+    ``correction2 = 1 - beta2**step`` (in float64, once, for both backends).
     """
-    m *= beta1
-    m += (1 - beta1) * grad
-    v *= beta2
-    v += (1 - beta2) * grad * grad
-    m_hat = m / (1 - beta1**step)
-    v_hat = v / (1 - beta2**step)
-    param -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    one = param.dtype.type(1)
+    new_m = beta1 * m + (one - beta1) * grad
+    new_v = beta2 * v + (one - beta2) * grad * grad
+    new_param = param - lr * (new_m / correction1) / (np.sqrt(new_v / correction2) + eps)
+    return _finish_update(commit, (new_param, new_m, new_v), (param, m, v))
 
 
 def clip_by_value(grad, limit):
@@ -315,9 +329,15 @@ def clip_by_value(grad, limit):
     np.clip(grad, -limit, limit, out=grad)
 
 
-def sum_of_squares(grad):
-    """``sum(grad**2)`` in float64 (for the global norm)."""
-    flat = grad.reshape(-1).astype(np.float64)
+def max_abs(grad):
+    """``max |grad|`` as a float (for scaling the global norm)."""
+    return float(np.max(np.abs(grad)))
+
+
+def sum_of_squares(grad, inv_scale):
+    """``sum((grad * inv_scale)**2)`` in float64: the global norm's sum, scaled (as BLAS
+    ``nrm2`` does) so that gradients near float64's limit do not overflow it."""
+    flat = grad.reshape(-1).astype(np.float64) * inv_scale
     return float(flat @ flat)
 
 
