@@ -6,20 +6,18 @@ in fresh processes.  A combination that cannot run here (the Numba backend witho
 raises ``NotImplementedError`` in ``setup``, which asv reports as skipped.
 """
 
+import functools
 import os
 import subprocess
 import sys
 import tempfile
-import time
+import tracemalloc
 
 import numpy as np
 
-import tracemalloc
-
 import fastrnn
 import fastrnn.optim
-from fastrnn.bench import BENCH_SIZES
-from fastrnn.bench import make_problem, median_seconds
+from fastrnn.bench import BENCH_SIZES, make_problem, median_seconds
 
 SIZES = {name: shape for name, *shape in BENCH_SIZES}
 DTYPES = ["float64", "float32"]
@@ -48,13 +46,17 @@ class TrainingStep:
         self.x, self.a0, self.y, self.params = _problem(size, dtype, backend)
         self.backend = backend
         self.workspace = fastrnn.Workspace()
-        fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=backend, workspace=self.workspace)
+        fastrnn.loss_and_grads(
+            self.x, self.a0, self.y, self.params, backend=backend, workspace=self.workspace
+        )
 
     def time_loss_and_grads(self, size, dtype, backend):
         fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend)
 
     def time_loss_and_grads_workspace(self, size, dtype, backend):
-        fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend, workspace=self.workspace)
+        fastrnn.loss_and_grads(
+            self.x, self.a0, self.y, self.params, backend=self.backend, workspace=self.workspace
+        )
 
     def time_rnn_forward(self, size, dtype, backend):
         fastrnn.rnn_forward(self.x, self.a0, self.params, backend=self.backend)
@@ -95,7 +97,10 @@ class WorkersSpeedup:
 
     def track_default_over_one_worker(self, size, dtype):
         seconds = {
-            workers: median_seconds(lambda: fastrnn.loss_and_grads(*self.problem, backend="numba", workers=workers), repeat=5)
+            workers: median_seconds(
+                functools.partial(fastrnn.loss_and_grads, *self.problem, backend="numba", workers=workers),
+                repeat=5,
+            )
             for workers in (None, 1)
         }
         return seconds[1] / seconds[None]
@@ -150,7 +155,9 @@ class Memory:
         n_x, n_a, n_y, m, T = SIZES[size]
         held = x.nbytes + a0.nbytes + y.nbytes + sum(p.nbytes for p in params.values())
         itemsize = x.itemsize
-        required = held + itemsize * (n_x * m * T + n_a * m + sum(p.size for p in params.values()) + (n_a + n_y) * m * T)
+        required = held + itemsize * (
+            n_x * m * T + n_a * m + sum(p.size for p in params.values()) + (n_a + n_y) * m * T
+        )
         tracemalloc.start()
         try:
             fastrnn.loss_and_grads(x, a0, y, params, backend=self.backend)
@@ -175,7 +182,9 @@ class Speedup:
 
     def track_numba_over_numpy(self, size, dtype):
         seconds = {
-            backend: median_seconds(lambda: fastrnn.loss_and_grads(*self.problem, backend=backend), repeat=5)
+            backend: median_seconds(
+                functools.partial(fastrnn.loss_and_grads, *self.problem, backend=backend), repeat=5
+            )
             for backend in BACKENDS
         }
         return seconds["numpy"] / seconds["numba"]
@@ -185,8 +194,6 @@ _FIRST_CALL = """
 import time
 import numpy as np
 start = time.perf_counter()
-import tracemalloc
-
 import fastrnn
 params = fastrnn.init_params(8, 16, 8, dtype=np.{dtype})
 fastrnn.loss_and_grads(np.ones((8, 1, 10)), np.zeros((16, 1)), np.zeros((1, 10), int), params, backend="numba")

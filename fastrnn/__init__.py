@@ -2,7 +2,7 @@
 
 Forward pass, cross-entropy loss and backpropagation through time, on two backends that
 compute the same thing: ``"numba"`` (compiled time loops, the default where Numba imports)
-and ``"numpy"`` (the readable reference).  See ``shared/SPEC.md`` for the contract.
+and ``"numpy"`` (the readable reference).  The contract is ``docs/contract.rst``.
 
 Layout of the package:
 
@@ -34,7 +34,13 @@ from .workspace import Workspace
 
 __version__ = "0.1.0"
 
+# The submodules users reach for, as attributes after a plain ``import fastrnn``.
+from . import optim, parallel, text  # noqa: E402
+
 __all__ = [
+    "optim",
+    "parallel",
+    "text",
     "CellCache",
     "ForwardCache",
     "available_backends",

@@ -1,7 +1,7 @@
 """The public functions: validate, lay out, dispatch to a backend, lay back out.
 
-Every function here takes and returns arrays in the seed notebook's layout (features x
-batch x time, see ``shared/SPEC.md``).  The backends work on a time-major copy in which each
+Every function here takes and returns arrays in the seed's layout (features x batch x
+time, see ``docs/contract.rst``).  The backends work on a time-major copy in which each
 time step is one contiguous (batch, features) block (``numpy_backend`` explains it); the
 conversion happens here, once each way:
 
@@ -186,9 +186,13 @@ def _owned(p):
 def _checked_cache_params(cache, kind):
     """A cache's backend module and checked params (the checks of any argument)."""
     if not (isinstance(cache.backend, str) and cache.backend in backends.BACKENDS):
-        raise ValueError(f"cache.backend must name a backend ({', '.join(backends.BACKENDS)}), got {cache.backend!r}")
+        raise ValueError(
+            f"cache.backend must name a backend ({', '.join(backends.BACKENDS)}), got {cache.backend!r}"
+        )
     if not isinstance(cache.params, dict):
-        raise TypeError(f"cache.params must be the params dict {kind} was given, got {type(cache.params).__name__}")
+        raise TypeError(
+            f"cache.params must be the params dict {kind} was given, got {type(cache.params).__name__}"
+        )
     p, dims = check_params(cache.params)
     return backends.resolve(cache.backend), p, dims
 
@@ -209,7 +213,9 @@ def rnn_cell_backward(da_t, cache):
         ``db_a`` (n_a, 1).
     """
     if not isinstance(cache, CellCache):
-        raise TypeError(f"cache must be the CellCache returned by rnn_cell_forward, got {type(cache).__name__}")
+        raise TypeError(
+            f"cache must be the CellCache returned by rnn_cell_forward, got {type(cache).__name__}"
+        )
     # Every array of the cache against its params: the kernels trust shapes (Numba does not
     # check bounds), and a cache may have been changed or built by hand.
     impl, p, dims = _checked_cache_params(cache, "rnn_cell_forward")
@@ -516,7 +522,9 @@ def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, r
         grads["dx"] = dx
     loss = sum(part[0] for part in parts)  # in shard order
     # Finite shards can still sum to inf in float32: the sums are checked too (few entries).
-    finite = all(part[2] for part in parts) and all(np.isfinite(grads[name]).all() for name in WEIGHT_GRADIENTS)
+    finite = all(part[2] for part in parts) and all(
+        np.isfinite(grads[name]).all() for name in WEIGHT_GRADIENTS
+    )
     return _results((loss, grads, a_last, finite), dims, return_state)
 
 

@@ -71,7 +71,7 @@ def median_seconds(function, *, repeat=7, min_seconds=0.05):
 
 def max_relative_difference(a, b):
     """``max|a - b| / max|b|``: the difference relative to the reference's scale (the
-    measure SPEC.md's tolerances are stated in), computed in float64."""
+    measure the contract's tolerances are stated in, docs/contract.rst), computed in float64."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = float(np.max(np.abs(b)))
     return float(np.max(np.abs(a - b))) / (scale if scale > 0 else 1.0)
@@ -90,7 +90,7 @@ def demo(sizes=DEMO_SIZES, dtype=np.float64):
             start = time.perf_counter()
             loss, grads = api.loss_and_grads(x, a0, y, params, backend=backend)
             first = time.perf_counter() - start
-            seconds = median_seconds(lambda: api.loss_and_grads(x, a0, y, params, backend=backend))
+            seconds = median_seconds(functools.partial(api.loss_and_grads, x, a0, y, params, backend=backend))
             results[backend] = (loss, grads, first, seconds)
         slowest = max(r[3] for r in results.values())
         for backend, (loss, _, first, seconds) in results.items():
@@ -102,7 +102,9 @@ def demo(sizes=DEMO_SIZES, dtype=np.float64):
             (loss_a, grads_a, *_), (loss_b, grads_b, *_) = results.values()
             worst = max(max_relative_difference(grads_a[k], grads_b[k]) for k in grads_b)
             worst = max(worst, abs(float(loss_a) - float(loss_b)) / abs(float(loss_b)))
-            print(f"{'':<9} largest relative difference between backends (loss and all gradients): {worst:.1e}")
+            print(
+                f"{'':<9} largest relative difference between backends (loss and all gradients): {worst:.1e}"
+            )
     return 0
 
 
@@ -220,8 +222,14 @@ def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
         for name, *shape in sizes:
             x, a0, y, params = make_problem(*shape, dtype=dtype)
             times = {}
-            for label, backend, workers in (("numba", "numba", None), ("numba-1", "numba", 1), ("numpy", "numpy", None)):
-                step = functools.partial(api.loss_and_grads, x, a0, y, params, backend=backend, workers=workers)
+            for label, backend, workers in (
+                ("numba", "numba", None),
+                ("numba-1", "numba", 1),
+                ("numpy", "numpy", None),
+            ):
+                step = functools.partial(
+                    api.loss_and_grads, x, a0, y, params, backend=backend, workers=workers
+                )
                 step()  # compile / warm up
                 times[label] = median_seconds(step, repeat=repeat)
             step = torch_step(x, a0, y, params)

@@ -23,11 +23,11 @@ import threading
 
 import numpy as np
 
-from . import backends, bench, parallel
-from .model import RNN, CheckpointError
+from . import __version__, backends, bench, parallel
+from .model import RNN
 from .optim import OPTIMIZERS
 from .parallel import check_workers
-from .text import TextError, builtin_corpus, fit_batch_shape, read_text, sample, train_char_rnn
+from .text import builtin_corpus, fit_batch_shape, read_text, sample, train_char_rnn
 
 BUILTIN_CORPUS_NAME = "the Zen of Python (the standard library's `this` module)"
 
@@ -73,34 +73,75 @@ def _non_negative_float(text):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m fastrnn", description="fastrnn: a fast CPU vanilla RNN.")
+    parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
     sub = parser.add_subparsers(dest="command")
 
     demo = sub.add_parser("demo", help="run loss_and_grads on both backends for a few sizes (default)")
     demo.add_argument("--dtype", choices=("float64", "float32"), default="float64")
 
-    bench_parser = sub.add_parser("bench", help="time a training step: Numba, NumPy, PyTorch CPU and the BLAS peak")
+    bench_parser = sub.add_parser(
+        "bench", help="time a training step: Numba, NumPy, PyTorch CPU and the BLAS peak"
+    )
     sizes = ",".join(size[0] for size in bench.BENCH_SIZES)
     bench_parser.add_argument("--sizes", default=sizes, help="comma-separated, from: %(default)s")
-    bench_parser.add_argument("--dtypes", default="float64,float32", help="comma-separated (default: %(default)s)")
-    bench_parser.add_argument("--repeat", type=_positive(int), default=7, help="samples per median (default: %(default)s)")
+    bench_parser.add_argument(
+        "--dtypes", default="float64,float32", help="comma-separated (default: %(default)s)"
+    )
+    bench_parser.add_argument(
+        "--repeat", type=_positive(int), default=7, help="samples per median (default: %(default)s)"
+    )
 
     train = sub.add_parser("train", help="train a character-level language model on a text file")
     train.add_argument("text_file", nargs="?", help="UTF-8 text to learn (default: the Zen of Python)")
-    train.add_argument("--hidden", type=_positive(int), default=128, help="hidden units (default: %(default)s)")
-    train.add_argument("--seq-length", type=_positive(int), default=32, help="characters per BPTT chunk (default: %(default)s)")
-    train.add_argument("--batch", type=_positive(int), default=16, help="parallel streams (default: %(default)s)")
-    train.add_argument("--steps", type=_positive(int), default=5000, help="training steps (default: %(default)s)")
-    train.add_argument("--lr", type=_positive(float), default=0.1, help="learning rate (default: %(default)s)")
-    train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adagrad", help="(default: %(default)s)")
-    train.add_argument("--clip", type=_non_negative_float, default=5.0, help="clip gradients by global norm; 0: off (default: %(default)s)")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: %(default)s)")
+    train.add_argument(
+        "--hidden", type=_positive(int), default=128, help="hidden units (default: %(default)s)"
+    )
+    train.add_argument(
+        "--seq-length",
+        type=_positive(int),
+        default=32,
+        help="characters per BPTT chunk (default: %(default)s)",
+    )
+    train.add_argument(
+        "--batch", type=_positive(int), default=16, help="parallel streams (default: %(default)s)"
+    )
+    train.add_argument(
+        "--steps", type=_positive(int), default=5000, help="training steps (default: %(default)s)"
+    )
+    train.add_argument(
+        "--lr", type=_positive(float), default=0.1, help="learning rate (default: %(default)s)"
+    )
+    train.add_argument(
+        "--optimizer", choices=sorted(OPTIMIZERS), default="adagrad", help="(default: %(default)s)"
+    )
+    train.add_argument(
+        "--clip",
+        type=_non_negative_float,
+        default=5.0,
+        help="clip gradients by global norm; 0: off (default: %(default)s)",
+    )
+    train.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float32", help="(default: %(default)s)"
+    )
     train.add_argument("--backend", choices=("numba", "numpy"), default=None, help="(default: automatic)")
     train.add_argument("--workers", type=_workers, default=None,
                        help="threads per step: N >= 1, or -1 for every core (default: fastrnn chooses from the sizes and cores)")  # fmt: skip
-    train.add_argument("--seed", type=_non_negative_int, default=0, help="initial parameters and samples (default: %(default)s)")
+    train.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="initial parameters and samples (default: %(default)s)",
+    )
     train.add_argument("--out", default="fastrnn-model.npz", help="checkpoint path (default: %(default)s)")
-    train.add_argument("--plot", default="fastrnn-loss.png", help="loss-curve PNG; 'none': no picture (default: %(default)s)")
-    train.add_argument("--sample-every", type=int, default=1000, help="print a sample every N steps; 0: never (default: %(default)s)")
+    train.add_argument(
+        "--plot", default="fastrnn-loss.png", help="loss-curve PNG; 'none': no picture (default: %(default)s)"
+    )
+    train.add_argument(
+        "--sample-every",
+        type=int,
+        default=1000,
+        help="print a sample every N steps; 0: never (default: %(default)s)",
+    )
     train.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     train.add_argument("--save-every", type=_non_negative_int, default=1000,
                        help="also write the checkpoint every N steps; 0: only at the end (default: %(default)s)")  # fmt: skip
@@ -109,11 +150,15 @@ def build_parser():
 
     sample_parser = sub.add_parser("sample", help="generate text from a checkpoint")
     sample_parser.add_argument("checkpoint")
-    sample_parser.add_argument("--chars", type=_non_negative_int, default=300, help="characters to generate (default: %(default)s)")
+    sample_parser.add_argument(
+        "--chars", type=_non_negative_int, default=300, help="characters to generate (default: %(default)s)"
+    )
     sample_parser.add_argument("--temperature", type=_positive(float), default=1.0,
                                help="below 1 sharpens, above 1 flattens; tiny values pick the likeliest character (default: %(default)s)")  # fmt: skip
     sample_parser.add_argument("--seed", type=_non_negative_int, default=None)
-    sample_parser.add_argument("--prime", default="", help="text to start from (its characters must be in the model's vocabulary)")
+    sample_parser.add_argument(
+        "--prime", default="", help="text to start from (its characters must be in the model's vocabulary)"
+    )
     sample_parser.add_argument("--backend", choices=("numba", "numpy"), default=None)
     return parser
 
@@ -151,7 +196,9 @@ def run_bench(args):
     names = [name.strip() for name in args.sizes.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]
     if not names or unknown:
-        raise UsageError(f"--sizes: unknown size(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+        raise UsageError(
+            f"--sizes: unknown size(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}"
+        )
     dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
     if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
         raise UsageError(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
@@ -183,7 +230,8 @@ def run_train(args):
     print(
         f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
         f"hidden {args.hidden}, {args.optimizer} lr {args.lr}, {args.dtype}, backend {args.backend or 'automatic'}; "
-        f"{threads}" + (f"; resuming {args.resume} at step {resume.settings.get('steps_done')}" if resume else ""),
+        f"{threads}"
+        + (f"; resuming {args.resume} at step {resume.settings.get('steps_done')}" if resume else ""),
         file=messages,
     )
     with _stop_on_ctrl_c() as interrupted:
@@ -191,7 +239,11 @@ def run_train(args):
     model = run.model
     model.settings["corpus"] = corpus
     _save(model, run.optimizer, args.out)
-    plot = None if args.plot.lower() == "none" else write_loss_plot(run.losses, math.log(vocab_size), args.plot, messages)
+    plot = (
+        None
+        if args.plot.lower() == "none"
+        else write_loss_plot(run.losses, math.log(vocab_size), args.plot, messages)
+    )
     if run.stopped_early:
         print(f"fastrnn train: interrupted after step {run.steps_done}; checkpoint written to {args.out} "
               f"(continue with --resume {args.out})", file=sys.stderr)  # fmt: skip
@@ -239,18 +291,31 @@ def _train_with_progress(args, text, resume, interrupted, messages):
 
     total = args.steps
     done = int(resume.settings.get("steps_done", 0)) if resume else 0
-    bar = tqdm(total=total, initial=min(done, total), unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=0.25)
+    bar = tqdm(
+        total=total,
+        initial=min(done, total),
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.25,
+    )
     first_step = {}
 
     def on_step(step, loss, run):
         if step == run.first_step:
             first_step["seconds"] = run.seconds  # includes compiling the kernels
         if step % 20 == 0 or step == total:
-            bar.set_postfix(loss=f"{loss:.3f}", chars_per_s=f"{run.characters / max(run.seconds, 1e-9):,.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{loss:.3f}",
+                chars_per_s=f"{run.characters / max(run.seconds, 1e-9):,.0f}",
+                refresh=False,
+            )
         bar.update(1)
         if args.sample_every and step % args.sample_every == 0 and step < total:
             text_sample = sample(run.model, 160, temperature=0.8, seed=args.seed)
-            bar.write(f"--- step {step}, loss {loss:.3f} per character ---\n{text_sample}\n---", file=messages)
+            bar.write(
+                f"--- step {step}, loss {loss:.3f} per character ---\n{text_sample}\n---", file=messages
+            )
         if args.save_every and step % args.save_every == 0 and step < total:
             _save(run.model, run.optimizer, args.out)
         return interrupted.is_set()
@@ -318,7 +383,9 @@ def describe_threads(args, n_chars, vocab_size):
     """How each training step will run, e.g. ``'2 shards x 1 BLAS thread (2 cores)'``."""
     batch, seq_length = fit_batch_shape(n_chars, args.batch, args.seq_length)
     backend = backends.resolve(args.backend).NAME
-    run = parallel.plan(args.workers, batch, seq_length, 0, args.hidden, vocab_size, backend)  # one-hot inputs
+    run = parallel.plan(
+        args.workers, batch, seq_length, 0, args.hidden, vocab_size, backend
+    )  # one-hot inputs
     return f"{parallel.describe(run)} ({parallel.available_cores()} cores)"
 
 
@@ -330,11 +397,15 @@ def write_loss_plot(losses, uniform, path, messages):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("loss curve not written: matplotlib is not installed (pip install 'fastrnn[plot]')", file=messages)
+        print(
+            "loss curve not written: matplotlib is not installed (pip install 'fastrnn[plot]')", file=messages
+        )
         return None
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     axes.plot(np.arange(1, len(losses) + 1), losses, linewidth=0.8, label="training loss")
-    axes.axhline(uniform, color="grey", linestyle="--", linewidth=1, label=f"uniform baseline ln(V) = {uniform:.2f}")
+    axes.axhline(
+        uniform, color="grey", linestyle="--", linewidth=1, label=f"uniform baseline ln(V) = {uniform:.2f}"
+    )
     axes.set_xlabel("step")
     axes.set_ylabel("loss (nats per character)")
     axes.set_title("fastrnn train")

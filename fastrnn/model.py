@@ -129,7 +129,16 @@ class RNN:
         return loss, grads
 
     def train_step(
-        self, inputs, y, optimizer, *, clip_norm=None, clip_value=None, carry_state=True, workspace=None, workers=None
+        self,
+        inputs,
+        y,
+        optimizer,
+        *,
+        clip_norm=None,
+        clip_value=None,
+        carry_state=True,
+        workspace=None,
+        workers=None,
     ):
         """One step of training: loss and gradients, clipping, an optimizer update.
 
@@ -153,7 +162,9 @@ class RNN:
         """
         if not isinstance(optimizer, optim.Optimizer):
             raise TypeError(f"optimizer must be a fastrnn.optim.Optimizer, got {type(optimizer).__name__}")
-        loss, grads = self.loss_and_grads(inputs, y, carry_state=carry_state, workspace=workspace, workers=workers)
+        loss, grads = self.loss_and_grads(
+            inputs, y, carry_state=carry_state, workspace=workspace, workers=workers
+        )
         if clip_norm is not None:
             optim.clip_by_global_norm(grads, clip_norm, backend=self.backend)
         if clip_value is not None:
@@ -196,11 +207,15 @@ class RNN:
         if optimizer is not None:
             state_dict = optimizer.state_dict()
             arrays = state_dict.pop("state")
-            members["optimizer"] = np.array(json.dumps(state_dict | {"arrays": {name: sorted(slots) for name, slots in arrays.items()}}))
+            members["optimizer"] = np.array(
+                json.dumps(state_dict | {"arrays": {name: sorted(slots) for name, slots in arrays.items()}})
+            )
             for name, slots in arrays.items():
                 for slot, value in slots.items():
                     members[f"optimizer.{name}.{slot}"] = value
-        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        descriptor, temporary = tempfile.mkstemp(
+            dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+        )
         try:
             os.fchmod(descriptor, 0o666 & ~_umask())  # as a plain open() would create it
             with os.fdopen(descriptor, "wb") as file:
@@ -249,7 +264,9 @@ class RNN:
             raise CheckpointError(f"{path}: bad checkpoint contents: {str(error)[:200]}") from None
         vocab = contents["vocab"]
         if vocab is not None and not (len(vocab) == len(set(vocab)) == dims.n_x == dims.n_y):
-            raise CheckpointError(f"{path}: vocabulary of {len(vocab)} characters does not fit n_x = {dims.n_x}, n_y = {dims.n_y}")
+            raise CheckpointError(
+                f"{path}: vocabulary of {len(vocab)} characters does not fit n_x = {dims.n_x}, n_y = {dims.n_y}"
+            )
         if not isinstance(settings, dict):
             raise CheckpointError(f"{path}: settings must be a JSON object")
         model = cls.__new__(cls)
@@ -322,7 +339,9 @@ class _Members:
             self.refuse(name, "holds Python objects; refused")
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes != info.file_size - offset:
-            self.refuse(name, f"claims shape {shape} of {dtype} ({nbytes} bytes) but holds {info.file_size - offset}")
+            self.refuse(
+                name, f"claims shape {shape} of {dtype} ({nbytes} bytes) but holds {info.file_size - offset}"
+            )
         self._layout[name] = (info, shape, fortran_order, dtype, offset, nbytes)
         return shape, dtype
 
@@ -343,14 +362,18 @@ class _Members:
             return None
         shape, dtype = header
         if shape != () or dtype.kind != "U" or dtype.itemsize // 4 > limit:
-            self.refuse(name, f"must be one string of at most {limit} characters, got shape {shape} of {dtype}")
+            self.refuse(
+                name, f"must be one string of at most {limit} characters, got shape {shape} of {dtype}"
+            )
         return str(self.data(name))
 
 
 def _read_checkpoint(members):
     """The checked contents of a checkpoint: params, settings (JSON text) and vocabulary."""
     if members.text("format", optional=True, limit=64) != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{members.path}: not a fastrnn checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(
+            f"{members.path}: not a fastrnn checkpoint (expected format {CHECKPOINT_FORMAT!r})"
+        )
     headers = {name: members.header(name) for name in PARAM_NAMES}
     for name, (shape, dtype) in headers.items():
         if len(shape) != 2 or dtype.kind != "f":
@@ -360,7 +383,10 @@ def _read_checkpoint(members):
     expected = {"W_ax": (n_a, n_x), "W_aa": (n_a, n_a), "b_a": (n_a, 1), "W_ya": (n_y, n_a), "b_y": (n_y, 1)}
     for name, shape in expected.items():
         if headers[name][0] != shape:
-            members.refuse(name, f"must have shape {shape} to fit W_ax {headers['W_ax'][0]} and W_ya {headers['W_ya'][0]}, got {headers[name][0]}")
+            members.refuse(
+                name,
+                f"must have shape {shape} to fit W_ax {headers['W_ax'][0]} and W_ya {headers['W_ya'][0]}, got {headers[name][0]}",
+            )
     params = {name: members.data(name) for name in PARAM_NAMES}
     has_vocab = members.header("has_vocab")
     if has_vocab != ((), np.dtype(bool)):
@@ -370,7 +396,10 @@ def _read_checkpoint(members):
         codepoints = members.header("vocab_codepoints", optional=True)
         if codepoints is not None:  # written since the vocabulary is kept losslessly
             if len(codepoints[0]) != 1 or codepoints[1].kind not in "iu":
-                members.refuse("vocab_codepoints", f"must be a 1-dimensional integer array, got shape {codepoints[0]} of {codepoints[1]}")
+                members.refuse(
+                    "vocab_codepoints",
+                    f"must be a 1-dimensional integer array, got shape {codepoints[0]} of {codepoints[1]}",
+                )
             values = members.data("vocab_codepoints")
             if values.size and not (0 <= values.min() and values.max() <= 0x10FFFF):
                 members.refuse("vocab_codepoints", "holds values that are not Unicode code points")
@@ -385,7 +414,10 @@ def _read_checkpoint(members):
     if header is not None:
         shape, dtype = header
         if len(shape) != 2 or shape[0] != n_a or shape[1] < 1 or dtype != headers["W_aa"][1]:
-            members.refuse("carried_state", f"must be (n_a, m) = ({n_a}, m) of {headers['W_aa'][1]}, got shape {shape} of {dtype}")
+            members.refuse(
+                "carried_state",
+                f"must be (n_a, m) = ({n_a}, m) of {headers['W_aa'][1]}, got shape {shape} of {dtype}",
+            )
         carried_state = members.data("carried_state")
         if not np.isfinite(carried_state).all():
             members.refuse("carried_state", "is not finite")
@@ -413,13 +445,18 @@ def _optimizer_state(members, text, params):
         raise CheckpointError(f"{members.path}: bad optimizer state: no arrays by parameter name")
     state = {}
     for name, slots in arrays.items():
-        if not isinstance(slots, list) or not all(isinstance(slot, str) and slot.isidentifier() for slot in slots):
+        if not isinstance(slots, list) or not all(
+            isinstance(slot, str) and slot.isidentifier() for slot in slots
+        ):
             raise CheckpointError(f"{members.path}: bad optimizer state for {name}")
         state[name] = {}
         for slot in slots:
             member = f"optimizer.{name}.{slot}"
             shape, dtype = members.header(member)
             if shape != params[name].shape or dtype != params[name].dtype:
-                members.refuse(member, f"must have the shape and dtype of {name}, {params[name].shape} {params[name].dtype}")
+                members.refuse(
+                    member,
+                    f"must have the shape and dtype of {name}, {params[name].shape} {params[name].dtype}",
+                )
             state[name][slot] = members.data(member)
     return saved | {"state": state}

@@ -33,11 +33,17 @@ def _checked_pairs(params, grads):
             raise ValueError(f"params is missing {name}")
         param = params[name]
         if not isinstance(param, np.ndarray) or param.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"params['{name}'] must be a float32 or float64 ndarray, got {type(param).__name__}")
+            raise TypeError(
+                f"params['{name}'] must be a float32 or float64 ndarray, got {type(param).__name__}"
+            )
         if not (param.flags.c_contiguous and param.flags.writeable):
-            raise ValueError(f"params['{name}'] must be a writeable C-contiguous array (as from init_params) to update in place")
+            raise ValueError(
+                f"params['{name}'] must be a writeable C-contiguous array (as from init_params) to update in place"
+            )
         if grad.shape != param.shape:
-            raise ValueError(f"grads['d{name}'] must have the shape of params['{name}'], {param.shape}, got {grad.shape}")
+            raise ValueError(
+                f"grads['d{name}'] must have the shape of params['{name}'], {param.shape}, got {grad.shape}"
+            )
         pairs.append((name, param, grad.astype(param.dtype, copy=False)))
     return pairs
 
@@ -94,10 +100,14 @@ def _in_dtype(name, value, dtype, *, nonzero=False, below_one=False):
     if not np.isfinite(cast):
         raise ValueError(f"{name} = {value} is not finite in {dtype.name}, the parameters' dtype")
     if nonzero and value != 0 and cast == 0:
-        raise ValueError(f"{name} = {value} rounds to 0 in {dtype.name}, the parameters' dtype; use at least {np.finfo(dtype).tiny}")
+        raise ValueError(
+            f"{name} = {value} rounds to 0 in {dtype.name}, the parameters' dtype; use at least {np.finfo(dtype).tiny}"
+        )
     if below_one and cast >= 1:
         largest = np.nextafter(dtype.type(1), dtype.type(0))
-        raise ValueError(f"{name} = {value} rounds to 1 in {dtype.name}, the parameters' dtype; use at most {largest}")
+        raise ValueError(
+            f"{name} = {value} rounds to 1 in {dtype.name}, the parameters' dtype; use at most {largest}"
+        )
     return cast
 
 
@@ -123,7 +133,12 @@ class Optimizer:
     @property
     def settings(self):
         """The settings, by name (what ``state_dict`` saves)."""
-        names = [name for cls in reversed(type(self).__mro__) for name, value in vars(cls).items() if isinstance(value, _Setting)]
+        names = [
+            name
+            for cls in reversed(type(self).__mro__)
+            for name, value in vars(cls).items()
+            if isinstance(value, _Setting)
+        ]
         return {name: getattr(self, name) for name in names}
 
     def reset(self):
@@ -174,7 +189,9 @@ class Optimizer:
         for _, param, _ in pairs:
             if param.dtype not in scalars:
                 scalars[param.dtype] = self._scalars(param.dtype, self.steps + 1)
-        updates = [(name, param, grad, self._slots(name, param), scalars[param.dtype]) for name, param, grad in pairs]
+        updates = [
+            (name, param, grad, self._slots(name, param), scalars[param.dtype]) for name, param, grad in pairs
+        ]
         # Check every new value first, then write: a step that would overflow changes nothing.
         for name, param, grad, state, values in updates:
             if not self._update(impl, param, grad, state, values, commit=False):
@@ -182,7 +199,7 @@ class Optimizer:
                     f"this {type(self).__name__} step would make params['{name}'] (or its state) non-finite in "
                     f"{param.dtype} (lr = {self.lr}); no parameter was changed"
                 )
-        for name, param, grad, state, values in updates:
+        for _, param, grad, state, values in updates:
             self._update(impl, param, grad, state, values, commit=True)
         self.steps += 1
 
@@ -203,7 +220,9 @@ class Optimizer:
             "optimizer": type(self).__name__,
             "settings": self.settings,
             "steps": self.steps,
-            "state": {name: dict(zip(self.slots, (a.copy() for a in arrays))) for name, arrays in state.items()},
+            "state": {
+                name: dict(zip(self.slots, (a.copy() for a in arrays))) for name, arrays in state.items()
+            },
         }
 
     def load_state_dict(self, state_dict):
@@ -218,7 +237,9 @@ class Optimizer:
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
             raise ValueError(f"state_dict steps must be an int >= 0, got {steps!r}")
         if not isinstance(state, dict) or not set(state) <= set(PARAM_NAMES):
-            raise ValueError(f"state_dict state must map parameter names ({', '.join(PARAM_NAMES)}) to arrays")
+            raise ValueError(
+                f"state_dict state must map parameter names ({', '.join(PARAM_NAMES)}) to arrays"
+            )
         loaded = {}
         for name, arrays in state.items():
             if not isinstance(arrays, dict) or set(arrays) != set(self.slots):

@@ -90,9 +90,7 @@ def check_workers(workers):
     if workers is None:
         return None
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral):
-        raise TypeError(
-            f"workers must be None, -1 or an int >= 1, got {type(workers).__name__} {workers!r}"
-        )
+        raise TypeError(f"workers must be None, -1 or an int >= 1, got {type(workers).__name__} {workers!r}")
     workers = int(workers)
     if workers == -1 or workers >= 1:
         return workers

@@ -62,7 +62,9 @@ def read_text(path):
 
 def check_trainable(text, where="text"):
     if len(set(text)) < 2:
-        raise TextError(f"{where}: a text with {len(set(text))} distinct character(s) has nothing to learn; give at least two")
+        raise TextError(
+            f"{where}: a text with {len(set(text))} distinct character(s) has nothing to learn; give at least two"
+        )
     if len(text) < 3:
         raise TextError(f"{where}: {len(text)} characters are too few to train on")
 
@@ -239,11 +241,15 @@ def _resumed(model, vocab, backend):
     if model.vocab != vocab.chars:
         raise ValueError("resume: the checkpoint was trained on a text with other characters than this one")
     if model.optimizer_state is None:
-        raise ValueError("resume: the checkpoint holds no optimizer state (save it with RNN.save(path, optimizer=...))")
+        raise ValueError(
+            "resume: the checkpoint holds no optimizer state (save it with RNN.save(path, optimizer=...))"
+        )
     settings = model.settings
     needed = ("seq_length", "batch", "clip_norm", "steps_done")
     if any(key not in settings for key in needed):
-        raise ValueError(f"resume: the checkpoint's settings lack {', '.join(k for k in needed if k not in settings)}")
+        raise ValueError(
+            f"resume: the checkpoint's settings lack {', '.join(k for k in needed if k not in settings)}"
+        )
     model.backend = backend
     return model, optim.from_state_dict(model.optimizer_state, backend=backend), int(settings["steps_done"])
 

@@ -79,14 +79,20 @@ def _check_dims(array, name, expected, meaning):
     if _shape_fits(array.shape, expected):
         return
     if array.ndim != len(expected):
-        raise ValueError(f"{name} must be {len(expected)}-dimensional {meaning}, got {array.ndim} dimensions, shape {array.shape}")
+        raise ValueError(
+            f"{name} must be {len(expected)}-dimensional {meaning}, got {array.ndim} dimensions, shape {array.shape}"
+        )
     _check_nonempty(array, name, meaning)
-    _check_shape(array, name, tuple(got if want is None else want for want, got in zip(expected, array.shape)), meaning)
+    _check_shape(
+        array, name, tuple(got if want is None else want for want, got in zip(expected, array.shape)), meaning
+    )
 
 
 def _check_nonempty(array, name, meaning):
     if 0 in array.shape:
-        raise ValueError(f"{name} has an empty dimension: shape {array.shape} for {meaning}; every size must be at least 1")
+        raise ValueError(
+            f"{name} has an empty dimension: shape {array.shape} for {meaning}; every size must be at least 1"
+        )
 
 
 _SMALL = 1024  # arrays up to this size are checked with isfinite(a).all()
@@ -213,10 +219,14 @@ def _check_params_thoroughly(params, finite):
     """``check_params`` one check at a time, each with its own message; accepts any
     mapping, array-likes and non-contiguous arrays (copied)."""
     if not hasattr(params, "keys") or not hasattr(params, "__getitem__"):
-        raise TypeError(f"params must be a dict with keys {', '.join(PARAM_NAMES)}, got {type(params).__name__}")
+        raise TypeError(
+            f"params must be a dict with keys {', '.join(PARAM_NAMES)}, got {type(params).__name__}"
+        )
     missing = [name for name in PARAM_NAMES if name not in params]
     if missing:
-        raise ValueError(f"params is missing {', '.join(missing)}; it needs {', '.join(PARAM_NAMES)} (see fastrnn.init_params)")
+        raise ValueError(
+            f"params is missing {', '.join(missing)}; it needs {', '.join(PARAM_NAMES)} (see fastrnn.init_params)"
+        )
     arrays = {name: _as_real_array(params[name], f"params['{name}']") for name in PARAM_NAMES}
     for name, array in arrays.items():
         if array.dtype not in FLOAT_DTYPES:
@@ -283,7 +293,9 @@ def check_array(value, name, expected, meaning, dtype, *, finite=True):
     with np.errstate(over="ignore"):  # an overflowing cast becomes inf, reported next
         converted = array.astype(dtype)
     if not _all_finite(converted) and _all_finite(array):
-        raise ValueError(f"{name} must be finite in {dtype} (the parameters' dtype); its values overflow it: largest magnitude {np.abs(array).max()}")
+        raise ValueError(
+            f"{name} must be finite in {dtype} (the parameters' dtype); its values overflow it: largest magnitude {np.abs(array).max()}"
+        )
     _check_finite(converted, name)
     return converted
 

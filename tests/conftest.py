@@ -11,7 +11,7 @@ from fastrnn.bench import make_problem, max_relative_difference  # noqa: F401  (
 
 BACKENDS = ("numpy", "numba")
 DTYPES = (np.float64, np.float32)
-# SPEC.md: results of the two backends agree to 1e-10 relative in float64, 1e-4 in float32.
+# docs/contract.rst: results of the two backends agree to 1e-10 relative in float64, 1e-4 in float32.
 AGREEMENT = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
 
@@ -20,7 +20,7 @@ def relative_error(actual, expected):
 
     Elementwise relative errors are meaningless for entries that happen to be near zero
     (a gradient entry of 1e-12 in an array whose entries are of order 1); this measure is
-    the one SPEC.md's tolerances are stated in.
+    the one the contract's tolerances are stated in.
     """
     assert np.shape(actual) == np.shape(expected), (np.shape(actual), np.shape(expected))
     return max_relative_difference(actual, expected)

@@ -25,25 +25,33 @@ GOOD = {
 
 garbage = st.one_of(
     st.none(),
-    st.integers(-10**20, 10**20),
+    st.integers(-(10**20), 10**20),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=5),
     st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=4),
     st.lists(st.lists(st.integers(-3, 9), max_size=3), max_size=3),
     st.just({}),
     st.just({"W_ax": 1}),
-    st.builds(lambda shape, dtype: np.zeros(shape, dtype=dtype),
-              st.lists(st.integers(0, 7), min_size=0, max_size=4).map(tuple),
-              st.sampled_from([np.float64, np.float32, np.float16, np.int64, np.int8, np.uint64, bool, np.complex128, object])),
-    st.builds(lambda shape, value: np.full(shape, value),
-              st.sampled_from([(N_X, M, T), (N_A, M), (M, T), (N_A, N_A), (N_A, 1)]),
-              st.sampled_from([np.nan, np.inf, -np.inf, 1e300, -1, N_Y, N_X, 10**18, 0.5])),
+    st.builds(
+        lambda shape, dtype: np.zeros(shape, dtype=dtype),
+        st.lists(st.integers(0, 7), min_size=0, max_size=4).map(tuple),
+        st.sampled_from(
+            [np.float64, np.float32, np.float16, np.int64, np.int8, np.uint64, bool, np.complex128, object]
+        ),
+    ),
+    st.builds(
+        lambda shape, value: np.full(shape, value),
+        st.sampled_from([(N_X, M, T), (N_A, M), (M, T), (N_A, N_A), (N_A, 1)]),
+        st.sampled_from([np.nan, np.inf, -np.inf, 1e300, -1, N_Y, N_X, 10**18, 0.5]),
+    ),
 )
 
 
 @st.composite
 def calls(draw):
-    function = draw(st.sampled_from(["loss_and_grads", "loss_and_grads_onehot", "rnn_forward", "rnn_cell_forward"]))
+    function = draw(
+        st.sampled_from(["loss_and_grads", "loss_and_grads_onehot", "rnn_forward", "rnn_cell_forward"])
+    )
     names = {"loss_and_grads": ["x", "a0", "y", "params"], "loss_and_grads_onehot": ["x_index", "a0", "y", "params"],
              "rnn_forward": ["x", "a0", "params"], "rnn_cell_forward": ["x", "a0", "params"]}[function]  # fmt: skip
     args = {name: GOOD[name] for name in names}

@@ -1,10 +1,10 @@
-"""The Numba backend computes what the NumPy reference computes (SPEC.md tolerances)."""
+"""The Numba backend computes what the NumPy reference computes (the contract's tolerances, docs/contract.rst)."""
 
 import numpy as np
 import pytest
+from conftest import assert_agree, make_problem
 
 import fastrnn
-from conftest import assert_agree, make_problem
 
 # (n_x, n_a, n_y, m, T): degenerate sizes, both paths of the recurrent product (plain loops
 # up to n_a**2 = 8192 for one sequence and m * n_a**2 = 512 for several, BLAS above), and a
@@ -98,7 +98,9 @@ def test_softmax_columns_sum_to_one(backend, dtype):
 def test_dtype_is_the_params_dtype(backend, dtype):
     # Inputs of another dtype (here float16 x and int a0) are cast to the params' dtype.
     x, a0, y, params = make_problem(3, 4, 2, 2, 3, dtype=dtype, seed=8)
-    loss, grads = fastrnn.loss_and_grads(x.astype(np.float16), np.zeros((4, 2), dtype=int), y, params, backend=backend)
+    loss, grads = fastrnn.loss_and_grads(
+        x.astype(np.float16), np.zeros((4, 2), dtype=int), y, params, backend=backend
+    )
     assert loss.dtype == np.dtype(dtype)
     assert all(g.dtype == np.dtype(dtype) for g in grads.values())
     a, y_hat, _ = fastrnn.rnn_forward(x.astype(np.float16), a0, params, backend=backend)
@@ -110,7 +112,11 @@ def test_inputs_in_any_memory_order_give_the_same_result(backend):
     reference = fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
     variants = {
         "fortran": (np.asfortranarray(x), np.asfortranarray(a0), np.asfortranarray(y)),
-        "strided": (np.repeat(x, 2, axis=1)[:, ::2], np.repeat(a0, 2, axis=1)[:, ::2], np.repeat(y, 2, axis=0)[::2]),
+        "strided": (
+            np.repeat(x, 2, axis=1)[:, ::2],
+            np.repeat(a0, 2, axis=1)[:, ::2],
+            np.repeat(y, 2, axis=0)[::2],
+        ),
         "lists": (x.tolist(), a0.tolist(), y.tolist()),
     }
     for name, (xv, a0v, yv) in variants.items():

@@ -6,9 +6,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import make_problem
 
 import fastrnn
-from conftest import make_problem
 
 
 def test_both_backends_are_available():
@@ -25,7 +25,9 @@ def test_default_is_numba(monkeypatch):
     assert _backend_used() == "numba"
 
 
-@pytest.mark.parametrize("value, expected", [("numpy", "numpy"), ("numba", "numba"), (" NumPy ", "numpy"), ("", "numba")])
+@pytest.mark.parametrize(
+    "value, expected", [("numpy", "numpy"), ("numba", "numba"), (" NumPy ", "numpy"), ("", "numba")]
+)
 def test_environment_variable(monkeypatch, value, expected):
     monkeypatch.setenv("FASTRNN_BACKEND", value)
     assert _backend_used() == expected
@@ -51,7 +53,9 @@ def test_unknown_backend_in_environment(monkeypatch):
     with pytest.raises(ValueError, match=r"FASTRNN_BACKEND='torch'.*'numba', 'numpy'"):
         _backend_used()
     with pytest.raises(ValueError, match="FASTRNN_BACKEND"):
-        fastrnn.loss_and_grads(np.zeros((2, 1, 2)), np.zeros((3, 1)), np.zeros((1, 2), int), fastrnn.init_params(2, 3, 2))
+        fastrnn.loss_and_grads(
+            np.zeros((2, 1, 2)), np.zeros((3, 1)), np.zeros((1, 2), int), fastrnn.init_params(2, 3, 2)
+        )
 
 
 def test_without_numba():

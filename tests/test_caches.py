@@ -5,9 +5,9 @@ place after the forward pass does not change the gradients)."""
 
 import numpy as np
 import pytest
+from conftest import make_problem
 
 import fastrnn
-from conftest import make_problem
 
 
 def _forward(backend, dtype=np.float64):
@@ -23,13 +23,21 @@ BAD_FORWARD_CACHES = {
     "h with another n_a": (lambda c: c._replace(h=np.zeros((8, 3, 60))), ValueError, r"cache\.h"),
     "h of one step too few": (lambda c: c._replace(h=np.zeros((1, 3, 6))), ValueError, r"cache\.h"),
     "h of rank 2": (lambda c: c._replace(h=np.zeros((8, 18))), ValueError, r"cache\.h"),
-    "h with NaN": (lambda c: c._replace(h=np.full((8, 3, 6), np.nan)), ValueError, r"cache\.h must be finite"),
+    "h with NaN": (
+        lambda c: c._replace(h=np.full((8, 3, 6), np.nan)),
+        ValueError,
+        r"cache\.h must be finite",
+    ),
     "h of strings": (lambda c: c._replace(h=np.full((8, 3, 6), "a")), TypeError, r"cache\.h"),
     "params that do not fit each other": (
-        lambda c: c._replace(params={**c.params, "W_aa": np.zeros((60, 60))}), ValueError, r"W_aa",
+        lambda c: c._replace(params={**c.params, "W_aa": np.zeros((60, 60))}),
+        ValueError,
+        r"W_aa",
     ),
     "params of another size than the arrays": (
-        lambda c: c._replace(params=fastrnn.init_params(4, 60, 5)), ValueError, r"cache\.h",
+        lambda c: c._replace(params=fastrnn.init_params(4, 60, 5)),
+        ValueError,
+        r"cache\.h",
     ),
     "params not a dict": (lambda c: c._replace(params=[1, 2]), TypeError, r"cache\.params"),
     "an unknown backend": (lambda c: c._replace(backend="cuda"), ValueError, r"cache\.backend"),
@@ -88,7 +96,9 @@ def test_changing_inputs_in_place_after_the_forward_pass_changes_no_gradient(bac
     x, a0, _, params = make_problem(4, 6, 5, 3, 1, seed=404)
     x_t = np.ascontiguousarray(x[:, :, 0])
     a_t, _, cell = fastrnn.rnn_cell_forward(x_t, a0, params, backend=backend)
-    expected = {key: value.copy() for key, value in fastrnn.rnn_cell_backward(np.ones(a_t.shape), cell).items()}
+    expected = {
+        key: value.copy() for key, value in fastrnn.rnn_cell_backward(np.ones(a_t.shape), cell).items()
+    }
     for array in (x_t, a0, *params.values()):
         array *= 3.0
     for key, value in fastrnn.rnn_cell_backward(np.ones(a_t.shape), cell).items():

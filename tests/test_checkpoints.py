@@ -107,28 +107,49 @@ def test_members_that_are_never_used_are_never_read(tmp_path):
 
 CRAFTED = {
     "a needed member that expands 500 times": (
-        lambda m: {**m, "W_aa.npy": _npy(np.zeros((64, 64)))}, {"W_aa.npy"}, "expand",
+        lambda m: {**m, "W_aa.npy": _npy(np.zeros((64, 64)))},
+        {"W_aa.npy"},
+        "expand",
     ),
     "a header claiming 10**13 entries": (
-        lambda m: {**m, "W_aa.npy": _npy_header_claiming((10**13,))}, (), "claims shape",
+        lambda m: {**m, "W_aa.npy": _npy_header_claiming((10**13,))},
+        (),
+        "claims shape",
     ),
     "a header claiming a shape that does not fit": (
-        lambda m: {**m, "W_aa.npy": _npy(np.zeros((4, 5)))}, (), "W_aa",
+        lambda m: {**m, "W_aa.npy": _npy(np.zeros((4, 5)))},
+        (),
+        "W_aa",
     ),
     "settings nested 100,000 deep": (
-        lambda m: {**m, "settings.npy": _npy(np.array("[" * 100_000 + "]" * 100_000))}, (), "bad checkpoint contents",
+        lambda m: {**m, "settings.npy": _npy(np.array("[" * 100_000 + "]" * 100_000))},
+        (),
+        "bad checkpoint contents",
     ),
-    "a has_vocab of 2 entries": (lambda m: {**m, "has_vocab.npy": _npy(np.array([True, False]))}, (), "has_vocab"),
+    "a has_vocab of 2 entries": (
+        lambda m: {**m, "has_vocab.npy": _npy(np.array([True, False]))},
+        (),
+        "has_vocab",
+    ),
     "a 0-d vocabulary": (
-        lambda m: {k: v for k, v in {**m, "vocab.npy": _npy(np.array("abc"))}.items() if k != "vocab_codepoints.npy"},
-        (), "vocab",
+        lambda m: {
+            k: v for k, v in {**m, "vocab.npy": _npy(np.array("abc"))}.items() if k != "vocab_codepoints.npy"
+        },
+        (),
+        "vocab",
     ),
     "code points beyond Unicode": (
-        lambda m: {**m, "vocab_codepoints.npy": _npy(np.array([97, 98, 99, 0x110000]))}, (), "code points",
+        lambda m: {**m, "vocab_codepoints.npy": _npy(np.array([97, 98, 99, 0x110000]))},
+        (),
+        "code points",
     ),
     "an object array": (lambda m: {**m, "b_a.npy": _npy_header_claiming((4, 1), descr="|O")}, (), "b_a"),
     "a missing parameter": (lambda m: {k: v for k, v in m.items() if k != "W_ya.npy"}, (), "missing W_ya"),
-    "a format string of a megabyte": (lambda m: {**m, "format.npy": _npy(np.array("x" * 2**20))}, (), "format"),
+    "a format string of a megabyte": (
+        lambda m: {**m, "format.npy": _npy(np.array("x" * 2**20))},
+        (),
+        "format",
+    ),
 }
 
 

@@ -8,7 +8,13 @@ import pytest
 
 
 def run_cli(*args, cwd=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "fastrnn", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fastrnn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def test_demo_prints_both_backends_and_their_agreement():
@@ -23,7 +29,9 @@ def test_demo_prints_both_backends_and_their_agreement():
 
 
 def test_unknown_command_is_an_error():
-    result = subprocess.run([sys.executable, "-m", "fastrnn", "frobnicate"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastrnn", "frobnicate"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
 
@@ -42,7 +50,9 @@ def test_ci_runs_the_readme_test_command_unchanged():
 def test_train_prints_a_json_summary_and_writes_checkpoint_and_plot(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat. " * 40)
-    result = run_cli("train", corpus, "--steps", 200, "--hidden", 24, "--seq-length", 12, "--json", cwd=tmp_path)
+    result = run_cli(
+        "train", corpus, "--steps", 200, "--hidden", 24, "--seq-length", 12, "--json", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # stdout is the JSON object alone
     for key in ("final_loss", "uniform_loss", "steps", "seconds", "chars_per_second", "checkpoint"):
@@ -52,15 +62,21 @@ def test_train_prints_a_json_summary_and_writes_checkpoint_and_plot(tmp_path):
     assert (tmp_path / summary["checkpoint"]).exists()
     png = (tmp_path / summary["loss_plot"]).read_bytes()
     assert png.startswith(b"\x89PNG")
-    sampled = run_cli("sample", summary["checkpoint"], "--chars", 40, "--seed", 3, "--prime", "the ", cwd=tmp_path)
+    sampled = run_cli(
+        "sample", summary["checkpoint"], "--chars", 40, "--seed", 3, "--prime", "the ", cwd=tmp_path
+    )
     assert sampled.returncode == 0, sampled.stderr
-    again = run_cli("sample", summary["checkpoint"], "--chars", 40, "--seed", 3, "--prime", "the ", cwd=tmp_path)
+    again = run_cli(
+        "sample", summary["checkpoint"], "--chars", 40, "--seed", 3, "--prime", "the ", cwd=tmp_path
+    )
     assert sampled.stdout == again.stdout and sampled.stdout.startswith("the ")
     assert set(sampled.stdout.strip()) <= set("the cat sat on the mat. ")
 
 
 def test_train_defaults_to_the_zen_of_python(tmp_path):
-    result = run_cli("train", "--steps", 30, "--hidden", 8, "--plot", "none", "--sample-every", 10, cwd=tmp_path)
+    result = run_cli(
+        "train", "--steps", 30, "--hidden", 8, "--plot", "none", "--sample-every", 10, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "Zen of Python" in result.stdout
     assert "final loss" in result.stdout and "uniform baseline ln(" in result.stdout
@@ -91,7 +107,11 @@ def test_errors_are_one_line_without_traceback(tmp_path, setup, args, message):
 
 
 def test_bad_settings_are_usage_errors(tmp_path):
-    for args in (["train", "--steps", "0"], ["train", "--lr", "-1"], ["sample", "x.npz", "--temperature", "0"]):
+    for args in (
+        ["train", "--steps", "0"],
+        ["train", "--lr", "-1"],
+        ["sample", "x.npz", "--temperature", "0"],
+    ):
         result = run_cli(*args, cwd=tmp_path, timeout=120)
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
 
@@ -112,7 +132,20 @@ def test_train_workers_flag(tmp_path):
     corpus.write_text("the cat sat on the mat. " * 40)
     bad = run_cli("train", corpus, "--workers", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "--workers" in bad.stderr and "-1 for every core" in bad.stderr
-    result = run_cli("train", corpus, "--steps", 20, "--hidden", 16, "--workers", 2, "--json", "--plot", "none", cwd=tmp_path)
+    result = run_cli(
+        "train",
+        corpus,
+        "--steps",
+        20,
+        "--hidden",
+        16,
+        "--workers",
+        2,
+        "--json",
+        "--plot",
+        "none",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["workers"] == 2 and summary["threads"].startswith("2 shards x 1 BLAS thread"), summary
@@ -143,7 +176,11 @@ def _crafted_checkpoints(tmp_path):
 
     crafted = {
         "two_element_has_vocab": {**members, "has_vocab.npy": npy(np.array([True, True]))},
-        "zero_d_vocab": {k: v for k, v in {**members, "vocab.npy": npy(np.array("abc"))}.items() if k != "vocab_codepoints.npy"},
+        "zero_d_vocab": {
+            k: v
+            for k, v in {**members, "vocab.npy": npy(np.array("abc"))}.items()
+            if k != "vocab_codepoints.npy"
+        },
         "deep_settings": {**members, "settings.npy": npy(np.array("[" * 100_000 + "]" * 100_000))},
     }
     paths = {}
@@ -171,7 +208,21 @@ def test_every_user_error_is_one_line_and_exit_1(tmp_path):
         (["train", corpus, "--plot", tmp_path / "x.txt", "--steps", 3], None),
         (["train", corpus, "--out", tmp_path / "missing" / "m.npz", "--steps", 3], None),
         (["train", corpus, "--out", tmp_path, "--steps", 3], None),
-        (["train", corpus, "--hidden", 10_000_000, "--steps", 1, "--plot", "none", "--out", tmp_path / "b.npz"], None),
+        (
+            [
+                "train",
+                corpus,
+                "--hidden",
+                10_000_000,
+                "--steps",
+                1,
+                "--plot",
+                "none",
+                "--out",
+                tmp_path / "b.npz",
+            ],
+            None,
+        ),
         (["train", corpus, *quick, "--out", tmp_path / "c.npz"], {"FASTRNN_BACKEND": "bogus"}),
         (["train", corpus, *quick, "--resume", tmp_path / "nothing.npz", "--out", tmp_path / "d.npz"], None),
     ]
@@ -181,7 +232,11 @@ def test_every_user_error_is_one_line_and_exit_1(tmp_path):
         environment = {**os.environ, **(env or {})}
         result = subprocess.run([sys.executable, "-m", "fastrnn", *map(str, args)], capture_output=True, text=True,
                                 timeout=600, cwd=tmp_path, env=environment)  # fmt: skip
-        lines = [line for line in result.stderr.splitlines() if line.strip() and "step/s" not in line and "|" not in line]
+        lines = [
+            line
+            for line in result.stderr.splitlines()
+            if line.strip() and "step/s" not in line and "|" not in line
+        ]
         assert result.returncode == 1, (args, result.stderr)
         assert "Traceback" not in result.stderr, (args, result.stderr)
         assert len(lines) == 1 and "error:" in lines[0], (args, lines)
@@ -189,19 +244,50 @@ def test_every_user_error_is_one_line_and_exit_1(tmp_path):
     # Not errors: a tiny temperature is greedy sampling, not a crash.
     train = run_cli("train", corpus, *quick, "--out", tmp_path / "m.npz", cwd=tmp_path)
     assert train.returncode == 0, train.stderr
-    greedy = run_cli("sample", tmp_path / "m.npz", "--temperature", "5e-324", "--chars", 20, "--seed", 1, cwd=tmp_path)
+    greedy = run_cli(
+        "sample", tmp_path / "m.npz", "--temperature", "5e-324", "--chars", 20, "--seed", 1, cwd=tmp_path
+    )
     assert greedy.returncode == 0 and len(greedy.stdout.strip()) >= 1, greedy.stderr
     negative_seed = run_cli("train", corpus, "--seed", -1, cwd=tmp_path)
-    assert negative_seed.returncode == 2 and "--seed" in negative_seed.stderr and "Traceback" not in negative_seed.stderr
+    assert (
+        negative_seed.returncode == 2
+        and "--seed" in negative_seed.stderr
+        and "Traceback" not in negative_seed.stderr
+    )
 
 
 def test_resuming_continues_the_uninterrupted_loss_curve(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat; the dog sat on the log. " * 30)
-    common = ["--hidden", 16, "--seq-length", 8, "--batch", 4, "--plot", "none", "--sample-every", 0, "--json", "--workers", 1]
+    common = [
+        "--hidden",
+        16,
+        "--seq-length",
+        8,
+        "--batch",
+        4,
+        "--plot",
+        "none",
+        "--sample-every",
+        0,
+        "--json",
+        "--workers",
+        1,
+    ]
     whole = run_cli("train", corpus, "--steps", 60, *common, "--out", tmp_path / "whole.npz", cwd=tmp_path)
     first = run_cli("train", corpus, "--steps", 25, *common, "--out", tmp_path / "part.npz", cwd=tmp_path)
-    rest = run_cli("train", corpus, "--steps", 60, "--resume", tmp_path / "part.npz", *common, "--out", tmp_path / "rest.npz", cwd=tmp_path)
+    rest = run_cli(
+        "train",
+        corpus,
+        "--steps",
+        60,
+        "--resume",
+        tmp_path / "part.npz",
+        *common,
+        "--out",
+        tmp_path / "rest.npz",
+        cwd=tmp_path,
+    )
     for result in (whole, first, rest):
         assert result.returncode == 0, result.stderr
     import numpy as np
@@ -246,3 +332,15 @@ def test_ctrl_c_stops_after_the_step_and_writes_the_checkpoint(tmp_path):
     model = RNN.load(checkpoint)
     assert model.optimizer_state is not None and model.settings["steps_done"] >= 1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_version_and_submodules_after_a_plain_import():
+    import fastrnn
+
+    assert (
+        callable(fastrnn.text.train_char_rnn)
+        and callable(fastrnn.optim.Adam)
+        and callable(fastrnn.parallel.plan)
+    )
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"fastrnn {fastrnn.__version__}"

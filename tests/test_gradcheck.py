@@ -2,15 +2,15 @@
 
 The error measure is ``||numeric - analytic|| / (||numeric|| + ||analytic||)`` (the CS231n
 relative error taken over the whole array, so that entries that happen to be near zero do
-not dominate); SPEC/issue bound: below 1e-6.  With step h = 1e-5 the truncation error is
+not dominate); the bound: below 1e-6.  With step h = 1e-5 the truncation error is
 O(h**2) ~ 1e-10 and the rounding error ~ eps * |L| / h ~ 1e-10.
 """
 
 import numpy as np
 import pytest
+from conftest import make_problem
 
 import fastrnn
-from conftest import make_problem
 
 STEP = 1e-5
 BOUND = 1e-6
@@ -32,7 +32,9 @@ def numeric_gradient(f, array):
 
 
 def check(numeric, analytic, what):
-    error = np.linalg.norm(numeric - analytic) / max(np.linalg.norm(numeric) + np.linalg.norm(analytic), 1e-300)
+    error = np.linalg.norm(numeric - analytic) / max(
+        np.linalg.norm(numeric) + np.linalg.norm(analytic), 1e-300
+    )
     assert error < BOUND, f"{what}: relative error {error:.1e}"
     assert np.linalg.norm(analytic) > 0, f"{what}: a zero gradient checks nothing"
 

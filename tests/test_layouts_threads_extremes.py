@@ -1,7 +1,6 @@
 """Arrays as users make them, threads, determinism and extreme values (both backends)."""
 
 import concurrent.futures
-import hashlib
 import subprocess
 import sys
 import textwrap
@@ -10,9 +9,9 @@ import tracemalloc
 import numba
 import numpy as np
 import pytest
+from conftest import assert_agree, make_problem
 
 import fastrnn
-from conftest import assert_agree, make_problem
 from fastrnn.backends import numba_kernels
 
 SHAPE = (4, 6, 5, 3, 7)  # n_x, n_a, n_y, m, T
@@ -73,35 +72,62 @@ def test_x_and_a0_in_any_layout(backend, layout):
     np.testing.assert_array_equal(y_hat, y_hat_ref)
 
 
-@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.intp])
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.intp]
+)
 def test_labels_of_any_integer_dtype(backend, dtype):
     (x, a0, y, params), expected = _reference(backend)
-    _assert_identical(fastrnn.loss_and_grads(x, a0, y.astype(dtype), params, backend=backend), expected, np.dtype(dtype).name)
+    _assert_identical(
+        fastrnn.loss_and_grads(x, a0, y.astype(dtype), params, backend=backend),
+        expected,
+        np.dtype(dtype).name,
+    )
 
 
 @pytest.mark.parametrize("layout", ["fortran", "negative-stride", "read-only", "list"])
 def test_labels_and_indices_in_any_layout(backend, layout):
     (x, a0, y, params), expected = _reference(backend)
-    change = {"fortran": np.asfortranarray, "negative-stride": lambda a: _reversed_view(a, 1), "read-only": _read_only, "list": lambda a: a.tolist()}[layout]
+    change = {
+        "fortran": np.asfortranarray,
+        "negative-stride": lambda a: _reversed_view(a, 1),
+        "read-only": _read_only,
+        "list": lambda a: a.tolist(),
+    }[layout]
     _assert_identical(fastrnn.loss_and_grads(x, a0, change(y), params, backend=backend), expected, layout)
     x_index = np.random.default_rng(101).integers(0, SHAPE[0], size=y.shape)
     one_hot = fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend=backend)
-    _assert_identical(fastrnn.loss_and_grads_onehot(change(x_index), a0, change(y), params, backend=backend), one_hot, layout)
+    _assert_identical(
+        fastrnn.loss_and_grads_onehot(change(x_index), a0, change(y), params, backend=backend),
+        one_hot,
+        layout,
+    )
 
 
 @pytest.mark.parametrize("layout", ["fortran", "strided", "read-only"])
 def test_params_in_any_layout(backend, layout):
     (x, a0, y, params), expected = _reference(backend)
-    change = {"fortran": np.asfortranarray, "strided": lambda a: _strided(a, 0), "read-only": _read_only}[layout]
-    _assert_identical(fastrnn.loss_and_grads(x, a0, y, {k: change(v) for k, v in params.items()}, backend=backend), expected, layout)
+    change = {"fortran": np.asfortranarray, "strided": lambda a: _strided(a, 0), "read-only": _read_only}[
+        layout
+    ]
+    _assert_identical(
+        fastrnn.loss_and_grads(x, a0, y, {k: change(v) for k, v in params.items()}, backend=backend),
+        expected,
+        layout,
+    )
 
 
 # -- threads ------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT=1: nothing is compiled, so no kernel has a GIL option")
+@pytest.mark.skipif(
+    numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT=1: nothing is compiled, so no kernel has a GIL option"
+)
 def test_every_kernel_releases_the_gil():
-    dispatchers = [obj for obj in vars(numba_kernels).values() if hasattr(obj, "targetoptions") and hasattr(obj, "py_func")]
+    dispatchers = [
+        obj
+        for obj in vars(numba_kernels).values()
+        if hasattr(obj, "targetoptions") and hasattr(obj, "py_func")
+    ]
     compiled_entry_points = [d for d in dispatchers if not d.targetoptions.get("inline") == "always"]
     assert len(compiled_entry_points) >= 10, [d.__name__ for d in dispatchers]
     for dispatcher in compiled_entry_points:
@@ -110,7 +136,10 @@ def test_every_kernel_releases_the_gil():
 
 @pytest.mark.parametrize("use_workspaces", [False, True], ids=["fresh-arrays", "workspace-per-thread"])
 def test_concurrent_calls_match_sequential_ones(backend, use_workspaces):
-    problems = [make_problem(8, 24, 8, 4, 30, dtype=dtype, seed=110 + k) for k, dtype in enumerate([np.float64, np.float32] * 6)]
+    problems = [
+        make_problem(8, 24, 8, 4, 30, dtype=dtype, seed=110 + k)
+        for k, dtype in enumerate([np.float64, np.float32] * 6)
+    ]
     sequential = [fastrnn.loss_and_grads(*p, backend=backend) for p in problems]
     sequential = [(loss, {k: v.copy() for k, v in grads.items()}) for loss, grads in sequential]
 
@@ -148,7 +177,13 @@ print(digest.hexdigest())
 def _digest(env=None):
     import os
 
-    result = subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, timeout=300, env=dict(os.environ, **(env or {})))
+    result = subprocess.run(
+        [sys.executable, "-c", _DIGEST],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, **(env or {})),
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -160,7 +195,7 @@ def test_results_are_bitwise_identical_across_processes():
 def test_blas_thread_count_changes_at_most_the_last_bits():
     # With another BLAS thread count a matrix product may sum in another order: results
     # may differ in the last bits (so bitwise equality is only promised at equal thread
-    # counts, README), but must stay within SPEC's tolerances.
+    # counts, README), but must stay within the contract's tolerances.
     script = textwrap.dedent(
         """
         import sys, numpy as np, fastrnn
@@ -177,7 +212,9 @@ def test_blas_thread_count_changes_at_most_the_last_bits():
         for threads in ("1", "2"):
             path = f"{folder}/{threads}.npz"
             env = dict(os.environ, OPENBLAS_NUM_THREADS=threads)
-            result = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=300, env=env)
+            result = subprocess.run(
+                [sys.executable, "-c", script, path], capture_output=True, text=True, timeout=300, env=env
+            )
             assert result.returncode == 0, result.stderr
             outputs.append(dict(np.load(path)))
     for key in outputs[0]:
@@ -223,7 +260,10 @@ def test_a_sequence_of_100000_steps():
     x_index = np.random.default_rng(140).integers(0, 4, size=(1, 100_000))
     y = np.roll(x_index, -1, axis=1)
     params = fastrnn.init_params(4, 8, 4, seed=141)
-    results = {b: fastrnn.loss_and_grads_onehot(x_index, np.zeros((8, 1)), y, params, backend=b) for b in ("numpy", "numba")}
+    results = {
+        b: fastrnn.loss_and_grads_onehot(x_index, np.zeros((8, 1)), y, params, backend=b)
+        for b in ("numpy", "numba")
+    }
     for key in results["numpy"][1]:
         assert np.isfinite(results["numba"][1][key]).all()
         assert_agree(results["numba"][1][key], results["numpy"][1][key], np.float64, key)

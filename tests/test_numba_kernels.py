@@ -34,12 +34,36 @@ def ulps(actual, expected, dtype):
 
 def special_and_random(dtype, scale):
     rng = np.random.default_rng(60)
-    special = [0.0, -0.0, 1e-30, -1e-30, 3e-4, 4e-4, 0.6249, 0.625, 0.6251, 1.0, 7.9, 8.0, 9.010913, 9.010914, 19.0, 19.07, 20.0, 50.0, 710.0]
-    values = np.concatenate([special, np.negative(special), rng.standard_normal(100_000) * scale, rng.uniform(-1, 1, 10_000)])
+    special = [
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        3e-4,
+        4e-4,
+        0.6249,
+        0.625,
+        0.6251,
+        1.0,
+        7.9,
+        8.0,
+        9.010913,
+        9.010914,
+        19.0,
+        19.07,
+        20.0,
+        50.0,
+        710.0,
+    ]
+    values = np.concatenate(
+        [special, np.negative(special), rng.standard_normal(100_000) * scale, rng.uniform(-1, 1, 10_000)]
+    )
     return values.astype(dtype)
 
 
-@pytest.mark.parametrize("dtype, bound", [(np.float64, 2), (np.float32, 6)])  # float32: 4.1 ulp compiled (FMA), 5.5 as plain Python
+@pytest.mark.parametrize(
+    "dtype, bound", [(np.float64, 2), (np.float32, 6)]
+)  # float32: 4.1 ulp compiled (FMA), 5.5 as plain Python
 def test_tanh_within_a_few_ulp(dtype, bound):
     x = special_and_random(dtype, scale=4)
     out = np.empty_like(x)
@@ -54,7 +78,9 @@ def test_tanh_within_a_few_ulp(dtype, bound):
     np.testing.assert_array_equal(out[saturated], np.sign(x[saturated]))
 
 
-@pytest.mark.parametrize("dtype, bound", [(np.float64, 1), (np.float32, 2)])  # float32: 0.9 ulp compiled, 1.1 as plain Python
+@pytest.mark.parametrize(
+    "dtype, bound", [(np.float64, 1), (np.float32, 2)]
+)  # float32: 0.9 ulp compiled, 1.1 as plain Python
 def test_exp_of_nonpositive_within_one_ulp(dtype, bound):
     x = -np.abs(special_and_random(dtype, scale=30))
     out = np.empty_like(x)
@@ -68,7 +94,11 @@ def test_exp_of_nonpositive_within_one_ulp(dtype, bound):
     assert (out >= 0).all() and (out <= 1).all()
 
 
-@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 3, 5), (3, 6, 7), (1, 15, 15), (1, 64, 64), (1, 91, 91), (4, 16, 16), (7, 64, 48)], ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 16, 16), (2, 3, 5), (3, 6, 7), (1, 15, 15), (1, 64, 64), (1, 91, 91), (4, 16, 16), (7, 64, 48)],
+    ids=str,
+)
 def test_add_matmul_into_both_paths(shape, dtype):
     # Loops at or below SMALL_MATVEC_FLOPS (one row) or SMALL_MATMUL_FLOPS, else BLAS.
     # k % 4 != 0 runs the loops' remainder; (1, 91, 91) and (4, 16, 16) run BLAS.
@@ -97,7 +127,10 @@ def test_the_algorithms_as_plain_python(dtype):
     assert ulps(out[normal], expected[normal], dtype).max() <= 2
 
 
-@pytest.mark.skipif(not numba.config.BOUNDSCHECK, reason="checks the NUMBA_BOUNDSCHECK=1 run of .ci/run; without it an out-of-range index is not caught by design")
+@pytest.mark.skipif(
+    not numba.config.BOUNDSCHECK,
+    reason="checks the NUMBA_BOUNDSCHECK=1 run of .ci/run; without it an out-of-range index is not caught by design",
+)
 def test_bounds_checking_is_live_in_the_boundscheck_run():
     # Bypass validation on purpose: a label equal to n_y reaches the kernel.
     logits = np.zeros((1, 1, 3))

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import assert_agree, make_problem
 
 import fastrnn
-from conftest import assert_agree, make_problem
 
 
 def one_hot_problem(n_x, n_a, n_y, m, T, dtype, seed):
@@ -15,7 +15,16 @@ def one_hot_problem(n_x, n_a, n_y, m, T, dtype, seed):
     return x_index, x, a0, y, params
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 2, 1, 1), (5, 8, 4, 3, 7), pytest.param((65, 128, 65, 32, 16), marks=pytest.mark.slow), (7, 16, 7, 1, 300)], ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 1, 2, 1, 1),
+        (5, 8, 4, 3, 7),
+        pytest.param((65, 128, 65, 32, 16), marks=pytest.mark.slow),
+        (7, 16, 7, 1, 300),
+    ],
+    ids=str,
+)
 def test_onehot_equals_dense_inputs(backend, dtype, shape):
     x_index, x, a0, y, params = one_hot_problem(*shape, dtype, seed=80)
     loss_dense, grads_dense = fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
@@ -27,7 +36,9 @@ def test_onehot_equals_dense_inputs(backend, dtype, shape):
         assert_agree(grads[key], grads_dense[key], dtype, key)
 
 
-@pytest.mark.parametrize("shape", [(5, 8, 4, 3, 7), pytest.param((65, 128, 65, 32, 16), marks=pytest.mark.slow)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(5, 8, 4, 3, 7), pytest.param((65, 128, 65, 32, 16), marks=pytest.mark.slow)], ids=str
+)
 def test_onehot_backends_agree(dtype, shape):
     x_index, _, a0, y, params = one_hot_problem(*shape, dtype, seed=81)
     loss_np, grads_np = fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend="numpy")
@@ -81,7 +92,9 @@ def test_chunks_with_carried_state_add_up_to_the_whole_sequence(backend):
     state, total = a0, 0.0
     for start in range(0, 12, 4):
         chunk = slice(start, start + 4)
-        loss, _, state = fastrnn.loss_and_grads_onehot(x_index[:, chunk], state, y[:, chunk], params, backend=backend, return_state=True)
+        loss, _, state = fastrnn.loss_and_grads_onehot(
+            x_index[:, chunk], state, y[:, chunk], params, backend=backend, return_state=True
+        )
         state = state.copy()
         total += loss
     np.testing.assert_allclose(total, whole, rtol=1e-12)

@@ -62,11 +62,21 @@ def test_adam(backend, dtype):
     assert_all(params, first - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8), dtype)
 
 
-@pytest.mark.parametrize("make", [lambda b: optim.SGD(0.05, momentum=0.5, backend=b), lambda b: optim.Adagrad(0.05, backend=b), lambda b: optim.Adam(0.01, backend=b)], ids=["sgd", "adagrad", "adam"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda b: optim.SGD(0.05, momentum=0.5, backend=b),
+        lambda b: optim.Adagrad(0.05, backend=b),
+        lambda b: optim.Adam(0.01, backend=b),
+    ],
+    ids=["sgd", "adagrad", "adam"],
+)
 def test_backends_take_the_same_steps(make, dtype):
     rng = np.random.default_rng(90)
     base = fastrnn.init_params(3, 4, 3, seed=91, dtype=dtype)
-    grad_seq = [{"d" + k: rng.standard_normal(v.shape).astype(dtype) for k, v in base.items()} for _ in range(3)]
+    grad_seq = [
+        {"d" + k: rng.standard_normal(v.shape).astype(dtype) for k, v in base.items()} for _ in range(3)
+    ]
     results = {}
     for backend in ("numpy", "numba"):
         params = {k: v.copy() for k, v in base.items()}
@@ -75,14 +85,18 @@ def test_backends_take_the_same_steps(make, dtype):
             opt.step(params, {k: v.copy() for k, v in grads.items()})
         results[backend] = params
     for name in PARAM_NAMES:
-        np.testing.assert_allclose(results["numba"][name], results["numpy"][name], rtol=1e-5 if dtype == np.float32 else 1e-13)
+        np.testing.assert_allclose(
+            results["numba"][name], results["numpy"][name], rtol=1e-5 if dtype == np.float32 else 1e-13
+        )
 
 
 def test_clip_by_value(backend, dtype):
     _, grads = one_value_problem(0.0, 0.0, dtype)
     grads["dW_aa"][:] = [[-10, 0.5, 3], [7, -0.1, -2], [0, 5, -5]]
     optim.clip_by_value(grads, 2.0, backend=backend)
-    np.testing.assert_array_equal(grads["dW_aa"], np.array([[-2, 0.5, 2], [2, -0.1, -2], [0, 2, -2]], dtype=dtype))
+    np.testing.assert_array_equal(
+        grads["dW_aa"], np.array([[-2, 0.5, 2], [2, -0.1, -2], [0, 2, -2]], dtype=dtype)
+    )
 
 
 def test_clip_by_global_norm(backend, dtype):
@@ -141,7 +155,9 @@ def test_step_checks_params_and_grads(backend):
 def _params_and_grads(dtype=np.float64, scale=1.0):
     params = fastrnn.init_params(3, 4, 3, seed=500, dtype=dtype)
     rng = np.random.default_rng(500)
-    grads = {"d" + name: (scale * rng.standard_normal(value.shape)).astype(dtype) for name, value in params.items()}
+    grads = {
+        "d" + name: (scale * rng.standard_normal(value.shape)).astype(dtype) for name, value in params.items()
+    }
     return params, grads
 
 
@@ -154,7 +170,11 @@ def test_a_non_finite_gradient_is_refused_and_changes_nothing(backend, bad):
     params, grads = _params_and_grads()
     grads["dW_aa"][1, 2] = bad
     before = {k: v.copy() for k, v in params.items()}
-    for opt in (optim.SGD(0.1, backend=backend), optim.Adagrad(0.1, backend=backend), optim.Adam(0.1, backend=backend)):
+    for opt in (
+        optim.SGD(0.1, backend=backend),
+        optim.Adagrad(0.1, backend=backend),
+        optim.Adam(0.1, backend=backend),
+    ):
         with pytest.raises(ValueError, match=r"grads\['dW_aa'\] must be finite"):
             opt.step(params, grads)
         assert _unchanged(params, before) and opt.steps == 0
@@ -198,7 +218,9 @@ def test_a_step_that_would_overflow_raises_and_changes_nothing(backend):
     params, grads = _params_and_grads(np.float32, scale=1e10)
     before = {k: v.copy() for k, v in params.items()}
     opt = optim.SGD(lr=1e30, backend=backend)  # finite in float32, but lr * grad is not
-    with pytest.raises(fastrnn.NonFiniteResultError, match=r"would make params\['W_ax'\].*no parameter was changed"):
+    with pytest.raises(
+        fastrnn.NonFiniteResultError, match=r"would make params\['W_ax'\].*no parameter was changed"
+    ):
         opt.step(params, grads)
     assert _unchanged(params, before) and opt.steps == 0
     assert all(not s.any() for arrays in opt._state.values() for s in arrays)  # momentum state untouched too

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import AGREEMENT, relative_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
-from conftest import AGREEMENT, relative_error
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -55,9 +55,9 @@ def problems(draw, dtypes=(np.float64, np.float32)):
 
 
 def gradient_tolerance(a, dtype):
-    """SPEC's tolerance, widened where units saturate.
+    """The contract's tolerance, widened where units saturate.
 
-    The backward pass uses ``1 - a**2`` of the cached ``a`` (SPEC): where ``|a|`` is within
+    The backward pass uses ``1 - a**2`` of the cached ``a`` (docs/contract.rst): where ``|a|`` is within
     a few ulp of 1, a 1-ulp difference between the backends' tanh becomes a relative
     difference of ``eps / (1 - a**2)`` in that unit's gradient, which no implementation of
     that formula avoids (found by this test: ``z = -12.8``, float64, 7.6e-6).
@@ -84,12 +84,16 @@ def test_backends_agree_on_any_problem(problem):
     # relative error says nothing about either backend.  So each difference is measured
     # against the scale of the whole gradient (all seven arrays), and in float32 both
     # backends are compared with a float64 computation of the same problem: the Numba
-    # backend's error may not exceed the NumPy reference's by more than 4x plus SPEC's 1e-4.
+    # backend's error may not exceed the NumPy reference's by more than 4x plus the contract's 1e-4.
     scale = max(float(np.max(np.abs(g))) for g in grads_np.values()) or 1.0
     gradient_bound = gradient_tolerance(a_np, dtype)
     if dtype == np.float32:
         _, exact = fastrnn.loss_and_grads(
-            np.asarray(x, np.float64), a0, y, {k: v.astype(np.float64) for k, v in params.items()}, backend="numpy"
+            np.asarray(x, np.float64),
+            a0,
+            y,
+            {k: v.astype(np.float64) for k, v in params.items()},
+            backend="numpy",
         )
     for key in grads_np:
         numba_value = np.asarray(grads_nb[key], np.float64)
@@ -110,7 +114,11 @@ def test_gradients_match_finite_differences_on_any_problem(problem, backend):
     params = {k: np.array(v) for k, v in params.items()}
     loss, grads = fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
     step = 1e-5
-    for name, array, grad in [("W_aa", params["W_aa"], grads["dW_aa"]), ("W_ya", params["W_ya"], grads["dW_ya"]), ("x", x, grads["dx"])]:
+    for name, array, grad in [
+        ("W_aa", params["W_aa"], grads["dW_aa"]),
+        ("W_ya", params["W_ya"], grads["dW_ya"]),
+        ("x", x, grads["dx"]),
+    ]:
         numeric = np.empty_like(array)
         for index in np.ndindex(array.shape):
             saved = array[index]
@@ -133,5 +141,7 @@ def test_random_bad_arguments_never_crash():
     # instead of killing the test run.
     script = Path(__file__).with_name("fuzz_bad_arguments.py")
     result = subprocess.run([sys.executable, str(script), "400"], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     assert "examples: 400" in result.stdout, result.stdout

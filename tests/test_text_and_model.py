@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-import fastrnn
 from fastrnn import optim, text
 from fastrnn.model import RNN, CheckpointError
 
@@ -30,7 +29,17 @@ def test_backends_follow_the_same_trajectory():
     # Training is chaotic: float64 differences of 1e-16 grow about 10x every few steps, so
     # the comparison covers the first steps only, where both must agree closely.
     losses = {
-        backend: text.train_char_rnn(CORPUS, hidden=16, seq_length=8, batch=3, steps=12, lr=0.05, backend=backend, dtype=np.float64, seed=2).losses
+        backend: text.train_char_rnn(
+            CORPUS,
+            hidden=16,
+            seq_length=8,
+            batch=3,
+            steps=12,
+            lr=0.05,
+            backend=backend,
+            dtype=np.float64,
+            seed=2,
+        ).losses
         for backend in ("numpy", "numba")
     }
     np.testing.assert_allclose(losses["numba"], losses["numpy"], rtol=1e-9)
@@ -112,7 +121,10 @@ def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
     np.savez(other, weights=np.ones(3))
     contents = dict(np.load(good))
     wrong_vocab = tmp_path / "wrong_vocab.npz"
-    np.savez(wrong_vocab, **dict(contents, vocab=np.array(list("abcd")), vocab_codepoints=np.array([97, 98, 99, 100])))
+    np.savez(
+        wrong_vocab,
+        **dict(contents, vocab=np.array(list("abcd")), vocab_codepoints=np.array([97, 98, 99, 100])),
+    )
     wrong_shape = tmp_path / "wrong_shape.npz"
     np.savez(wrong_shape, **dict(contents, W_aa=np.ones((4, 5))))
     non_finite = tmp_path / "non_finite.npz"
@@ -141,7 +153,9 @@ def test_sampling_is_reproducible_and_respects_its_arguments(backend):
     assert len(text.sample(model, 25, seed=1)) == 25
     assert text.sample(model, 0) == ""
     # A very low temperature is (nearly) greedy: the same text whatever the seed.
-    assert text.sample(model, 40, prime="The", temperature=1e-3, seed=1) == text.sample(model, 40, prime="The", temperature=1e-3, seed=2)
+    assert text.sample(model, 40, prime="The", temperature=1e-3, seed=1) == text.sample(
+        model, 40, prime="The", temperature=1e-3, seed=2
+    )
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="temperature"):
             text.sample(model, 10, temperature=bad)
@@ -164,11 +178,16 @@ def test_train_step_checks_its_optimizer():
     model = RNN(3, 4, 3, seed=0)
     with pytest.raises(TypeError, match="optimizer"):
         model.train_step(np.zeros((1, 2), int), np.zeros((1, 2), int), "adam")
-    loss = model.train_step(np.zeros((1, 2), int), np.zeros((1, 2), int), optim.Adam(0.01), clip_value=1.0, clip_norm=1.0)
+    loss = model.train_step(
+        np.zeros((1, 2), int), np.zeros((1, 2), int), optim.Adam(0.01), clip_value=1.0, clip_norm=1.0
+    )
     assert np.isfinite(loss)
 
 
-@pytest.mark.parametrize("setting", [dict(hidden=0), dict(steps=1.5), dict(batch=-2), dict(seq_length=True), dict(optimizer="lbfgs")])
+@pytest.mark.parametrize(
+    "setting",
+    [dict(hidden=0), dict(steps=1.5), dict(batch=-2), dict(seq_length=True), dict(optimizer="lbfgs")],
+)
 def test_train_char_rnn_checks_its_settings(setting):
     with pytest.raises(ValueError, match=next(iter(setting))):
         text.train_char_rnn(CORPUS, **setting)

@@ -1,13 +1,13 @@
-"""Bad input gets a clear TypeError or ValueError naming the argument (SPEC.md, "Bad input"),
+"""Bad input gets a clear TypeError or ValueError naming the argument (docs/contract.rst, "Bad input"),
 before any kernel runs, and the caller's arrays are never modified."""
 
 import re
 
 import numpy as np
 import pytest
+from conftest import make_problem
 
 import fastrnn
-from conftest import make_problem
 
 N_X, N_A, N_Y, M, T = 3, 4, 5, 2, 6
 
@@ -67,7 +67,9 @@ def test_labels_that_are_not_integers(problem, backend, dtype):
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", ["x", "a0", "W_aa", "b_y"])
-@pytest.mark.parametrize("T_steps", [T, 1000], ids=["joined", "one by one"])  # arrays checked in one call up to 4096 entries
+@pytest.mark.parametrize(
+    "T_steps", [T, 1000], ids=["joined", "one by one"]
+)  # arrays checked in one call up to 4096 entries
 def test_non_finite_values(backend, value, where, T_steps):
     x, a0, y, params = make_problem(N_X, N_A, N_Y, M, T_steps, seed=40)
     target = {"x": x, "a0": a0}.get(where, params.get(where))
@@ -108,7 +110,9 @@ def test_empty_parameter(backend):
     params = fastrnn.init_params(N_X, N_A, N_Y)
     params["W_ax"] = np.zeros((N_A, 0))
     with raises(ValueError, "W_ax", "empty"):
-        fastrnn.loss_and_grads(np.zeros((0, M, T)), np.zeros((N_A, M)), np.zeros((M, T), int), params, backend=backend)
+        fastrnn.loss_and_grads(
+            np.zeros((0, M, T)), np.zeros((N_A, M)), np.zeros((M, T), int), params, backend=backend
+        )
 
 
 @pytest.mark.parametrize("name", ["W_ax", "W_aa", "b_a", "W_ya", "b_y"])
@@ -121,7 +125,14 @@ def test_missing_parameter(problem, backend, name):
 
 @pytest.mark.parametrize(
     "name, shape",
-    [("W_aa", (N_A, N_A + 1)), ("b_a", (N_A,)), ("b_a", (1, N_A)), ("W_ya", (N_Y, N_A + 1)), ("b_y", (N_Y + 1, 1)), ("W_ax", (N_A, N_X, 1))],
+    [
+        ("W_aa", (N_A, N_A + 1)),
+        ("b_a", (N_A,)),
+        ("b_a", (1, N_A)),
+        ("W_ya", (N_Y, N_A + 1)),
+        ("b_y", (N_Y + 1, 1)),
+        ("W_ax", (N_A, N_X, 1)),
+    ],
 )
 def test_parameter_of_wrong_shape(problem, backend, name, shape):
     x, a0, y, params = problem
@@ -145,7 +156,9 @@ def test_parameters_of_unsupported_dtype(problem, backend, dtype):
         fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
 
 
-@pytest.mark.parametrize("bad", [None, "abc", {"a": 1}, np.array(["a", "b"]), np.ones((N_X, M, T), complex)], ids=repr)
+@pytest.mark.parametrize(
+    "bad", [None, "abc", {"a": 1}, np.array(["a", "b"]), np.ones((N_X, M, T), complex)], ids=repr
+)
 def test_x_of_wrong_kind(problem, backend, bad):
     _, a0, y, params = problem
     with raises(TypeError, "x"):

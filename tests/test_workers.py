@@ -1,6 +1,6 @@
 """``workers=``: a batch cut into shards run in threads gives the one-thread results.
 
-Agreement with ``workers=1`` within SPEC's tolerances (both backends, both dtypes, dense and
+Agreement with ``workers=1`` within the contract's tolerances (both backends, both dtypes, dense and
 one-hot, uneven shards, more workers than sequences, m = 1, T = 1), bitwise determinism
 for a fixed ``workers`` (in one process, across processes, under concurrent callers), one
 workspace for any ``workers`` with no allocation in steady state, clear errors for bad
@@ -17,11 +17,11 @@ import tracemalloc
 import numba
 import numpy as np
 import pytest
+from conftest import assert_agree, make_problem
+from test_gradcheck import check, numeric_gradient
 
 import fastrnn
-from conftest import assert_agree, make_problem
 from fastrnn import optim, parallel, text
-from test_gradcheck import check, numeric_gradient
 
 WORKERS = [1, 2, 3, 4, 5, -1]
 # (n_x, n_a, n_y, m, T): m divisible or not by the workers, fewer sequences than workers,
@@ -69,8 +69,12 @@ def test_dense_steps_agree_with_one_worker(backend, dtype, shape, workers):
 def test_one_hot_steps_agree_with_one_worker(backend, dtype, shape, workers):
     _, a0, y, params = make_problem(*shape, dtype=dtype, seed=301)
     x_index = np.random.default_rng(301).integers(0, shape[0], size=y.shape)
-    expected = _copy(fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend=backend, workers=1, return_state=True))
-    result = fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend=backend, workers=workers, return_state=True)
+    expected = _copy(
+        fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend=backend, workers=1, return_state=True)
+    )
+    result = fastrnn.loss_and_grads_onehot(
+        x_index, a0, y, params, backend=backend, workers=workers, return_state=True
+    )
     _assert_results_agree(result, expected, dtype, f"workers={workers}")
 
 
@@ -124,7 +128,9 @@ def test_float32_overflow_is_reported_for_any_workers(backend):
         with pytest.raises(fastrnn.NonFiniteResultError, match="the loss is not finite"):
             fastrnn.loss_and_grads(x, a0, wrong, params, backend=backend, workers=workers)
     # The same problem in float64 is finite and large.
-    loss, _ = fastrnn.loss_and_grads(x.astype(np.float64), a0, wrong, {k: v.astype(np.float64) for k, v in params.items()}, backend=backend)
+    loss, _ = fastrnn.loss_and_grads(
+        x.astype(np.float64), a0, wrong, {k: v.astype(np.float64) for k, v in params.items()}, backend=backend
+    )
     assert 1e39 < loss < 1e40
 
 
@@ -134,7 +140,9 @@ def test_float32_overflow_is_reported_for_any_workers(backend):
 @pytest.mark.parametrize("workers", [2, 3])
 def test_repeated_calls_are_bitwise_identical(backend, dtype, workers):
     x, a0, y, params = make_problem(6, 16, 5, 11, 13, dtype=dtype, seed=305)
-    first = _copy(fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True))
+    first = _copy(
+        fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True)
+    )
     for _ in range(5):
         again = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True)
         _assert_identical(again, first, f"workers={workers}")
@@ -168,14 +176,20 @@ def test_bitwise_identical_across_processes():
 def test_many_threads_calling_with_two_workers_at_once(backend):
     """Eight Python threads, each calling with workers=2 on its own problems while the
     others do: no deadlock, no mixed results (bitwise the sequential ones)."""
-    problems = [make_problem(8, 24, 8, 6, 20, dtype=dtype, seed=310 + k) for k, dtype in enumerate([np.float64, np.float32] * 4)]
+    problems = [
+        make_problem(8, 24, 8, 6, 20, dtype=dtype, seed=310 + k)
+        for k, dtype in enumerate([np.float64, np.float32] * 4)
+    ]
     sequential = [_copy(fastrnn.loss_and_grads(*p, backend=backend, workers=2)) for p in problems]
     start = threading.Barrier(len(problems))
 
     def work(k):
         start.wait(timeout=60)
         workspace = fastrnn.Workspace()
-        return [_copy(fastrnn.loss_and_grads(*problems[k], backend=backend, workers=2, workspace=workspace)) for _ in range(6)]
+        return [
+            _copy(fastrnn.loss_and_grads(*problems[k], backend=backend, workers=2, workspace=workspace))
+            for _ in range(6)
+        ]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(problems)) as pool:
         futures = [pool.submit(work, k) for k in range(len(problems))]
@@ -189,13 +203,20 @@ def test_one_workspace_serves_any_workers(backend, dtype):
     x, a0, y, params = make_problem(5, 8, 4, 9, 7, dtype=dtype, seed=320)
     workspace = fastrnn.Workspace()
     for workers in (1, 3, 2, 1, 3, -1, 5):
-        expected = _copy(fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True))
-        result = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, workspace=workspace, return_state=True)
+        expected = _copy(
+            fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True)
+        )
+        result = fastrnn.loss_and_grads(
+            x, a0, y, params, backend=backend, workers=workers, workspace=workspace, return_state=True
+        )
         _assert_identical(result, expected, f"workers={workers}")
     assert "shards" in repr(workspace)
 
 
-@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT=1 runs the kernels as plain Python, which makes NumPy temporaries; the promise is about compiled kernels")
+@pytest.mark.skipif(
+    numba.config.DISABLE_JIT,
+    reason="NUMBA_DISABLE_JIT=1 runs the kernels as plain Python, which makes NumPy temporaries; the promise is about compiled kernels",
+)
 @pytest.mark.parametrize("one_hot", [False, True], ids=["dense", "one-hot"])
 def test_sharded_steps_with_a_workspace_allocate_nothing(one_hot):
     """A sharded step's Python objects (futures, closures, views: a few kB) are the same
@@ -236,7 +257,9 @@ def test_model_methods_take_workers(backend):
     x_index = np.random.default_rng(330).integers(0, 5, size=(6, 7))
     y = np.roll(x_index, -1, axis=1)
     expected = _copy(model.loss_and_grads(x_index, y, workers=1))
-    _assert_results_agree(model.loss_and_grads(x_index, y, workers=3), expected, np.float64, "RNN.loss_and_grads")
+    _assert_results_agree(
+        model.loss_and_grads(x_index, y, workers=3), expected, np.float64, "RNN.loss_and_grads"
+    )
     x = np.random.default_rng(331).standard_normal((5, 6, 7))
     a1, y_hat1 = model.forward(x, workers=1)
     a2, y_hat2 = model.forward(x, workers=2)
@@ -247,7 +270,14 @@ def test_model_methods_take_workers(backend):
 
 # -- bad values ---------------------------------------------------------------------------
 
-BAD_WORKERS = [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("4", TypeError), (True, TypeError), (2.0, TypeError)]
+BAD_WORKERS = [
+    (0, ValueError),
+    (-2, ValueError),
+    (1.5, TypeError),
+    ("4", TypeError),
+    (True, TypeError),
+    (2.0, TypeError),
+]
 
 
 @pytest.mark.parametrize("workers, error", BAD_WORKERS, ids=repr)
@@ -298,7 +328,9 @@ def test_split_batch_refuses_empty_shards():
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 16])
 @pytest.mark.parametrize("workers", [None, 1, 2, 5, -1])
-@pytest.mark.parametrize("shape", [(8, 16, 8, 1, 100), (65, 128, 65, 256, 64), (256, 512, 256, 64, 50), (0, 128, 45, 6, 32)])
+@pytest.mark.parametrize(
+    "shape", [(8, 16, 8, 1, 100), (65, 128, 65, 256, 64), (256, 512, 256, 64, 50), (0, 128, 45, 6, 32)]
+)
 def test_plans_never_use_more_threads_than_cores(cores, workers, shape):
     n_x, n_a, n_y, m, T = shape
     for backend in ("numba", "numpy"):
@@ -371,9 +403,14 @@ def test_shards_normalised_by_their_own_size_and_weighted_give_the_batch_gradien
     loss, expected = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=1)
     expected = {key: value.copy() for key, value in expected.items()}
     shards = parallel.split_batch(9, 3)
-    parts = [fastrnn.loss_and_grads(x[:, rows], a0[:, rows], y[rows], params, backend=backend, workers=1) for rows in shards]
+    parts = [
+        fastrnn.loss_and_grads(x[:, rows], a0[:, rows], y[rows], params, backend=backend, workers=1)
+        for rows in shards
+    ]
     weights = [(rows.stop - rows.start) / 9 for rows in shards]
-    grads = parallel.sum_in_order([dict(g) for _, g in parts], [k for k in expected if k not in ("dx", "da0")], weights)
+    grads = parallel.sum_in_order(
+        [dict(g) for _, g in parts], [k for k in expected if k not in ("dx", "da0")], weights
+    )
     assert_agree(sum(w * l for w, (l, _) in zip(weights, parts)), loss, np.float64, "loss")
     for key in ("dW_ax", "dW_aa", "db_a", "dW_ya", "db_y"):
         assert_agree(grads[key], expected[key], np.float64, key)
@@ -425,4 +462,3 @@ def test_blas_threads_are_restored():
     with parallel.blas_threads(None):  # touches nothing
         assert [lib.num_threads for lib in libraries] == before
     assert threadpoolctl.threadpool_info()  # the libraries are still there and readable
-

@@ -5,9 +5,9 @@ import tracemalloc
 import numba
 import numpy as np
 import pytest
+from conftest import make_problem
 
 import fastrnn
-from conftest import make_problem
 
 
 def test_same_results_with_and_without_a_workspace(backend, dtype):
@@ -43,7 +43,10 @@ def test_a_new_shape_reallocates(backend, dtype):
             np.testing.assert_array_equal(grads[key], expected[key], err_msg=f"{shape} {key}")
 
 
-@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT=1 runs the kernels as plain Python, which makes NumPy temporaries; the promise is about compiled kernels")
+@pytest.mark.skipif(
+    numba.config.DISABLE_JIT,
+    reason="NUMBA_DISABLE_JIT=1 runs the kernels as plain Python, which makes NumPy temporaries; the promise is about compiled kernels",
+)
 @pytest.mark.parametrize("layout", ["C", "F"])
 def test_numba_steps_with_a_workspace_allocate_nothing(layout):
     x, a0, y, params = make_problem(16, 32, 16, 8, 40, seed=73)

@@ -16,7 +16,7 @@ ENV_VAR = "FASTRNN_BACKEND"
 BACKENDS = ("numba", "numpy")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_error(name):
     """Why backend ``name`` cannot be imported, or None when it can."""
     try:
@@ -56,7 +56,9 @@ def resolve(backend=None):
         return _resolve_cached(None, os.environ.get(ENV_VAR, ""))
     if isinstance(backend, str):
         return _resolve_cached(backend, None)
-    raise TypeError(f"backend must be a str ({' or '.join(map(repr, BACKENDS))}) or None, got {type(backend).__name__}")
+    raise TypeError(
+        f"backend must be a str ({' or '.join(map(repr, BACKENDS))}) or None, got {type(backend).__name__}"
+    )
 
 
 @functools.lru_cache(maxsize=64)

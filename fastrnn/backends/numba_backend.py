@@ -65,7 +65,16 @@ def backward(da, xs, h, p):
     grads = _grads(p, da.shape[1], new_array, output_layer=False)
     grads["dx"] = np.empty(xs.shape, dtype=xs.dtype)
     kernels.backward_kernel(
-        dz, xs, h, p["W_ax"], p["W_aa"], grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"]
+        dz,
+        xs,
+        h,
+        p["W_ax"],
+        p["W_aa"],
+        grads["da0"],
+        grads["dx"],
+        grads["dW_ax"],
+        grads["dW_aa"],
+        grads["db_a"],
     )
     return grads
 
@@ -100,10 +109,14 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
     if inputs.ndim == 2:  # one-hot x_index
         dW_ax_T = empty("dW_ax_T", (n_x, n_a), dtype)
-        loss, finite = kernels.loss_and_grads_onehot_kernel(inputs, labels, batch_size, *arrays, dW_ax_T, *gradients)
+        loss, finite = kernels.loss_and_grads_onehot_kernel(
+            inputs, labels, batch_size, *arrays, dW_ax_T, *gradients
+        )
     else:
         grads["dx"] = inputs if xs_is_scratch else empty("dx", inputs.shape, dtype)
-        loss, finite = kernels.loss_and_grads_kernel(inputs, labels, batch_size, *arrays, grads["dx"], *gradients)
+        loss, finite = kernels.loss_and_grads_kernel(
+            inputs, labels, batch_size, *arrays, grads["dx"], *gradients
+        )
     return loss, grads, h[-1], finite
 
 
@@ -127,7 +140,9 @@ def adagrad_update(param, grad, sum_sq, lr, eps, commit=True):
 
 
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, correction1, correction2, commit=True):
-    return kernels.adam_update(*_flat(param, grad, m, v), lr, beta1, beta2, eps, correction1, correction2, commit)
+    return kernels.adam_update(
+        *_flat(param, grad, m, v), lr, beta1, beta2, eps, correction1, correction2, commit
+    )
 
 
 def clip_by_value(grad, limit):
@@ -147,4 +162,6 @@ def scale(grad, factor):
 
 
 if config.DISABLE_JIT:  # as above: fastrnn.optim reports a step that would overflow
-    sgd_update, adagrad_update, adam_update = map(overflow_reported_by_the_api, (sgd_update, adagrad_update, adam_update))
+    sgd_update, adagrad_update, adam_update = map(
+        overflow_reported_by_the_api, (sgd_update, adagrad_update, adam_update)
+    )

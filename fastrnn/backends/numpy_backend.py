@@ -3,7 +3,7 @@
 Each function here has a twin of the same name in ``numba_backend.py``; the Numba kernels
 mirror these lines step by step.  Read this file first.
 
-Internal layout (both backends).  The public API takes the seed notebook's layout
+Internal layout (both backends).  The public API takes the seed's layout
 (features x batch x time); ``fastrnn.api`` converts once, at the boundary, to a time-major
 "row" layout in which every time step is one C-contiguous (batch, features) block:
 
