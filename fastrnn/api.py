@@ -22,6 +22,7 @@ from .validation import (
     PARAM_NAMES,
     check_array,
     check_finite_together,
+    check_int,
     check_labels,
     check_params,
     check_results_finite,
@@ -76,12 +77,12 @@ def _from_time_major(array):
     return array.transpose(2, 1, 0)
 
 
-def _check_inputs(params, x, a0, names=("x", "a0"), x_axes="(n_x, m, T)"):
+def _check_inputs(params, x, a0, names=("x", "a0"), x_axes="(n_x, m, T)", x_rank=3):
     """Checked params, their Dims, and ``x`` (n_x, m, T) or (n_x, m) and ``a0`` (n_a, m) in
     the params' dtype; ``names`` name x and a0 in messages.  Finiteness is checked last,
     for all seven arrays in one pass."""
     p, dims = check_params(params, finite=False)
-    x_shape = (dims.n_x,) + (None,) * x_axes.count(",")  # free sizes: m and T
+    x_shape = (dims.n_x,) + (None,) * (x_rank - 1)  # free sizes: m (and T)
     x = check_array(x, names[0], x_shape, x_axes, dims.dtype, finite=False)
     a0 = check_array(a0, names[1], (dims.n_a, x.shape[1]), "(n_a, m)", dims.dtype, finite=False)
     check_finite_together((*p.values(), x, a0), PARAM_LABELS + names)
@@ -117,11 +118,9 @@ def init_params(n_x, n_a, n_y, *, seed=None, dtype=np.float64):
         ``W_ax`` (n_a, n_x), ``W_aa`` (n_a, n_a), ``b_a`` (n_a, 1), ``W_ya`` (n_y, n_a),
         ``b_y`` (n_y, 1), C-contiguous, of ``dtype``.
     """
-    for name, size in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y)):
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(size).__name__}")
-        if size < 1:
-            raise ValueError(f"{name} must be at least 1, got {size}")
+    n_x, n_a, n_y = (
+        check_int(size, name, minimum=1) for name, size in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y))
+    )
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -162,7 +161,7 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
         For ``rnn_cell_backward``.
     """
     impl = backends.resolve(backend)
-    p, dims, x_t, a_prev = _check_inputs(params, x_t, a_prev, ("x_t", "a_prev"), "(n_x, m)")
+    p, dims, x_t, a_prev = _check_inputs(params, x_t, a_prev, ("x_t", "a_prev"), "(n_x, m)", x_rank=2)
     # The cell is the T = 1 case of the forward pass: one code path for both.
     h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p)  # a_prev: copied into h[0]
     check_results_finite({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")

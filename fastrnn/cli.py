@@ -28,6 +28,7 @@ from .model import RNN
 from .optim import OPTIMIZERS
 from .parallel import check_workers
 from .text import builtin_corpus, fit_batch_shape, read_text, sample, train_char_rnn
+from .validation import check_int, check_real
 
 BUILTIN_CORPUS_NAME = "the Zen of Python (the standard library's `this` module)"
 
@@ -36,14 +37,18 @@ class UsageError(ValueError):
     """A setting that is valid for argparse but not for training."""
 
 
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if not value > 0 or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text}")
-        return value
+def _number(kind, **bounds):
+    """An argparse type: ``kind(text)`` checked by ``validation.check_int`` or ``check_real``
+    with ``bounds`` (the same checks as the API's), an argparse error naming the flag."""
+    check = check_int if kind is int else check_real
 
-    parse.__name__ = f"positive {kind.__name__}"
+    def parse(text):
+        try:
+            return check(kind(text), "value", **bounds)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(f"{str(error).removeprefix('value ')}") from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 
@@ -52,23 +57,6 @@ def _workers(text):
         return check_workers(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an int >= 1, or -1 for every core, got {text}") from None
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
-
-
-def _non_negative_float(text):
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def build_parser():
@@ -88,35 +76,35 @@ def build_parser():
         "--dtypes", default="float64,float32", help="comma-separated (default: %(default)s)"
     )
     bench_parser.add_argument(
-        "--repeat", type=_positive(int), default=7, help="samples per median (default: %(default)s)"
+        "--repeat", type=_number(int, minimum=1), default=7, help="samples per median (default: %(default)s)"
     )
 
     train = sub.add_parser("train", help="train a character-level language model on a text file")
     train.add_argument("text_file", nargs="?", help="UTF-8 text to learn (default: the Zen of Python)")
     train.add_argument(
-        "--hidden", type=_positive(int), default=128, help="hidden units (default: %(default)s)"
+        "--hidden", type=_number(int, minimum=1), default=128, help="hidden units (default: %(default)s)"
     )
     train.add_argument(
         "--seq-length",
-        type=_positive(int),
+        type=_number(int, minimum=1),
         default=32,
         help="characters per BPTT chunk (default: %(default)s)",
     )
     train.add_argument(
-        "--batch", type=_positive(int), default=16, help="parallel streams (default: %(default)s)"
+        "--batch", type=_number(int, minimum=1), default=16, help="parallel streams (default: %(default)s)"
     )
     train.add_argument(
-        "--steps", type=_positive(int), default=5000, help="training steps (default: %(default)s)"
+        "--steps", type=_number(int, minimum=1), default=5000, help="training steps (default: %(default)s)"
     )
     train.add_argument(
-        "--lr", type=_positive(float), default=0.1, help="learning rate (default: %(default)s)"
+        "--lr", type=_number(float, above=0), default=0.1, help="learning rate (default: %(default)s)"
     )
     train.add_argument(
         "--optimizer", choices=sorted(OPTIMIZERS), default="adagrad", help="(default: %(default)s)"
     )
     train.add_argument(
         "--clip",
-        type=_non_negative_float,
+        type=_number(float, minimum=0),
         default=5.0,
         help="clip gradients by global norm; 0: off (default: %(default)s)",
     )
@@ -128,7 +116,7 @@ def build_parser():
                        help="threads per step: N >= 1, or -1 for every core (default: fastrnn chooses from the sizes and cores)")  # fmt: skip
     train.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=_number(int, minimum=0),
         default=0,
         help="initial parameters and samples (default: %(default)s)",
     )
@@ -143,7 +131,7 @@ def build_parser():
         help="print a sample every N steps; 0: never (default: %(default)s)",
     )
     train.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
-    train.add_argument("--save-every", type=_non_negative_int, default=1000,
+    train.add_argument("--save-every", type=_number(int, minimum=0), default=1000,
                        help="also write the checkpoint every N steps; 0: only at the end (default: %(default)s)")  # fmt: skip
     train.add_argument("--resume", metavar="CHECKPOINT", default=None,
                        help="continue the run that wrote CHECKPOINT (its settings, optimizer state and step count) up to --steps")  # fmt: skip
@@ -151,11 +139,14 @@ def build_parser():
     sample_parser = sub.add_parser("sample", help="generate text from a checkpoint")
     sample_parser.add_argument("checkpoint")
     sample_parser.add_argument(
-        "--chars", type=_non_negative_int, default=300, help="characters to generate (default: %(default)s)"
+        "--chars",
+        type=_number(int, minimum=0),
+        default=300,
+        help="characters to generate (default: %(default)s)",
     )
-    sample_parser.add_argument("--temperature", type=_positive(float), default=1.0,
+    sample_parser.add_argument("--temperature", type=_number(float, above=0), default=1.0,
                                help="below 1 sharpens, above 1 flattens; tiny values pick the likeliest character (default: %(default)s)")  # fmt: skip
-    sample_parser.add_argument("--seed", type=_non_negative_int, default=None)
+    sample_parser.add_argument("--seed", type=_number(int, minimum=0), default=None)
     sample_parser.add_argument(
         "--prime", default="", help="text to start from (its characters must be in the model's vocabulary)"
     )

@@ -18,7 +18,7 @@ import weakref
 import numpy as np
 
 from . import backends
-from .validation import FLOAT_DTYPES, PARAM_NAMES, NonFiniteResultError, check_finite_together
+from .validation import FLOAT_DTYPES, PARAM_NAMES, NonFiniteResultError, check_finite_together, check_real
 
 
 def _checked_pairs(params, grads):
@@ -48,39 +48,13 @@ def _checked_pairs(params, grads):
     return pairs
 
 
-def _real(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
-
-
-def _positive(name, value):
-    value = _real(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
-def _non_negative(name, value):
-    value = _real(name, value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _below_one(name, value):
-    value = _real(name, value)
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return value
-
-
 class _Setting:
-    """An optimizer setting, checked whenever it is set: at construction and after
-    (``optimizer.lr = float("nan")`` is an error, not a silent NaN at the next step)."""
+    """An optimizer setting, checked (``validation.check_real`` with these bounds) whenever it
+    is set: at construction and after (``optimizer.lr = float("nan")`` is an error, not a
+    silent NaN at the next step)."""
 
-    def __init__(self, check):
-        self.check = check
+    def __init__(self, **bounds):
+        self.bounds = bounds
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -89,7 +63,7 @@ class _Setting:
         return self if instance is None else instance.__dict__[self.name]
 
     def __set__(self, instance, value):
-        instance.__dict__[self.name] = self.check(self.name, value)
+        instance.__dict__[self.name] = check_real(value, self.name, **self.bounds)
 
 
 def _in_dtype(name, value, dtype, *, nonzero=False, below_one=False):
@@ -121,7 +95,7 @@ class Optimizer:
     """
 
     slots = ()  # names of the per-parameter state arrays
-    lr = _Setting(_positive)
+    lr = _Setting(above=0)
 
     def __init__(self, lr, *, backend=None):
         self.lr = lr
@@ -261,7 +235,7 @@ class SGD(Optimizer):
     ``v = momentum * v + grad``, ``param -= lr * v``."""
 
     slots = ("velocity",)
-    momentum = _Setting(_non_negative)
+    momentum = _Setting(minimum=0)
 
     def __init__(self, lr=0.01, momentum=0.0, *, backend=None):
         super().__init__(lr, backend=backend)
@@ -278,7 +252,7 @@ class Adagrad(Optimizer):
     """Adagrad, the classic char-RNN choice: ``G += grad**2``, ``param -= lr * grad / sqrt(G + eps)``."""
 
     slots = ("sum_sq",)
-    eps = _Setting(_positive)
+    eps = _Setting(above=0)
 
     def __init__(self, lr=0.1, eps=1e-8, *, backend=None):
         super().__init__(lr, backend=backend)
@@ -296,9 +270,9 @@ class Adam(Optimizer):
     are computed here, in float64, for both backends."""
 
     slots = ("m", "v")
-    beta1 = _Setting(_below_one)
-    beta2 = _Setting(_below_one)
-    eps = _Setting(_positive)
+    beta1 = _Setting(minimum=0, below=1)
+    beta2 = _Setting(minimum=0, below=1)
+    eps = _Setting(above=0)
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, backend=None):
         super().__init__(lr, backend=backend)
@@ -354,7 +328,7 @@ def _param_grads(grads):
 
 def clip_by_value(grads, limit, *, backend=None):
     """Clip every parameter gradient ``grads["d" + name]`` to ``[-limit, limit]``, in place."""
-    limit = _positive("limit", limit)
+    limit = check_real(limit, "limit", above=0)
     impl = backends.resolve(backend)
     for grad in _param_grads(grads):
         impl.clip_by_value(grad, grad.dtype.type(limit))
@@ -374,7 +348,7 @@ def clip_by_global_norm(grads, max_norm, *, backend=None):
         The global norm before clipping; NaN when a gradient is not finite (nothing is
         scaled then, and an optimizer's ``step`` refuses such gradients).
     """
-    max_norm = _positive("max_norm", max_norm)
+    max_norm = check_real(max_norm, "max_norm", above=0)
     impl = backends.resolve(backend)
     grad_list = _param_grads(grads)
     largest = max(impl.max_abs(grad) for grad in grad_list)

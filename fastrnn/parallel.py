@@ -38,12 +38,12 @@ import numpy as np
 THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # Crossovers of ``plan`` for ``workers=None``, measured on the project's 2-core machine
-# (README, "Every core").  A call with shards costs a fixed ~100 us more (handing shards to
-# threads, a backend call per shard), so a shard must hold enough work to pay for it:
+# (README, "Every core").  A call with shards has a fixed cost (handing shards to threads,
+# a backend call per shard), so a shard must hold enough work to pay for it:
 MIN_ROWS_PER_SHARD = 2  # one-sequence shards did not run in parallel at all (OpenBLAS's M=1 path)
 #: Per backend: (multiply-adds of a shard's training step, and of each of its time steps).
-#: The NumPy backend's time loop holds the GIL for ~20 us per step, which threads queue
-#: for, so its shards also need big per-step products.
+#: The NumPy backend's time loop holds the GIL between its NumPy calls, which threads
+#: queue for, so its shards also need big per-step products.
 MIN_SHARD_MULTIPLY_ADDS = {"numba": (8_000_000, 0), "numpy": (8_000_000, 4_000_000)}
 # A single shard uses several BLAS threads only when its products have this many rows
 # (T * m) and the weights have this many entries: below, OpenBLAS's threads cost more than

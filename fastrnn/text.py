@@ -4,8 +4,6 @@ import ast
 import codecs
 import importlib.util
 import itertools
-import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from . import optim
 from .api import rnn_cell_forward
 from .model import RNN
 from .parallel import check_workers
+from .validation import check_int, check_real
 from .workspace import Workspace
 
 
@@ -194,8 +193,7 @@ def train_char_rnn(
     TrainingRun
     """
     for name, value in (("hidden", hidden), ("seq_length", seq_length), ("batch", batch), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(value, name, minimum=1)
     check_workers(workers)
     check_trainable(text)
     vocab = CharVocab.from_text(text)
@@ -276,10 +274,8 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
     """
     if model.vocab is None:
         raise ValueError("this model has no vocabulary: it was not trained on text")
-    if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if isinstance(n_chars, bool) or not isinstance(n_chars, numbers.Integral) or n_chars < 0:
-        raise ValueError(f"n_chars must be an int >= 0, got {n_chars!r}")
+    temperature = check_real(temperature, "temperature", above=0)
+    n_chars = check_int(n_chars, "n_chars", minimum=0)
     vocab = CharVocab(model.vocab)
     rng = np.random.default_rng(seed)
     if prime:

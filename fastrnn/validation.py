@@ -9,6 +9,7 @@ conversions make new arrays.
 """
 
 import math
+import numbers
 from collections import namedtuple
 
 import numpy as np
@@ -95,17 +96,45 @@ def _check_nonempty(array, name, meaning):
         )
 
 
+def check_int(value, name, *, minimum):
+    """``value`` as an int of at least ``minimum``: a ``TypeError`` for anything but an
+    integer (bools included), a ``ValueError`` below ``minimum``, each naming ``name``.
+    The one check of counts and sizes, for the API, the optimizers and the command line."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(value, name, *, minimum=None, above=None, below=None):
+    """``value`` as a finite float within the bounds given (``minimum`` inclusive, ``above``
+    and ``below`` exclusive): a ``TypeError`` for anything but a real number, a
+    ``ValueError`` for a non-finite or out-of-range one, each naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if above is not None and not value > above:
+        raise ValueError(f"{name} must be > {above}, got {value}")
+    if below is not None and not value < below:
+        raise ValueError(f"{name} must be < {below}, got {value}")
+    return value
+
+
 _SMALL = 1024  # arrays up to this size are checked with isfinite(a).all()
 
 
 def _all_finite(array):
     """Whether every entry is finite, without a temporary larger than 1 KiB.
 
-    Small arrays: ``isfinite(a).all()`` (1.4 us on 256 entries).  Larger ones: the sum is
-    finite when every entry is (NaN and inf propagate), unless it overflows; only then do
-    min and max decide.  No BLAS here (no ``np.dot``): waking NumPy's OpenBLAS threads
-    before a kernel runs on SciPy's made a char-RNN training step 6x slower (9.2 ms
-    against 1.5 ms, float64, measured).
+    Small arrays: ``isfinite(a).all()``.  Larger ones: the sum is finite when every entry
+    is (NaN and inf propagate), unless it overflows; only then do min and max decide.  No
+    BLAS here (no ``np.dot``): waking NumPy's OpenBLAS threads before a kernel runs on
+    SciPy's slows the kernel down (README, "Measurements behind the code").
     """
     if array.dtype.kind in "iub":
         return True
@@ -129,10 +158,10 @@ _JOIN_LIMIT = 4096  # entries: arrays this small in all are checked together
 def check_finite_together(arrays, names):
     """``ValueError`` naming the first of ``arrays`` with a non-finite entry, if any.
 
-    Each NumPy call costs about 1.4 us however small its array, which dominated a tiny
-    training step's checks; so arrays of at most ``_JOIN_LIMIT`` entries in all are joined
-    and checked in one call (params, x and a0 of the tiny benchmark: 4.9 us against
-    10.5 us).  ``names`` are the arrays' names, for the message.
+    A NumPy call has a fixed cost however small its array, which dominated a tiny training
+    step's checks; so arrays of at most ``_JOIN_LIMIT`` entries in all are joined and
+    checked in one call (README, "Measurements behind the code").  ``names`` are the
+    arrays' names, for the message.
     """
     if sum(array.size for array in arrays) <= _JOIN_LIMIT:
         if np.isfinite(np.concatenate(arrays, axis=None)).all():
@@ -193,7 +222,7 @@ def _params_if_plainly_valid(params, finite):
     finite entries, with ``finite``).
 
     None when anything differs; ``_check_params_thoroughly`` then converts what it can and
-    says what is wrong.  (Without the finiteness check: 2.5 us against 6 us.)
+    says what is wrong.
     """
     if type(params) is not dict:
         return None

@@ -6,9 +6,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import make_problem
 
 import fastrnn
+from conftest import make_problem
 
 
 def test_both_backends_are_available():

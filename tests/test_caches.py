@@ -5,9 +5,9 @@ place after the forward pass does not change the gradients)."""
 
 import numpy as np
 import pytest
-from conftest import make_problem
 
 import fastrnn
+from conftest import make_problem
 
 
 def _forward(backend, dtype=np.float64):

@@ -8,9 +8,9 @@ O(h**2) ~ 1e-10 and the rounding error ~ eps * |L| / h ~ 1e-10.
 
 import numpy as np
 import pytest
-from conftest import make_problem
 
 import fastrnn
+from conftest import make_problem
 
 STEP = 1e-5
 BOUND = 1e-6

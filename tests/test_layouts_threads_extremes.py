@@ -9,9 +9,9 @@ import tracemalloc
 import numba
 import numpy as np
 import pytest
-from conftest import assert_agree, make_problem
 
 import fastrnn
+from conftest import assert_agree, make_problem
 from fastrnn.backends import numba_kernels
 
 SHAPE = (4, 6, 5, 3, 7)  # n_x, n_a, n_y, m, T

@@ -140,7 +140,7 @@ def test_bounds_checking_is_live_in_the_boundscheck_run():
 
 @kernel
 def _softmax_cross_entropy(logits, b_y, labels, db_y):
-    return kernels.softmax_cross_entropy(logits, b_y, labels, db_y, logits.shape[1])
+    return kernels.softmax_cross_entropy_with_bias(logits, b_y, labels, db_y, logits.shape[1])
 
 
 @kernel

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import assert_agree, make_problem
 
 import fastrnn
+from conftest import assert_agree, make_problem
 
 
 def one_hot_problem(n_x, n_a, n_y, m, T, dtype, seed):

@@ -205,8 +205,8 @@ def test_settings_the_parameters_dtype_cannot_hold_are_named(backend, make, mess
 
 def test_settings_are_checked_whenever_they_are_set():
     opt = optim.Adam(0.01)
-    for name, value, error in [("lr", float("nan"), TypeError), ("lr", -1.0, ValueError), ("eps", 0.0, ValueError),
-                               ("beta1", 1.0, ValueError), ("beta2", float("inf"), TypeError)]:  # fmt: skip
+    for name, value, error in [("lr", float("nan"), ValueError), ("lr", -1.0, ValueError), ("eps", 0.0, ValueError),
+                               ("beta1", 1.0, ValueError), ("beta2", float("inf"), ValueError), ("lr", "fast", TypeError)]:  # fmt: skip
         with pytest.raises(error, match=name):
             setattr(opt, name, value)
     with pytest.raises(ValueError, match="momentum"):

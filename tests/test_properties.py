@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import AGREEMENT, relative_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
+from conftest import AGREEMENT, relative_error
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

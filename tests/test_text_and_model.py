@@ -185,9 +185,15 @@ def test_train_step_checks_its_optimizer():
 
 
 @pytest.mark.parametrize(
-    "setting",
-    [dict(hidden=0), dict(steps=1.5), dict(batch=-2), dict(seq_length=True), dict(optimizer="lbfgs")],
+    "setting, error",
+    [
+        (dict(hidden=0), ValueError),
+        (dict(steps=1.5), TypeError),  # the wrong kind of value: a TypeError, as everywhere
+        (dict(batch=-2), ValueError),
+        (dict(seq_length=True), TypeError),
+        (dict(optimizer="lbfgs"), ValueError),
+    ],
 )
-def test_train_char_rnn_checks_its_settings(setting):
-    with pytest.raises(ValueError, match=next(iter(setting))):
+def test_train_char_rnn_checks_its_settings(setting, error):
+    with pytest.raises(error, match=next(iter(setting))):
         text.train_char_rnn(CORPUS, **setting)

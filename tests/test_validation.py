@@ -5,9 +5,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import make_problem
 
 import fastrnn
+from conftest import make_problem
 
 N_X, N_A, N_Y, M, T = 3, 4, 5, 2, 6
 

@@ -17,11 +17,11 @@ import tracemalloc
 import numba
 import numpy as np
 import pytest
-from conftest import assert_agree, make_problem
-from test_gradcheck import check, numeric_gradient
 
 import fastrnn
+from conftest import assert_agree, make_problem
 from fastrnn import optim, parallel, text
+from test_gradcheck import check, numeric_gradient
 
 WORKERS = [1, 2, 3, 4, 5, -1]
 # (n_x, n_a, n_y, m, T): m divisible or not by the workers, fewer sequences than workers,

@@ -5,9 +5,9 @@ import tracemalloc
 import numba
 import numpy as np
 import pytest
-from conftest import make_problem
 
 import fastrnn
+from conftest import make_problem
 
 
 def test_same_results_with_and_without_a_workspace(backend, dtype):

@@ -1,9 +1,33 @@
-"""Backend selection: which implementation runs a call.
+"""Backend selection: which implementation runs a call, and what a backend is.
 
-Both backends are modules with the same functions (``forward``, ``backward``,
-``loss_and_grads``) over the same time-major arrays; ``numpy_backend`` is the reference,
-``numba_backend`` the fast one.  Numba is imported only when the Numba backend is first
-asked for, so ``import fastrnn`` stays fast and works without Numba.
+A backend is a module with the functions below, over the time-major arrays described in
+``numpy_backend`` (``xs`` (T, m, n_x), ``h`` (T + 1, m, n_a), ...); ``numpy_backend`` is the
+reference, ``numba_backend`` the fast one, and ``tests/test_backend_interface.py`` checks
+that both have exactly these signatures.  Numba is imported only when the Numba backend is
+first asked for, so ``import fastrnn`` stays fast and works without Numba.
+
+=======================================================  =========================================
+function                                                  returns
+=======================================================  =========================================
+``NAME``                                                  ``"numba"`` or ``"numpy"``
+``forward(xs, a0, p)``                                    ``h``, ``y_hat`` (T, m, n_y)
+``backward(da, xs, h, p)``                                dict: ``dx``, ``da0``, ``dW_ax``,
+                                                          ``dW_aa``, ``db_a``
+``loss_and_grads(inputs, a0, labels, p, *, empty,``       ``loss``, grads (dict, with ``dx`` for
+``xs_is_scratch, batch_size)``                            dense inputs), ``a_last`` (m, n_a),
+                                                          ``finite`` (bool)
+``sgd_update(param, grad, velocity, lr, momentum,``       whether every new value is finite
+``commit)``, ``adagrad_update(param, grad, sum_sq, lr,``  (``commit=False``, nothing written) or
+``eps, commit)``, ``adam_update(param, grad, m, v, lr,``  True (``commit=True``, all written)
+``beta1, beta2, eps, correction1, correction2, commit)``
+``clip_by_value(grad, limit)``, ``scale(grad, factor)``   None (in place)
+``max_abs(grad)``, ``sum_of_squares(grad, inv_scale)``    float
+=======================================================  =========================================
+
+``a0`` may be a view (the backends copy it into ``h[0]``); ``p`` holds the five checked,
+C-contiguous parameters of one dtype, in which everything is computed.  ``empty(name,
+shape, dtype)`` allocates what a call returns (a ``Workspace`` reuses it); ``batch_size``
+is the ``m`` the loss is averaged over (None: the call's own).
 """
 
 import functools

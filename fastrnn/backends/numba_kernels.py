@@ -1,13 +1,48 @@
 """Numba kernels: the time loops, the fused softmax/loss, and the elementwise maths they use.
 
-Each kernel mirrors a step of the NumPy reference (``numpy_backend.py``) and carries the
-same names; ``numba_backend.py`` allocates every array and calls these kernels, which only
-fill what they are given (no allocation inside a time loop, no Python objects).  All
-arrays are C-contiguous in the time-major layout described in ``numpy_backend``.
+Each kernel computes a step of the NumPy reference (``numpy_backend.py``); ``numba_backend.py``
+allocates every array and calls these kernels, which only fill what they are given (no
+allocation inside a time loop, no Python objects).  All arrays are C-contiguous in the
+time-major layout described in ``numpy_backend``.  A kernel keeps its reference step's name
+where it has the same contract; where it takes other arguments or returns nothing, the
+name says how: ``_into`` (fills arrays it is given), ``_in_place`` (transforms an array
+it is given), ``_with_bias`` (adds a bias the reference adds elsewhere).
+
+==========================================  ==================================================
+kernel                                      reference step(s) it computes
+==========================================  ==================================================
+``input_projection_into``                   ``input_projection`` (dense), into ``h[1:]``
+``input_lookup_into``                       ``input_projection`` (one-hot), into ``h[1:]``
+``hidden_forward_in_place``                 ``hidden_forward``, over the projection in ``h[1:]``
+``output_logits_without_bias``              ``output_logits`` less ``b_y``
+``softmax_with_bias``                       ``b_y`` of ``output_logits``, then ``softmax``
+``softmax_cross_entropy_with_bias``         ``b_y`` of ``output_logits``, ``softmax_cross_entropy``,
+                                            and ``db_y`` of ``output_backward``, in one pass
+``output_backward_into``                    ``output_backward`` less ``db_y``
+``hidden_backward_in_place``                ``hidden_backward``, turning ``da`` into ``dz``
+``input_backward_into``                     ``input_backward`` (dense)
+``input_lookup_backward_into``              ``input_backward`` (one-hot: ``dW_ax`` only)
+``forward_kernel``                          ``forward``
+``backward_kernel``                         ``backward`` (after the caller copies ``da``)
+``loss_and_grads_kernel`` (and ``_onehot``)  ``loss_and_grads``, plus a finiteness scan
+``sgd_update``, ``adagrad_update``, ...     the optimizer updates, same names and arguments
+==========================================  ==================================================
+
+Memory that serves twice (the one place this is written down):
+
+- ``h[1:]`` holds the input projection until the recurrence turns it into the states.
+- ``logits`` is turned into ``dL/dlogits`` in place by the loss.
+- ``dz_buffer`` (``numba_backend.dz_buffer_size``) holds the forward pass's scratch (the
+  weights' C-contiguous transposes and ``rec``, ``forward_scratch``) and then ``dz``,
+  which the backward pass writes only after the forward pass's last read of its scratch.
+- ``da0`` is the scratch of the recurrent products BLAS computes in
+  ``hidden_backward_in_place`` before it receives dL/da0.
+- ``dx`` may be ``xs`` itself, when ``xs`` is a copy the caller made for the call
+  (``xs_is_scratch``): ``input_backward_into`` writes ``dx`` after its last read of ``xs``.
 
 Sections: 1. ``exp`` and ``tanh`` that vectorise; 2. small matrix products; 3. the steps
-of a training step (forward recurrence, output layer, softmax and cross-entropy, BPTT),
-named as in the reference; 4. the entry points ``numba_backend`` calls.
+of a training step (table above); 4. the entry points ``numba_backend`` calls; 5. the
+optimizer updates.
 
 Cache note: Numba keys a kernel's on-disk cache on the file that defines it, not on the
 files it calls.  That is why the helpers live in this file: editing them invalidates the
@@ -32,13 +67,12 @@ _OVERLOAD_OPTIONS = dict(
 # 1. exp and tanh that vectorise.
 #
 # Why not np.tanh / math.exp: PyPI's llvmlite has no SVML, so Numba calls libm one element
-# at a time (about 15 ns per tanh, 4-6 ns per exp, in either dtype).  The functions below
-# are plain arithmetic that LLVM vectorises.  Measured on the project's 2-core AVX-512
-# machine, per element: tanh 1.4 ns (float64) and 0.26 ns (float32) against NumPy's own
-# SIMD loops at 1.7 and 0.37 ns; exp 0.73 and 0.36 ns.  Accuracy against NumPy, tested in
-# tests/test_numba_kernels.py: tanh within 2 ulp (float64) and 6 ulp (float32; 4.1
-# measured), exp within 1 and 2 ulp (0.9 measured in float32).  Each function is plain Python, which runs as such under NUMBA_DISABLE_JIT=1, with
-# compiled implementations chosen by argument type through numba.extending.overload.
+# at a time, an order of magnitude slower than NumPy's own SIMD loops.  The functions below
+# are plain arithmetic that LLVM vectorises, as fast as NumPy's loops (README, "Measurements
+# behind the code").  Accuracy against NumPy, tested in tests/test_numba_kernels.py: tanh
+# within 2 ulp (float64) and 6 ulp (float32), exp within 1 and 2 ulp.  Each function is
+# plain Python, which runs as such under NUMBA_DISABLE_JIT=1, with compiled implementations
+# chosen by argument type through numba.extending.overload.
 # =======================================================================================
 
 # exp(x) for x <= 0: x = n*ln2 + r with |r| <= ln2/2, exp(x) = exp(r) * 2**n.  The caller
@@ -186,14 +220,12 @@ def _overload_fast_tanh(x):
 # =======================================================================================
 # 2. Small matrix products.  The recurrent product h[t] @ W_aa.T is tiny at small sizes
 # (16 x 16 for one sequence): there a BLAS call costs more than the arithmetic, so plain
-# loops do it.  Measured per product, float64: (1 x 16) @ (16 x 16) 0.04 us in loops
-# against 0.08 us through BLAS; (16 x 64) @ (64 x 64) 6.4 us against 2.4 us.
+# loops do it; above, BLAS wins (README, "Measurements behind the code").
 # =======================================================================================
 
 # r * k * n at or below which loops beat a BLAS call, for one row (a matrix-vector product,
-# where BLAS's gemm is least efficient) and for several rows.  Measured, float64 and float32:
-# (1 x 64) @ (64 x 64) 0.38 us in loops, 0.47 us through BLAS; (2 x 16) @ (16 x 16) 0.065 us
-# against 0.070 us; (4 x 16) @ (16 x 16) 0.11 us against 0.09 us.
+# where BLAS's gemm is least efficient) and for several rows: measured crossovers, float64
+# and float32 alike (README, "Measurements behind the code").
 SMALL_MATVEC_FLOPS = 8192
 SMALL_MATMUL_FLOPS = 512
 
@@ -205,8 +237,8 @@ def add_matmul_into(a, b, out, scratch):
     At small sizes (``SMALL_MATVEC_FLOPS``, ``SMALL_MATMUL_FLOPS``) loops add the product
     straight into ``out`` (no scratch to zero, no pass to add it), taking four rows of
     ``b`` per pass over a row of ``out``: one load and store of ``out`` per four
-    multiply-adds instead of per one, which halves the (1 x 16) @ (16 x 16) product (72 ns
-    -> 41 ns, float64).  The inner loops run along rows of ``b`` and ``out`` and vectorise.
+    multiply-adds instead of per one, which nearly halves a (1 x 16) @ (16 x 16) product.
+    The inner loops run along rows of ``b`` and ``out`` and vectorise.
     Above, BLAS writes ``a @ b`` into ``scratch``, which is then added.
     """
     r, k = a.shape
@@ -237,8 +269,7 @@ def add_matmul_into(a, b, out, scratch):
 # 3. The training step, one function per step of numpy_backend, same names.  Every BLAS
 # call, the big products outside the loops included, goes through Numba's np.dot, that is
 # SciPy's BLAS: NumPy ships a second OpenBLAS with its own thread pool, and alternating
-# between the two pools made a large training step 2.7x slower (342 ms against 126 ms,
-# float64, measured).
+# between the two pools slows a large training step down several times.
 # =======================================================================================
 
 
@@ -255,10 +286,10 @@ _TRANSPOSE_TILE = 16
 def transpose_into(a, out):
     """``out[:] = a.T``.  The kernels keep C-contiguous transposes of the weights they
     multiply from the right: OpenBLAS is slower on a transposed right operand at small sizes
-    ((100 x 8) @ (8 x 16): 1.23 us against 0.61 us, float64, measured).
+    (twice as slow on small products).
 
-    Tile by tile, so that the strided side stays in cache: 512 x 512 float64 in 0.39 ms
-    against 2.0 ms row by row."""
+    Tile by tile, so that the strided side stays in cache (five times faster than row by
+    row on 512 x 512)."""
     r, c = a.shape
     for i0 in range(0, r, _TRANSPOSE_TILE):
         for j0 in range(0, c, _TRANSPOSE_TILE):
@@ -280,14 +311,14 @@ def all_finite(a):
 
 
 @inline_kernel
-def input_projection(xs, W_ax_T, h):
+def input_projection_into(xs, W_ax_T, h):
     """``h[1:] = xs @ W_ax.T``: the input projection of all steps, one product, written
     where ``hidden_forward`` turns it into hidden states in place."""
     np.dot(rows(xs), W_ax_T, rows(h[1:]))
 
 
 @inline_kernel
-def input_lookup(x_index, W_ax_T, h):
+def input_lookup_into(x_index, W_ax_T, h):
     """``h[t+1, i] = W_ax[:, x_index[t, i]]``: the projection of one-hot inputs, a lookup.
 
     ``x_index`` is checked by the caller to lie in ``[0, n_x)``: kernels do not check bounds.
@@ -303,7 +334,7 @@ def input_lookup(x_index, W_ax_T, h):
 
 
 @inline_kernel
-def hidden_forward(W_aa_T, b_a, h, rec):
+def hidden_forward_in_place(W_aa_T, b_a, h, rec):
     """The recurrence (``numpy_backend.hidden_forward``): ``h[1:]`` holds the input
     projection on entry and the hidden states a<1..T> on exit.
 
@@ -328,7 +359,7 @@ def hidden_forward(W_aa_T, b_a, h, rec):
 
 
 @inline_kernel
-def output_logits(h, W_ya_T, logits):
+def output_logits_without_bias(h, W_ya_T, logits):
     """``logits = h[1:] @ W_ya.T`` for all steps, one product.  The bias ``b_y`` is added by
     the softmax functions, in the pass that finds each row's maximum."""
     np.dot(rows(h[1:]), W_ya_T, rows(logits))
@@ -336,7 +367,7 @@ def output_logits(h, W_ya_T, logits):
 
 @inline_kernel
 def _softmax_row(z, b_y):
-    """``z[:] = softmax(z + b_y)`` in place; returns (max of z + b_y, sum of its exp)."""
+    """``z[:] = softmax_with_bias(z + b_y)`` in place; returns (max of z + b_y, sum of its exp)."""
     n_y = z.shape[0]
     for j in range(n_y):
         z[j] += b_y[j]
@@ -354,8 +385,8 @@ def _softmax_row(z, b_y):
 
 
 @inline_kernel
-def softmax(logits, b_y):
-    """``logits[t, i] = softmax(logits[t, i] + b_y)`` over the classes, in place."""
+def softmax_with_bias(logits, b_y):
+    """``logits[t, i] = softmax_with_bias(logits[t, i] + b_y)`` over the classes, in place."""
     logit_rows = rows(logits)
     for r in range(logit_rows.shape[0]):
         _softmax_row(logit_rows[r], b_y)
@@ -367,7 +398,7 @@ _PRODUCT_OF_SUMS_LIMIT = 1e150
 
 
 @inline_kernel
-def softmax_cross_entropy(logits, b_y, labels, db_y, batch_size):
+def softmax_cross_entropy_with_bias(logits, b_y, labels, db_y, batch_size):
     """Loss and ``dL/dlogits`` (``numpy_backend.softmax_cross_entropy``), in place.
 
     Parameters
@@ -389,7 +420,7 @@ def softmax_cross_entropy(logits, b_y, labels, db_y, batch_size):
         ``(1/m) sum (logsumexp(z) - z[label])`` over all rows, accumulated in float64.
         ``logsumexp(z) = max(z) + log(sum_e)``; the logs of the rows' ``sum_e`` (each in
         [1, n_y]) are summed as the log of their product, one libm ``log`` per few hundred
-        rows instead of one per row (3.4 us -> 2.6 us on 100 rows of 8, float64).
+        rows instead of one per row.
     """
     m = batch_size
     inv_m = logits.dtype.type(1.0 / m)
@@ -416,7 +447,7 @@ def softmax_cross_entropy(logits, b_y, labels, db_y, batch_size):
 
 
 @inline_kernel
-def output_backward(dlogits, h, W_ya, dW_ya, da):
+def output_backward_into(dlogits, h, W_ya, dW_ya, da):
     """``dW_ya = dlogits.T @ h[1:]`` and ``da = dlogits @ W_ya``, one product each
     (``numpy_backend.output_backward``; ``db_y`` came from ``softmax_cross_entropy``)."""
     np.dot(rows(dlogits).T, rows(h[1:]), dW_ya)
@@ -424,7 +455,7 @@ def output_backward(dlogits, h, W_ya, dW_ya, da):
 
 
 @inline_kernel
-def hidden_backward(dz, h, W_aa, da0, dW_aa, db_a):
+def hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, db_a):
     """Backpropagation through time (``numpy_backend.hidden_backward``), in place.
 
     The reference's ``da_next = dz[t] @ W_aa`` (dL/da<t-1> through a<t>) is added straight
@@ -464,7 +495,7 @@ def hidden_backward(dz, h, W_aa, da0, dW_aa, db_a):
 
 
 @inline_kernel
-def input_backward(dz, xs, W_ax, dx, dW_ax):
+def input_backward_into(dz, xs, W_ax, dx, dW_ax):
     """``dW_ax = dz.T @ xs`` and ``dx = dz @ W_ax``, one product each
     (``numpy_backend.input_backward``).  ``dx`` may be ``xs`` itself (a copy the caller
     owns): it is written last, after the only read of ``xs``."""
@@ -473,12 +504,12 @@ def input_backward(dz, xs, W_ax, dx, dW_ax):
 
 
 @inline_kernel
-def input_lookup_backward(dz, x_index, dW_ax_T, dW_ax):
+def input_lookup_backward_into(dz, x_index, dW_ax_T, dW_ax):
     """``dW_ax`` for one-hot inputs: each row of ``dz`` added to the column its input
     selected (``numpy_backend.input_backward``), accumulated in the rows of ``dW_ax_T``
     (contiguous) and then transposed into ``dW_ax``."""
     T, m = x_index.shape
-    n_x, n_a = dW_ax_T.shape
+    n_a = dW_ax_T.shape[1]
     dW_ax_T[:] = 0
     for t in range(T):
         for i in range(m):
@@ -486,9 +517,7 @@ def input_lookup_backward(dz, x_index, dW_ax_T, dW_ax):
             dz_ti = dz[t, i]
             for j in range(n_a):
                 row[j] += dz_ti[j]
-    for j in range(n_a):
-        for k in range(n_x):
-            dW_ax[j, k] = dW_ax_T[k, j]
+    transpose_into(dW_ax_T, dW_ax)
 
 
 # =======================================================================================
@@ -497,10 +526,8 @@ def input_lookup_backward(dz, x_index, dW_ax_T, dW_ax):
 # =======================================================================================
 
 
-# The parameters and gradients come in the seed's shapes (biases (n, 1)).  The forward
-# pass's scratch (the weights' transposes and ``rec``) is carved out of one flat buffer; in
-# a training step that buffer is also ``dz``'s, which the backward pass writes only after
-# the forward pass's last use of its scratch: no memory of its own.
+# The parameters and gradients come in the seed's shapes (biases (n, 1)).  Which arrays
+# serve twice: the module's docstring.
 
 
 @inline_kernel
@@ -533,17 +560,17 @@ def forward_scratch(buffer, W_ax, W_aa, W_ya, m):
 def forward_kernel(xs, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, y_hat):
     """Hidden states into ``h[1:]`` (``h[0] = a0`` on entry), softmax outputs into ``y_hat``."""
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(scratch, W_ax, W_aa, W_ya, xs.shape[1])
-    input_projection(xs, W_ax_T, h)
-    hidden_forward(W_aa_T, vector(b_a), h, rec)
-    output_logits(h, W_ya_T, y_hat)
-    softmax(y_hat, vector(b_y))
+    input_projection_into(xs, W_ax_T, h)
+    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec)
+    output_logits_without_bias(h, W_ya_T, y_hat)
+    softmax_with_bias(y_hat, vector(b_y))
 
 
 @kernel
 def backward_kernel(dz, xs, h, W_ax, W_aa, da0, dx, dW_ax, dW_aa, db_a):
     """BPTT for an outside ``da`` (copied into ``dz`` by the caller)."""
-    hidden_backward(dz, h, W_aa, da0, dW_aa, vector(db_a))
-    input_backward(dz, xs, W_ax, dx, dW_ax)
+    hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a))
+    input_backward_into(dz, xs, W_ax, dx, dW_ax)
 
 
 @inline_kernel
@@ -576,13 +603,13 @@ def _after_the_input_layer(
     dz : ndarray, shape (T, m, n_a)
         dL/dz, a view of ``dz_buffer`` (whose start held the forward scratch).
     """
-    hidden_forward(W_aa_T, vector(b_a), h, rec)
-    output_logits(h, W_ya_T, logits)
-    loss = softmax_cross_entropy(logits, vector(b_y), labels, vector(db_y), batch_size)
+    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec)
+    output_logits_without_bias(h, W_ya_T, logits)
+    loss = softmax_cross_entropy_with_bias(logits, vector(b_y), labels, vector(db_y), batch_size)
     T, m, n_a = h[1:].shape
     dz = dz_buffer[: T * m * n_a].reshape((T, m, n_a))  # the forward scratch is dead from here
-    output_backward(logits, h, W_ya, dW_ya, dz)
-    hidden_backward(dz, h, W_aa, da0, dW_aa, vector(db_a))
+    output_backward_into(logits, h, W_ya, dW_ya, dz)
+    hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a))
     return loss, dz
 
 
@@ -615,7 +642,7 @@ def loss_and_grads_kernel(
         NumPy calls the caller would need (finite inputs can still overflow in float32).
     """
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(dz_buffer, W_ax, W_aa, W_ya, xs.shape[1])
-    input_projection(xs, W_ax_T, h)
+    input_projection_into(xs, W_ax_T, h)
     loss, dz = _after_the_input_layer(
         labels,
         batch_size,
@@ -635,7 +662,7 @@ def loss_and_grads_kernel(
         dW_ya,
         db_y,
     )
-    input_backward(dz, xs, W_ax, dx, dW_ax)
+    input_backward_into(dz, xs, W_ax, dx, dW_ax)
     finite = _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y) and all_finite(dx)
     return loss, finite
 
@@ -648,7 +675,7 @@ def loss_and_grads_onehot_kernel(
     """``loss_and_grads_kernel`` for one-hot inputs given by their indices (T, m): the
     projection is a lookup of ``W_ax``'s columns and ``dW_ax`` a scatter-add; no dx."""
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(dz_buffer, W_ax, W_aa, W_ya, x_index.shape[1])
-    input_lookup(x_index, W_ax_T, h)
+    input_lookup_into(x_index, W_ax_T, h)
     loss, dz = _after_the_input_layer(
         labels,
         batch_size,
@@ -668,7 +695,7 @@ def loss_and_grads_onehot_kernel(
         dW_ya,
         db_y,
     )
-    input_lookup_backward(dz, x_index, dW_ax_T, dW_ax)
+    input_lookup_backward_into(dz, x_index, dW_ax_T, dW_ax)
     return loss, _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y)
 
 

@@ -1,0 +1,83 @@
+"""The backends are interchangeable modules, and the Numba backend calls its kernels with
+their arguments in the kernels' order (17 positional arguments may not drift)."""
+
+import inspect
+import types
+
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import make_problem
+from fastrnn.backends import numba_backend, numba_kernels, numpy_backend
+
+INTERFACE = [
+    "forward", "backward", "loss_and_grads", "sgd_update", "adagrad_update", "adam_update",
+    "clip_by_value", "max_abs", "sum_of_squares", "scale",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", INTERFACE)
+def test_both_backends_have_the_same_functions(name):
+    numpy_signature = inspect.signature(getattr(numpy_backend, name))
+    numba_signature = inspect.signature(getattr(numba_backend, name))
+    assert list(numpy_signature.parameters) == list(numba_signature.parameters), name
+    assert {numpy_backend.NAME, numba_backend.NAME} == {"numpy", "numba"}
+
+
+N_X, N_A, N_Y, M, T = 3, 5, 4, 2, 7  # every size distinct, so that shapes tell arrays apart
+EXPECTED_SHAPES = {
+    "xs": (T, M, N_X), "x_index": (T, M), "labels": (T, M), "dx": (T, M, N_X), "dz": (T, M, N_A),
+    "W_ax": (N_A, N_X), "W_aa": (N_A, N_A), "b_a": (N_A, 1), "W_ya": (N_Y, N_A), "b_y": (N_Y, 1),
+    "dW_ax": (N_A, N_X), "dW_aa": (N_A, N_A), "db_a": (N_A, 1), "dW_ya": (N_Y, N_A), "db_y": (N_Y, 1),
+    "dW_ax_T": (N_X, N_A), "h": (T + 1, M, N_A), "logits": (T, M, N_Y), "y_hat": (T, M, N_Y),
+    "da0": (M, N_A),
+}  # fmt: skip
+FLAT = {"dz_buffer", "scratch"}  # one-dimensional buffers, sized by numba_backend
+
+
+def _recording_kernels(calls):
+    """A stand-in for the kernels module: each entry point binds its arguments to the real
+    kernel's parameter names, records them, then runs the real kernel."""
+    fake = types.SimpleNamespace(**vars(numba_kernels))
+    for name in (
+        "forward_kernel",
+        "backward_kernel",
+        "loss_and_grads_kernel",
+        "loss_and_grads_onehot_kernel",
+    ):
+        real = getattr(numba_kernels, name)
+        signature = inspect.signature(getattr(real, "py_func", real))
+
+        def record(*args, real=real, signature=signature, name=name):
+            calls[name] = signature.bind(*args).arguments
+            return real(*args)
+
+        setattr(fake, name, record)
+    return fake
+
+
+def test_kernels_get_each_argument_under_its_own_name(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(numba_backend, "kernels", _recording_kernels(calls))
+    x, a0, y, params = make_problem(N_X, N_A, N_Y, M, T, seed=600)
+    x_index = np.random.default_rng(600).integers(0, N_X, size=(M, T))
+    fastrnn.loss_and_grads(x, a0, y, params, backend="numba", workers=1)
+    fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend="numba", workers=1)
+    a, _, cache = fastrnn.rnn_forward(x, a0, params, backend="numba", workers=1)
+    fastrnn.rnn_backward(np.ones(a.shape), cache)
+    assert set(calls) == {
+        "forward_kernel",
+        "backward_kernel",
+        "loss_and_grads_kernel",
+        "loss_and_grads_onehot_kernel",
+    }
+    for kernel, arguments in calls.items():
+        for name, value in arguments.items():
+            if name == "batch_size":
+                assert value == M, kernel
+            elif name in FLAT:
+                assert value.ndim == 1, (kernel, name)
+            else:
+                assert name in EXPECTED_SHAPES, (kernel, name)
+                assert value.shape == EXPECTED_SHAPES[name], (kernel, name, value.shape)
