@@ -25,7 +25,6 @@ from .validation import (
     check_int,
     check_labels,
     check_params,
-    check_results_finite,
     report_non_finite_results,
 )
 from .workspace import Workspace, new_array
@@ -163,8 +162,11 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
     impl = backends.resolve(backend)
     p, dims, x_t, a_prev = _check_inputs(params, x_t, a_prev, ("x_t", "a_prev"), "(n_x, m)", x_rank=2)
     # The cell is the T = 1 case of the forward pass: one code path for both.
-    h, y_hat = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p)  # a_prev: copied into h[0]
-    check_results_finite({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
+    h, y_hat, finite = impl.forward(
+        np.ascontiguousarray(x_t.T[None]), a_prev.T, p
+    )  # a_prev: copied into h[0]
+    if not finite:
+        report_non_finite_results({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
     a_t = _read_only(h[1].T)
     cache = CellCache(a_t, _read_only(h[0].T), _read_only(np.array(x_t)), _owned(p), _backend_name(impl))
     return a_t, y_hat[0].T, cache
@@ -224,8 +226,9 @@ def rnn_cell_backward(da_t, cache):
     x_t = check_array(cache.x_t, "cache.x_t", (dims.n_x, m), "(n_x, m)", dims.dtype)
     da_t = check_array(da_t, "da_t", (dims.n_a, m), "(n_a, m)", dims.dtype)
     h = np.stack([a_prev.T, a_t.T])  # (2, m, n_a): a<t-1>, a<t>
-    grads = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(x_t.T[None]), h, p)
-    check_results_finite(grads, h.dtype, "rnn_cell_backward")
+    grads, finite = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(x_t.T[None]), h, p)
+    if not finite:
+        report_non_finite_results(grads, h.dtype, "rnn_cell_backward")
     return {
         "dx_t": grads["dx"][0].T,
         "da_prev": grads["da0"].T,
@@ -266,10 +269,13 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None):
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     with parallel.blas_threads(run.blas_threads):
         if run.shards == 1:
-            h, y_hat = impl.forward(xs, a0.T, p)  # a0 goes in as a view: the backends copy it into h[0]
+            h, y_hat, finite = impl.forward(
+                xs, a0.T, p
+            )  # a0 goes in as a view: the backends copy it into h[0]
         else:
-            h, y_hat = _sharded_forward(impl, run, xs, a0, p, dims)
-    check_results_finite({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
+            h, y_hat, finite = _sharded_forward(impl, run, xs, a0, p, dims)
+    if not finite:
+        report_non_finite_results({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
     if np.may_share_memory(xs, x):  # the time-major layout was the caller's x itself
         xs = xs.copy()
     cache = ForwardCache(_read_only(xs), _read_only(h), _owned(p), _backend_name(impl))
@@ -286,12 +292,13 @@ def _sharded_forward(impl, run, xs, a0, p, dims):
 
     def forward_shard(k):
         rows = shards[k]
-        h_k, y_hat_k = impl.forward(np.ascontiguousarray(xs[:, rows]), a0[:, rows].T, p)
+        h_k, y_hat_k, finite = impl.forward(np.ascontiguousarray(xs[:, rows]), a0[:, rows].T, p)
         h[:, rows] = h_k
         y_hat[:, rows] = y_hat_k
+        return finite
 
-    parallel.run_shards(forward_shard, run.shards, run.threads)
-    return h, y_hat
+    finite = all(parallel.run_shards(forward_shard, run.shards, run.threads))
+    return h, y_hat, finite
 
 
 def rnn_backward(da, cache):
@@ -321,8 +328,9 @@ def rnn_backward(da, cache):
     xs = check_array(cache.xs, "cache.xs", (T, m, dims.n_x), "(T, m, n_x)", dims.dtype)
     h, xs = np.ascontiguousarray(h), np.ascontiguousarray(xs)
     da = check_array(da, "da", (dims.n_a, m, T), "(n_a, m, T)", dims.dtype)
-    grads = impl.backward(_to_time_major(da), xs, h, p)
-    check_results_finite(grads, dims.dtype, "rnn_backward")
+    grads, finite = impl.backward(_to_time_major(da), xs, h, p)
+    if not finite:
+        report_non_finite_results(grads, dims.dtype, "rnn_backward")
     grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T
     return grads
@@ -462,9 +470,15 @@ def _shard_loss_and_grads(impl, empty, inputs, a0_rows, labels, p, batch_size, x
     """
     inputs = _contiguous(inputs, empty, "x_index" if inputs.ndim == 2 else "xs")
     labels = _contiguous(labels, empty, "labels")
-    return impl.loss_and_grads(
+    loss, grads, a_last, finite = impl.loss_and_grads(
         inputs, a0_rows, labels, p, empty=empty, xs_is_scratch=xs_is_scratch, batch_size=batch_size
     )
+    if empty is not new_array and not impl.RESULTS_IN_WORKSPACE:
+        # A workspace holds the results whatever the backend: this layer puts them there.
+        for name, value in grads.items():
+            grads[name] = empty(name, value.shape, value.dtype)
+            np.copyto(grads[name], value)
+    return loss, grads, a_last, finite
 
 
 def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, return_state):

@@ -32,6 +32,10 @@ class RNN:
         Used by every computation of this model (None: automatic, see ``loss_and_grads``).
     seed : int or None
         For ``init_params``.
+    params : dict, optional
+        Start from these parameters (copied, checked) instead of random ones: their sizes
+        must be ``n_x, n_a, n_y`` and their dtype ``dtype``.  ``RNN.from_params(params)``
+        reads the sizes and dtype from them.
 
     Attributes
     ----------
@@ -48,14 +52,30 @@ class RNN:
         Free-form settings saved with the model (JSON-serialisable).
     """
 
-    def __init__(self, n_x, n_a, n_y, *, dtype=np.float64, backend=None, seed=None):
+    def __init__(self, n_x, n_a, n_y, *, dtype=np.float64, backend=None, seed=None, params=None):
         backends.resolve(backend)  # fail early on an unknown backend
-        self.params = api.init_params(n_x, n_a, n_y, seed=seed, dtype=dtype)
+        if params is None:
+            self.params = api.init_params(n_x, n_a, n_y, seed=seed, dtype=dtype)
+        else:
+            checked, dims = check_params(params)
+            if (dims.n_x, dims.n_a, dims.n_y, dims.dtype) != (n_x, n_a, n_y, np.dtype(dtype)):
+                raise ValueError(
+                    f"params are of sizes (n_x, n_a, n_y) = {dims[:3]} and dtype {dims.dtype}, "
+                    f"not ({n_x}, {n_a}, {n_y}) and {np.dtype(dtype)}"
+                )
+            self.params = {name: np.array(value, order="C") for name, value in checked.items()}
         self.backend = backend
         self.state = None
         self.vocab = None
         self.settings = {}
         self.optimizer_state = None
+
+    @classmethod
+    def from_params(cls, params, *, backend=None):
+        """A model around a copy of ``params`` (as from ``fastrnn.init_params``), its sizes
+        and dtype read from them."""
+        _, dims = check_params(params)
+        return cls(dims.n_x, dims.n_a, dims.n_y, dtype=dims.dtype, backend=backend, params=params)
 
     @property
     def n_x(self):
@@ -269,10 +289,7 @@ class RNN:
             )
         if not isinstance(settings, dict):
             raise CheckpointError(f"{path}: settings must be a JSON object")
-        model = cls.__new__(cls)
-        model.params = {name: params[name].copy() for name in PARAM_NAMES}
-        model.backend = backend
-        backends.resolve(backend)
+        model = cls.from_params(params, backend=backend)
         model.state = contents["carried_state"]
         model.vocab = vocab
         model.settings = settings

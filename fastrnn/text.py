@@ -159,7 +159,7 @@ class TrainingRun:
 
 
 def train_char_rnn(
-    text, *, hidden=128, seq_length=32, batch=16, steps=1000, lr=0.1, optimizer="adagrad",
+    text, *, hidden=128, seq_length=32, batch=16, steps=1000, lr=0.002, optimizer="adam",
     clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None, workers=None, resume=None,
 ):  # fmt: skip
     """Train a character-level RNN on ``text`` with truncated BPTT.

@@ -23,6 +23,9 @@ def test_both_backends_have_the_same_functions(name):
     numba_signature = inspect.signature(getattr(numba_backend, name))
     assert list(numpy_signature.parameters) == list(numba_signature.parameters), name
     assert {numpy_backend.NAME, numba_backend.NAME} == {"numpy", "numba"}
+    assert isinstance(numpy_backend.RESULTS_IN_WORKSPACE, bool) and isinstance(
+        numba_backend.RESULTS_IN_WORKSPACE, bool
+    )
 
 
 N_X, N_A, N_Y, M, T = 3, 5, 4, 2, 7  # every size distinct, so that shapes tell arrays apart

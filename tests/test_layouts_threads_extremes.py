@@ -255,6 +255,28 @@ def test_logits_near_the_float32_limit_and_beyond(backend):
         fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
 
 
+def test_every_operation_reports_its_own_overflow(backend):
+    """Each backend scans what it computes; the API turns a non-finite result of finite
+    inputs into NonFiniteResultError, for every public operation."""
+    x, a0, y, params = make_problem(3, 4, 5, 4, 3, dtype=np.float32, seed=133)
+    params["W_aa"][:] = 0
+    params["W_ax"][:] = 0
+    params["b_a"][:] = 10.0
+    params["W_ya"][:] = np.float32(1e38)  # logits of 4e38: inf
+    for workers in (1, 2):
+        with pytest.raises(fastrnn.NonFiniteResultError, match="rnn_forward"):
+            fastrnn.rnn_forward(x, a0, params, backend=backend, workers=workers)
+    with pytest.raises(fastrnn.NonFiniteResultError, match="rnn_cell_forward"):
+        fastrnn.rnn_cell_forward(x[:, :, 0], a0, params, backend=backend)
+    x, a0, y, params = make_problem(3, 4, 5, 4, 3, dtype=np.float32, seed=134)
+    a, _, cache = fastrnn.rnn_forward(x, a0, params, backend=backend)
+    with pytest.raises(fastrnn.NonFiniteResultError, match="rnn_backward"):
+        fastrnn.rnn_backward(np.full(a.shape, 3e38, np.float32), cache)  # finite, but the sums are not
+    a_t, _, cell = fastrnn.rnn_cell_forward(x[:, :, 0], a0, params, backend=backend)
+    with pytest.raises(fastrnn.NonFiniteResultError, match="rnn_cell_backward"):
+        fastrnn.rnn_cell_backward(np.full(a_t.shape, 3e38, np.float32), cell)
+
+
 @pytest.mark.slow
 def test_a_sequence_of_100000_steps():
     x_index = np.random.default_rng(140).integers(0, 4, size=(1, 100_000))

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn import optim, text
 from fastrnn.model import RNN, CheckpointError
 
@@ -197,3 +198,15 @@ def test_train_step_checks_its_optimizer():
 def test_train_char_rnn_checks_its_settings(setting, error):
     with pytest.raises(error, match=next(iter(setting))):
         text.train_char_rnn(CORPUS, **setting)
+
+
+def test_a_model_from_given_params_copies_and_checks_them():
+    params = fastrnn.init_params(3, 5, 4, seed=7, dtype=np.float32)
+    model = RNN.from_params(params)
+    assert (model.n_x, model.n_a, model.n_y, model.dtype) == (3, 5, 4, np.float32)
+    params["W_aa"][:] = 0  # the model holds its own copy
+    assert model.params["W_aa"].any()
+    with pytest.raises(ValueError, match=r"sizes \(n_x, n_a, n_y\) = \(3, 5, 4\)"):
+        RNN(3, 6, 4, dtype=np.float32, params=params)
+    with pytest.raises(ValueError, match="W_aa"):
+        RNN.from_params({**params, "W_aa": np.zeros((2, 2), np.float32)})

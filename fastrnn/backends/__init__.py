@@ -10,9 +10,12 @@ first asked for, so ``import fastrnn`` stays fast and works without Numba.
 function                                                  returns
 =======================================================  =========================================
 ``NAME``                                                  ``"numba"`` or ``"numpy"``
-``forward(xs, a0, p)``                                    ``h``, ``y_hat`` (T, m, n_y)
-``backward(da, xs, h, p)``                                dict: ``dx``, ``da0``, ``dW_ax``,
-                                                          ``dW_aa``, ``db_a``
+``RESULTS_IN_WORKSPACE``                                  whether ``loss_and_grads`` allocates its
+                                                          results through ``empty`` (else the
+                                                          API copies them there)
+``forward(xs, a0, p)``                                    ``h``, ``y_hat`` (T, m, n_y), ``finite``
+``backward(da, xs, h, p)``                                dict (``dx``, ``da0``, ``dW_ax``,
+                                                          ``dW_aa``, ``db_a``), ``finite``
 ``loss_and_grads(inputs, a0, labels, p, *, empty,``       ``loss``, grads (dict, with ``dx`` for
 ``xs_is_scratch, batch_size)``                            dense inputs), ``a_last`` (m, n_a),
                                                           ``finite`` (bool)
@@ -24,7 +27,9 @@ function                                                  returns
 ``max_abs(grad)``, ``sum_of_squares(grad, inv_scale)``    float
 =======================================================  =========================================
 
-``a0`` may be a view (the backends copy it into ``h[0]``); ``p`` holds the five checked,
+``finite`` says whether every result is finite: each backend scans its own results (the
+Numba kernels in compiled code), and ``fastrnn.api`` alone reports a non-finite one, as
+``NonFiniteResultError``.  ``a0`` may be a view (the backends copy it into ``h[0]``); ``p`` holds the five checked,
 C-contiguous parameters of one dtype, in which everything is computed.  ``empty(name,
 shape, dtype)`` allocates what a call returns (a ``Workspace`` reuses it); ``batch_size``
 is the ``m`` the loss is averaged over (None: the call's own).

@@ -18,6 +18,7 @@ from . import numba_kernels as kernels
 from . import overflow_reported_by_the_api
 
 NAME = "numba"  # what ``backend=`` calls this backend
+RESULTS_IN_WORKSPACE = True  # every result is allocated through ``empty`` (see numpy_backend)
 
 
 def forward_scratch_size(p, m):
@@ -50,21 +51,25 @@ def _grads(p, m, empty, *, output_layer):
 
 
 def forward(xs, a0, p):
-    """Hidden states (T + 1, m, n_a) and softmax outputs (T, m, n_y)."""
+    """Hidden states (T + 1, m, n_a), softmax outputs (T, m, n_y), and whether both are
+    finite (scanned by the kernel)."""
     T, m, _ = xs.shape
     h = _hidden_states(a0, T, new_array)
     y_hat = np.empty((T, m, p["b_y"].size), dtype=xs.dtype)
     scratch = np.empty(forward_scratch_size(p, m), dtype=xs.dtype)
-    kernels.forward_kernel(xs, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, y_hat)
-    return h, y_hat
+    finite = kernels.forward_kernel(
+        xs, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, y_hat
+    )
+    return h, y_hat, finite
 
 
 def backward(da, xs, h, p):
-    """BPTT for an outside ``da`` (T, m, n_a); ``da`` is not modified."""
+    """BPTT for an outside ``da`` (T, m, n_a); ``da`` is not modified.  Returns the
+    gradients and whether all are finite (scanned by the kernel)."""
     dz = da.copy()  # the kernel turns da into dz in place
     grads = _grads(p, da.shape[1], new_array, output_layer=False)
     grads["dx"] = np.empty(xs.shape, dtype=xs.dtype)
-    kernels.backward_kernel(
+    finite = kernels.backward_kernel(
         dz,
         xs,
         h,
@@ -76,7 +81,7 @@ def backward(da, xs, h, p):
         grads["dW_aa"],
         grads["db_a"],
     )
-    return grads
+    return grads, finite
 
 
 def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None):

@@ -22,8 +22,8 @@ kernel                                      reference step(s) it computes
 ``hidden_backward_in_place``                ``hidden_backward``, turning ``da`` into ``dz``
 ``input_backward_into``                     ``input_backward`` (dense)
 ``input_lookup_backward_into``              ``input_backward`` (one-hot: ``dW_ax`` only)
-``forward_kernel``                          ``forward``
-``backward_kernel``                         ``backward`` (after the caller copies ``da``)
+``forward_kernel``                          ``forward``, plus a finiteness scan
+``backward_kernel``                         ``backward`` (after the caller copies ``da``), plus a scan
 ``loss_and_grads_kernel`` (and ``_onehot``)  ``loss_and_grads``, plus a finiteness scan
 ``sgd_update``, ``adagrad_update``, ...     the optimizer updates, same names and arguments
 ==========================================  ==================================================
@@ -558,19 +558,23 @@ def forward_scratch(buffer, W_ax, W_aa, W_ya, m):
 
 @kernel
 def forward_kernel(xs, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, y_hat):
-    """Hidden states into ``h[1:]`` (``h[0] = a0`` on entry), softmax outputs into ``y_hat``."""
+    """Hidden states into ``h[1:]`` (``h[0] = a0`` on entry), softmax outputs into ``y_hat``.
+    Returns whether both are finite."""
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(scratch, W_ax, W_aa, W_ya, xs.shape[1])
     input_projection_into(xs, W_ax_T, h)
     hidden_forward_in_place(W_aa_T, vector(b_a), h, rec)
     output_logits_without_bias(h, W_ya_T, y_hat)
     softmax_with_bias(y_hat, vector(b_y))
+    return all_finite(h) and all_finite(y_hat)
 
 
 @kernel
 def backward_kernel(dz, xs, h, W_ax, W_aa, da0, dx, dW_ax, dW_aa, db_a):
-    """BPTT for an outside ``da`` (copied into ``dz`` by the caller)."""
+    """BPTT for an outside ``da`` (copied into ``dz`` by the caller).  Returns whether every
+    gradient is finite."""
     hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a))
     input_backward_into(dz, xs, W_ax, dx, dW_ax)
+    return all_finite(da0) and all_finite(dx) and all_finite(dW_ax) and all_finite(dW_aa) and all_finite(db_a)
 
 
 @inline_kernel

@@ -36,6 +36,9 @@ from ..workspace import new_array
 from . import overflow_reported_by_the_api
 
 NAME = "numpy"  # what ``backend=`` calls this backend
+# The gradients are NumPy temporaries, not arrays from ``empty``: with a workspace,
+# fastrnn.api copies them into it (the Numba backend allocates them there).
+RESULTS_IN_WORKSPACE = False
 
 
 def rows(a):
@@ -109,9 +112,16 @@ def forward(xs, a0, p):
     -------
     h : ndarray, shape (T + 1, m, n_a)
     y_hat : ndarray, shape (T, m, n_y)
+    finite : bool
+        Whether both are (finite inputs can still overflow; the caller reports it).
     """
     h = hidden_forward(input_projection(xs, p), a0, p)
-    return h, softmax(output_logits(h, p))
+    y_hat = softmax(output_logits(h, p))
+    return h, y_hat, _all_finite(h, y_hat)
+
+
+def _all_finite(*arrays):
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 # -- loss --------------------------------------------------------------------------------
@@ -219,12 +229,14 @@ def backward(da, xs, h, p):
 
     Returns
     -------
-    dict
+    grads : dict
         ``dx`` (T, m, n_x), ``da0`` (m, n_a), ``dW_ax``, ``dW_aa``, ``db_a``.
+    finite : bool
+        Whether every gradient is.
     """
     dz, grads = hidden_backward(da, h, p)
     grads["dW_ax"], grads["dx"] = input_backward(dz, xs, p)
-    return grads
+    return grads, _all_finite(*grads.values())
 
 
 @overflow_reported_by_the_api
@@ -239,8 +251,8 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     labels : ndarray of intp, shape (T, m)
     p : dict of ndarray
     empty : callable
-        Allocates ``h`` and the returned gradients (a ``Workspace`` reuses them); the
-        reference's other arrays are NumPy temporaries.
+        Allocates ``h`` (a ``Workspace`` reuses it); the reference's other arrays, the
+        gradients included, are NumPy temporaries (``RESULTS_IN_WORKSPACE``).
     xs_is_scratch : bool
         The caller allows ``dx`` to overwrite ``xs``: accepted for the backends' common
         signature and ignored, the reference keeps them apart.
@@ -268,11 +280,7 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
         grads["dx"] = dx
     grads["dW_ya"] = dW_ya
     grads["db_y"] = db_y
-    if empty is not new_array:  # with a Workspace, results live in it, as on Numba
-        for name, value in grads.items():
-            grads[name] = empty(name, value.shape, value.dtype)
-            grads[name][...] = value
-    finite = bool(np.isfinite(loss)) and all(np.isfinite(g).all() for g in grads.values())
+    finite = bool(np.isfinite(loss)) and _all_finite(*grads.values())
     return loss, grads, h[-1], finite
 
 
