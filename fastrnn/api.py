@@ -11,6 +11,7 @@ conversion happens here, once each way:
   Fortran-ordered in memory, no copy.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -388,8 +389,11 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_sta
     xs = _to_time_major(x, empty, "xs")
     # dx may overwrite xs when xs is a copy made here, not a view of the caller's x.
     scratch = not np.may_share_memory(xs, x)
-    with parallel.blas_threads(run.blas_threads):
+    if run.blas_threads is None:  # tiny problems: not even a context manager
         result = _shard_loss_and_grads(impl, empty, xs, a0.T, labels.T, p, m, xs_is_scratch=scratch)
+    else:
+        with parallel.blas_threads(run.blas_threads):
+            result = _shard_loss_and_grads(impl, empty, xs, a0.T, labels.T, p, m, xs_is_scratch=scratch)
     return _results(result, dims, return_state)
 
 
@@ -426,8 +430,11 @@ def loss_and_grads_onehot(
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
         return _sharded_loss_and_grads(impl, run, workspace, x_index, a0, labels, p, dims, return_state)
-    with parallel.blas_threads(run.blas_threads):
+    if run.blas_threads is None:
         result = _shard_loss_and_grads(impl, empty, x_index.T, a0.T, labels.T, p, m)
+    else:
+        with parallel.blas_threads(run.blas_threads):
+            result = _shard_loss_and_grads(impl, empty, x_index.T, a0.T, labels.T, p, m)
     return _results(result, dims, return_state)
 
 
@@ -542,17 +549,20 @@ def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, r
 
 
 WEIGHT_GRADIENTS = tuple("d" + name for name in PARAM_NAMES)
+_LARGEST = {dtype: float(np.finfo(dtype).max) for dtype in FLOAT_DTYPES}
 
 
 def _results(result, dims, return_state):
     """The public results of a training step from the backend's: non-finite results
     reported, arrays laid back out in the seed's layout, the loss in the params' dtype."""
     loss, grads, a_last, finite = result
-    # The loss is accumulated in float64: it can be finite there and overflow float32 here.
-    with np.errstate(over="ignore"):
-        loss = dims.dtype.type(loss)
-    if not (finite and np.isfinite(loss)):  # the backend scanned its results (cheaper than NumPy calls)
-        report_non_finite_results({"the loss": loss, **grads}, dims.dtype, "loss_and_grads")
+    # The loss is accumulated in float64: it can be finite there and overflow float32 here,
+    # so it is checked against the largest value of its own dtype (in plain Python: cheap).
+    largest = _LARGEST[dims.dtype]
+    if not (finite and abs(loss) <= largest):  # the backend scanned the rest
+        as_returned = math.inf if abs(loss) > largest else loss  # what the dtype would hold (NaN stays NaN)
+        report_non_finite_results({"the loss": as_returned, **grads}, dims.dtype, "loss_and_grads")
+    loss = dims.dtype.type(loss)
     if "dx" in grads:
         grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = grads["da0"].T
