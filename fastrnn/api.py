@@ -160,17 +160,23 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
     cache : CellCache
         For ``rnn_cell_backward``.
     """
-    impl = backends.resolve(backend)
-    p, dims, x_t, a_prev = _check_inputs(params, x_t, a_prev, ("x_t", "a_prev"), "(n_x, m)", x_rank=2)
-    # The cell is the T = 1 case of the forward pass: one code path for both.
-    h, y_hat, finite = impl.forward(
-        np.ascontiguousarray(x_t.T[None]), a_prev.T, p
-    )  # a_prev: copied into h[0]
-    if not finite:
-        report_non_finite_results({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
+    impl, p, x_t, h, y_hat = _cell_step(x_t, a_prev, params, backend)
     a_t = _read_only(h[1].T)
     cache = CellCache(a_t, _read_only(h[0].T), _read_only(np.array(x_t)), _owned(p), _backend_name(impl))
     return a_t, y_hat[0].T, cache
+
+
+def _cell_step(x_t, a_prev, params, backend):
+    """``rnn_cell_forward`` without its cache (for sampling, which needs none): the backend,
+    the checked params and x_t, ``h`` (2, m, n_a) = (a_prev, a_t) and ``y_hat`` (1, m, n_y)."""
+    impl = backends.resolve(backend)
+    p, dims, x_t, a_prev = _check_inputs(params, x_t, a_prev, ("x_t", "a_prev"), "(n_x, m)", x_rank=2)
+    # The cell is the T = 1 case of the forward pass: one code path for both.  a_prev goes
+    # in as a view: the backends copy it into h[0].
+    h, y_hat, finite = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p)
+    if not finite:
+        report_non_finite_results({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
+    return impl, p, x_t, h, y_hat
 
 
 def _read_only(array):
@@ -270,9 +276,8 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None):
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     with parallel.blas_threads(run.blas_threads):
         if run.shards == 1:
-            h, y_hat, finite = impl.forward(
-                xs, a0.T, p
-            )  # a0 goes in as a view: the backends copy it into h[0]
+            # a0 goes in as a view: the backends copy it into h[0]
+            h, y_hat, finite = impl.forward(xs, a0.T, p)
         else:
             h, y_hat, finite = _sharded_forward(impl, run, xs, a0, p, dims)
     if not finite:
@@ -389,11 +394,9 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_sta
     xs = _to_time_major(x, empty, "xs")
     # dx may overwrite xs when xs is a copy made here, not a view of the caller's x.
     scratch = not np.may_share_memory(xs, x)
-    if run.blas_threads is None:  # tiny problems: not even a context manager
-        result = _shard_loss_and_grads(impl, empty, xs, a0.T, labels.T, p, m, xs_is_scratch=scratch)
-    else:
-        with parallel.blas_threads(run.blas_threads):
-            result = _shard_loss_and_grads(impl, empty, xs, a0.T, labels.T, p, m, xs_is_scratch=scratch)
+    result = _run_with_blas_threads(
+        run.blas_threads, _shard_loss_and_grads, impl, empty, xs, a0.T, labels.T, p, m, xs_is_scratch=scratch
+    )
     return _results(result, dims, return_state)
 
 
@@ -430,12 +433,20 @@ def loss_and_grads_onehot(
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
         return _sharded_loss_and_grads(impl, run, workspace, x_index, a0, labels, p, dims, return_state)
-    if run.blas_threads is None:
-        result = _shard_loss_and_grads(impl, empty, x_index.T, a0.T, labels.T, p, m)
-    else:
-        with parallel.blas_threads(run.blas_threads):
-            result = _shard_loss_and_grads(impl, empty, x_index.T, a0.T, labels.T, p, m)
+    result = _run_with_blas_threads(
+        run.blas_threads, _shard_loss_and_grads, impl, empty, x_index.T, a0.T, labels.T, p, m
+    )
     return _results(result, dims, return_state)
+
+
+def _run_with_blas_threads(blas_threads, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` with the BLAS libraries set to ``blas_threads`` threads
+    (``parallel.blas_threads``); called straight when there is nothing to set, so that tiny
+    problems pay for no context manager."""
+    if blas_threads is None:
+        return function(*args, **kwargs)
+    with parallel.blas_threads(blas_threads):
+        return function(*args, **kwargs)
 
 
 def _resolve(backend, workspace):

@@ -112,13 +112,9 @@ def demo(sizes=DEMO_SIZES, dtype=np.float64):
 
 
 def training_step_flops(n_x, n_a, n_y, m, T):
-    """Floating-point operations of the matrix products in one ``loss_and_grads``.
-
-    Nine products of T*m rows each: three with W_ax (input projection, dW_ax, dx), three
-    with W_aa (recurrence forward and backward, dW_aa) and three with W_ya (logits, dW_ya,
-    da), at 2 flops per multiply-add.  Elementwise work is left out.
-    """
-    return 6 * T * m * n_a * (n_x + n_a + n_y)
+    """Floating-point operations of the matrix products in one ``loss_and_grads``: two per
+    multiply-add of ``parallel.step_multiply_adds``.  Elementwise work is left out."""
+    return 2 * parallel.step_multiply_adds(m, T, n_x, n_a, n_y)
 
 
 def blas_peak_flops(dtype, *, rows=3200, inner=512, cols=512):

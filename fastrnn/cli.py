@@ -220,11 +220,16 @@ def run_train(args):
     resume = RNN.load(args.resume, backend=args.backend) if args.resume else None
     messages = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON with --json
     vocab_size = len(set(text))
-    threads = describe_threads(args, len(text), vocab_size)
+    # What runs: the flags, or a resumed run's own settings.
+    hidden, optimizer, lr, dtype = (
+        (resume.n_a, resume.settings.get("optimizer"), resume.settings.get("lr"), resume.dtype.name)
+        if resume
+        else (args.hidden, args.optimizer, args.lr, args.dtype)
+    )
+    threads = describe_threads(args, resume, len(text), vocab_size)
     print(
         f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
-        f"hidden {args.hidden}, {args.optimizer} lr {args.lr}, {args.dtype}, backend {args.backend or 'automatic'}; "
-        f"{threads}"
+        f"hidden {hidden}, {optimizer} lr {lr}, {dtype}, backend {args.backend or 'automatic'}; {threads}"
         + (f"; resuming {args.resume} at step {resume.settings.get('steps_done')}" if resume else ""),
         file=messages,
     )
@@ -354,7 +359,7 @@ def _summary(args, run, corpus, text, vocab_size, threads, plot):
         "vocab_size": vocab_size,
         "batch": run.model.settings["batch"],
         "seq_length": run.model.settings["seq_length"],
-        "dtype": args.dtype,
+        "dtype": run.model.dtype.name,
         "backend": args.backend or "automatic",
         "workers": "automatic" if args.workers is None else args.workers,
         "threads": threads,
@@ -373,13 +378,16 @@ def check_output_path(path, flag):
         raise UsageError(f"{flag} {path}: the folder {folder} is not writable")
 
 
-def describe_threads(args, n_chars, vocab_size):
+def describe_threads(args, resume, n_chars, vocab_size):
     """How each training step will run, e.g. ``'2 shards x 1 BLAS thread (2 cores)'``."""
-    batch, seq_length = fit_batch_shape(n_chars, args.batch, args.seq_length)
+    if resume:
+        batch, seq_length, hidden = resume.settings["batch"], resume.settings["seq_length"], resume.n_a
+    else:
+        batch, seq_length = fit_batch_shape(n_chars, args.batch, args.seq_length)
+        hidden = args.hidden
     backend = backends.resolve(args.backend).NAME
-    run = parallel.plan(
-        args.workers, batch, seq_length, 0, args.hidden, vocab_size, backend
-    )  # one-hot inputs
+    # n_x = 0: training reads one-hot inputs, whose input layer is a lookup.
+    run = parallel.plan(args.workers, batch, seq_length, 0, hidden, vocab_size, backend)
     return f"{parallel.describe(run)} ({parallel.available_cores()} cores)"
 
 

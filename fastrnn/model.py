@@ -237,8 +237,8 @@ class RNN:
             dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
         )
         try:
-            os.fchmod(descriptor, 0o666 & ~_umask())  # as a plain open() would create it
             with os.fdopen(descriptor, "wb") as file:
+                os.fchmod(file.fileno(), 0o666 & ~_umask())  # as a plain open() would create it
                 np.savez(file, **members)
                 file.flush()
                 os.fsync(file.fileno())
@@ -306,9 +306,16 @@ _MAX_HEADER_BYTES = 10_000
 
 
 def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read without setting it (``os.umask`` would change it for a
+    moment, for every thread); 0o022 where the system does not say."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _sync_folder(folder):

@@ -9,8 +9,8 @@ the result does not depend on which thread finished first.
 
 Each shard is normalised by the *whole* batch's size (the backends' ``batch_size``): its
 loss and gradients are its share of the whole batch's, and the shards' results simply add
-up, with no rescaling pass.  The per-sequence results (``da0``, the final states) are rows
-of the whole batch's arrays, which each shard writes in place.
+up, with no rescaling pass.  Each shard writes its rows of ``da0`` in place, and copies its
+``dx`` and final states into their rows of the whole batch's arrays.
 
 Threads.  fastrnn decides how many threads work, and never more than the cores this process
 may use (``os.sched_getaffinity``): either several shards with one BLAS thread each, or one
@@ -118,7 +118,8 @@ class Plan(NamedTuple):
 
 
 def step_multiply_adds(m, T, n_x, n_a, n_y):
-    """Multiply-adds of a training step's nine matrix products (``bench.training_step_flops`` / 2)."""
+    """Multiply-adds of a training step's nine matrix products over ``T * m`` rows: three
+    with each of ``W_ax``, ``W_aa`` and ``W_ya`` (forward, weight gradient, input gradient)."""
     return 3 * T * m * n_a * (n_x + n_a + n_y)
 
 

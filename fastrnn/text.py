@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import optim
-from .api import rnn_cell_forward
+from .api import _cell_step
 from .model import RNN
 from .parallel import check_workers
 from .validation import check_int, check_real
@@ -200,6 +200,10 @@ def train_char_rnn(
     data = vocab.encode(text)
     if resume is not None:
         model, opt, start = _resumed(resume, vocab, backend)
+        if start >= steps:
+            raise ValueError(
+                f"resume: the checkpoint has trained {start} steps already; ask for more than {steps}"
+            )
         seq_length, batch, clip_norm = (model.settings[key] for key in ("seq_length", "batch", "clip_norm"))
     else:
         batch, seq_length = fit_batch_shape(len(data), batch, seq_length)
@@ -291,7 +295,8 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
     def advance(index):
         x[:] = 0
         x[index] = 1
-        return rnn_cell_forward(x, a, model.params, backend=model.backend)[:2]
+        *_, h, y_hat = _cell_step(x, a, model.params, model.backend)  # no cache: nothing goes back
+        return h[1].T, y_hat[0].T
 
     for index in context:  # run the prime (or the first character) through the network
         a, y_hat = advance(index)

@@ -244,6 +244,12 @@ def test_every_user_error_is_one_line_and_exit_1(tmp_path):
     # Not errors: a tiny temperature is greedy sampling, not a crash.
     train = run_cli("train", corpus, *quick, "--out", tmp_path / "m.npz", cwd=tmp_path)
     assert train.returncode == 0, train.stderr
+    done = run_cli(
+        "train", corpus, *quick, "--resume", tmp_path / "m.npz", "--out", tmp_path / "e.npz", cwd=tmp_path
+    )
+    assert (
+        done.returncode == 1 and "trained 3 steps already" in done.stderr and "Traceback" not in done.stderr
+    )
     greedy = run_cli(
         "sample", tmp_path / "m.npz", "--temperature", "5e-324", "--chars", 20, "--seed", 1, cwd=tmp_path
     )

@@ -70,17 +70,9 @@ def backward(da, xs, h, p):
     grads = _grads(p, da.shape[1], new_array, output_layer=False)
     grads["dx"] = np.empty(xs.shape, dtype=xs.dtype)
     finite = kernels.backward_kernel(
-        dz,
-        xs,
-        h,
-        p["W_ax"],
-        p["W_aa"],
-        grads["da0"],
-        grads["dx"],
-        grads["dW_ax"],
-        grads["dW_aa"],
-        grads["db_a"],
-    )
+        dz, xs, h, p["W_ax"], p["W_aa"],
+        grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"],
+    )  # fmt: skip
     return grads, finite
 
 

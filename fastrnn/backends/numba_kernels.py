@@ -579,24 +579,9 @@ def backward_kernel(dz, xs, h, W_ax, W_aa, da0, dx, dW_ax, dW_aa, db_a):
 
 @inline_kernel
 def _after_the_input_layer(
-    labels,
-    batch_size,
-    W_aa,
-    b_a,
-    W_ya,
-    b_y,
-    W_aa_T,
-    W_ya_T,
-    rec,
-    h,
-    logits,
-    dz_buffer,
-    da0,
-    dW_aa,
-    db_a,
-    dW_ya,
-    db_y,
-):
+    labels, batch_size, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec,
+    h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y,
+):  # fmt: skip
     """What a training step does between the input layer's forward and backward (which
     differ for dense and one-hot inputs): the recurrence, the output layer, the loss and
     BPTT.  ``h[1:]`` holds the input projection on entry.
@@ -648,24 +633,9 @@ def loss_and_grads_kernel(
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(dz_buffer, W_ax, W_aa, W_ya, xs.shape[1])
     input_projection_into(xs, W_ax_T, h)
     loss, dz = _after_the_input_layer(
-        labels,
-        batch_size,
-        W_aa,
-        b_a,
-        W_ya,
-        b_y,
-        W_aa_T,
-        W_ya_T,
-        rec,
-        h,
-        logits,
-        dz_buffer,
-        da0,
-        dW_aa,
-        db_a,
-        dW_ya,
-        db_y,
-    )
+        labels, batch_size, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec,
+        h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y,
+    )  # fmt: skip
     input_backward_into(dz, xs, W_ax, dx, dW_ax)
     finite = _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y) and all_finite(dx)
     return loss, finite
@@ -681,24 +651,9 @@ def loss_and_grads_onehot_kernel(
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(dz_buffer, W_ax, W_aa, W_ya, x_index.shape[1])
     input_lookup_into(x_index, W_ax_T, h)
     loss, dz = _after_the_input_layer(
-        labels,
-        batch_size,
-        W_aa,
-        b_a,
-        W_ya,
-        b_y,
-        W_aa_T,
-        W_ya_T,
-        rec,
-        h,
-        logits,
-        dz_buffer,
-        da0,
-        dW_aa,
-        db_a,
-        dW_ya,
-        db_y,
-    )
+        labels, batch_size, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec,
+        h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y,
+    )  # fmt: skip
     input_lookup_backward_into(dz, x_index, dW_ax_T, dW_ax)
     return loss, _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y)
 
