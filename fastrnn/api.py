@@ -439,6 +439,100 @@ def loss_and_grads_onehot(
     return _results(result, dims, return_state)
 
 
+def loss(x, a0, y, params, *, backend=None, per_sequence=False, return_state=False, workers=None):
+    """The loss of ``loss_and_grads``, without gradients: for validation and scoring.
+
+    A forward pass that keeps nothing for a backward one (no cache, no gradient memory),
+    and computes the cross-entropy from the logits with log-sum-exp, as ``loss_and_grads``.
+
+    Parameters
+    ----------
+    x, a0, y, params, backend, workers
+        As in ``loss_and_grads``.
+    per_sequence : bool
+        Return each sequence's loss, summed over its steps, instead of their mean.
+    return_state : bool
+        Also return the last hidden state a<T>, shape (n_a, m).
+
+    Returns
+    -------
+    loss : numpy.float32 or numpy.float64, or ndarray of shape (m,) with ``per_sequence``
+        In the parameters' dtype (accumulated in float64).  ``L = mean(per-sequence losses)``
+        equals ``loss_and_grads``'s loss to rounding.
+    a_last : ndarray, shape (n_a, m)
+        Only with ``return_state=True``.
+    """
+    impl = backends.resolve(backend)
+    workers = parallel.check_workers(workers)
+    p, dims, x, a0 = _check_inputs(params, x, a0)
+    n_x, m, T = x.shape
+    labels = check_labels(y, "y", (m, T), dims.n_y)
+    run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
+    result = _forward_losses(impl, run, x.transpose(2, 1, 0), a0, labels, p, dims)
+    return _loss_results(result, dims, per_sequence, return_state)
+
+
+def loss_onehot(x_index, a0, y, params, *, backend=None, per_sequence=False, return_state=False, workers=None):
+    """``loss`` for one-hot inputs given by the index of their 1 (as ``loss_and_grads_onehot``).
+
+    Parameters
+    ----------
+    x_index : array_like of int, shape (m, T)
+    a0, y, params, backend, per_sequence, return_state, workers
+        As in ``loss``.
+    """
+    impl = backends.resolve(backend)
+    workers = parallel.check_workers(workers)
+    p, dims = check_params(params, finite=False)
+    x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
+    m, T = x_index.shape
+    a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False)
+    check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
+    labels = check_labels(y, "y", (m, T), dims.n_y)
+    run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
+    result = _forward_losses(impl, run, x_index.T, a0, labels, p, dims)
+    return _loss_results(result, dims, per_sequence, return_state)
+
+
+def _forward_losses(impl, run, inputs, a0, labels, p, dims):
+    """Each sequence's loss and last state, shard by shard (``run``).
+
+    ``inputs`` is a time-major view, ``xs`` (T, m, n_x) or ``x_index`` (T, m), copied here to
+    be contiguous per shard; ``a0`` is (n_a, m), ``labels`` (m, T).  Returns ``losses``
+    (m,) float64, ``a_last`` (m, n_a) and whether every loss is finite.
+    """
+    m = inputs.shape[1]
+    shards = parallel.split_batch(m, run.shards)
+    losses = np.empty(m, dtype=np.float64)
+    a_last = np.empty((m, dims.n_a), dtype=dims.dtype)
+
+    def run_shard(k):
+        rows = shards[k]
+        shard_losses, h_last, finite = impl.sequence_losses(
+            np.ascontiguousarray(inputs[:, rows]), a0[:, rows].T, np.ascontiguousarray(labels[rows].T), p
+        )
+        losses[rows] = shard_losses
+        a_last[rows] = h_last
+        return finite
+
+    with parallel.blas_threads(run.blas_threads):
+        finite = all(parallel.run_shards(run_shard, run.shards, run.threads))
+    return losses, a_last, finite
+
+
+def _loss_results(result, dims, per_sequence, return_state):
+    """The public results of ``loss``: non-finite losses reported (in the params' dtype),
+    the mean or each sequence's loss, and the state in the seed's layout."""
+    losses, a_last, finite = result
+    mean = float(np.sum(losses)) / losses.size
+    largest = _LARGEST[dims.dtype]
+    if not (finite and np.abs(losses).max() <= largest):
+        as_returned = np.where(np.abs(losses) > largest, np.inf, losses)  # what the dtype would hold
+        report_non_finite_results({"the loss": as_returned}, dims.dtype, "loss")
+    value = losses.astype(dims.dtype) if per_sequence else dims.dtype.type(mean)
+    return (value, a_last.T) if return_state else value
+
+
 def _run_with_blas_threads(blas_threads, function, *args, **kwargs):
     """``function(*args, **kwargs)`` with the BLAS libraries set to ``blas_threads`` threads
     (``parallel.blas_threads``); called straight when there is nothing to set, so that tiny

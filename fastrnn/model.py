@@ -148,6 +148,26 @@ class RNN:
             self.state = np.array(a_last)  # a copy: a workspace reuses a_last's memory
         return loss, grads
 
+    def evaluate(self, inputs, y, *, a0=None, per_sequence=False, workers=None):
+        """The loss without gradients (``fastrnn.loss`` / ``loss_onehot``): for validation.
+
+        Parameters
+        ----------
+        inputs, y, a0, workers
+            As in ``loss_and_grads`` (``a0`` defaults to zeros; the carried state is
+            neither read nor changed).
+        per_sequence : bool
+            Each sequence's loss (summed over its steps), shape (m,), instead of their mean.
+        """
+        inputs = np.asarray(inputs)
+        one_hot = inputs.ndim == 2 and inputs.dtype.kind in "iu"
+        m = inputs.shape[0] if one_hot else (inputs.shape[1] if inputs.ndim == 3 else 1)
+        function = api.loss_onehot if one_hot else api.loss
+        return function(
+            inputs, self._initial_state(a0, m, False), y, self.params,
+            backend=self.backend, per_sequence=per_sequence, workers=workers,
+        )  # fmt: skip
+
     def train_step(
         self,
         inputs,

@@ -12,7 +12,7 @@ from conftest import make_problem
 from fastrnn.backends import numba_backend, numba_kernels, numpy_backend
 
 INTERFACE = [
-    "forward", "backward", "loss_and_grads", "sgd_update", "adagrad_update", "adam_update",
+    "forward", "backward", "loss_and_grads", "sequence_losses", "sgd_update", "adagrad_update", "adam_update",
     "clip_by_value", "max_abs", "sum_of_squares", "scale",
 ]  # fmt: skip
 
@@ -34,7 +34,7 @@ EXPECTED_SHAPES = {
     "W_ax": (N_A, N_X), "W_aa": (N_A, N_A), "b_a": (N_A, 1), "W_ya": (N_Y, N_A), "b_y": (N_Y, 1),
     "dW_ax": (N_A, N_X), "dW_aa": (N_A, N_A), "db_a": (N_A, 1), "dW_ya": (N_Y, N_A), "db_y": (N_Y, 1),
     "dW_ax_T": (N_X, N_A), "h": (T + 1, M, N_A), "logits": (T, M, N_Y), "y_hat": (T, M, N_Y),
-    "da0": (M, N_A),
+    "da0": (M, N_A), "losses": (M,),
 }  # fmt: skip
 FLAT = {"dz_buffer", "scratch"}  # one-dimensional buffers, sized by numba_backend
 
@@ -48,6 +48,8 @@ def _recording_kernels(calls):
         "backward_kernel",
         "loss_and_grads_kernel",
         "loss_and_grads_onehot_kernel",
+        "sequence_losses_kernel",
+        "sequence_losses_onehot_kernel",
     ):
         real = getattr(numba_kernels, name)
         signature = inspect.signature(getattr(real, "py_func", real))
@@ -69,11 +71,15 @@ def test_kernels_get_each_argument_under_its_own_name(monkeypatch):
     fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend="numba", workers=1)
     a, _, cache = fastrnn.rnn_forward(x, a0, params, backend="numba", workers=1)
     fastrnn.rnn_backward(np.ones(a.shape), cache)
+    fastrnn.loss(x, a0, y, params, backend="numba", workers=1)
+    fastrnn.loss_onehot(x_index, a0, y, params, backend="numba", workers=1)
     assert set(calls) == {
         "forward_kernel",
         "backward_kernel",
         "loss_and_grads_kernel",
         "loss_and_grads_onehot_kernel",
+        "sequence_losses_kernel",
+        "sequence_losses_onehot_kernel",
     }
     for kernel, arguments in calls.items():
         for name, value in arguments.items():

@@ -19,6 +19,8 @@ function                                                  returns
 ``loss_and_grads(inputs, a0, labels, p, *, empty,``       ``loss``, grads (dict, with ``dx`` for
 ``xs_is_scratch, batch_size)``                            dense inputs), ``a_last`` (m, n_a),
                                                           ``finite`` (bool)
+``sequence_losses(inputs, a0, labels, p)``                 ``losses`` (m,) float64, each sequence's
+                                                          summed over time; ``a_last``; ``finite``
 ``sgd_update(param, grad, velocity, lr, momentum,``       whether every new value is finite
 ``commit)``, ``adagrad_update(param, grad, sum_sq, lr,``  (``commit=False``, nothing written) or
 ``eps, commit)``, ``adam_update(param, grad, m, v, lr,``  True (``commit=True``, all written)

@@ -117,8 +117,24 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
     return loss, grads, h[-1], finite
 
 
+def sequence_losses(inputs, a0, labels, p):
+    """Each sequence's loss, no gradient (see ``numpy_backend.sequence_losses``): one kernel
+    call; ``h`` and ``logits`` are the call's own temporaries, kept for nothing after it."""
+    T, m = inputs.shape[:2]
+    dtype = p["W_aa"].dtype
+    h = _hidden_states(a0, T, new_array)
+    logits = np.empty((T, m, p["b_y"].size), dtype=dtype)
+    scratch = np.empty(forward_scratch_size(p, m), dtype=dtype)
+    losses = np.empty(m, dtype=np.float64)
+    kernel = kernels.sequence_losses_onehot_kernel if inputs.ndim == 2 else kernels.sequence_losses_kernel
+    finite = kernel(inputs, labels, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, logits, losses)
+    return losses, h[-1], finite
+
+
 if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where compiled code is silent
-    forward, backward, loss_and_grads = map(overflow_reported_by_the_api, (forward, backward, loss_and_grads))
+    forward, backward, loss_and_grads, sequence_losses = map(
+        overflow_reported_by_the_api, (forward, backward, loss_and_grads, sequence_losses)
+    )
 
 
 # -- optimizers: numpy_backend's functions, on flat views of contiguous arrays ------------

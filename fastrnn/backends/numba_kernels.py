@@ -25,6 +25,9 @@ kernel                                      reference step(s) it computes
 ``forward_kernel``                          ``forward``, plus a finiteness scan
 ``backward_kernel``                         ``backward`` (after the caller copies ``da``), plus a scan
 ``loss_and_grads_kernel`` (and ``_onehot``)  ``loss_and_grads``, plus a finiteness scan
+``sequence_cross_entropy_with_bias``        ``b_y`` of ``output_logits``, then
+                                            ``sequence_cross_entropy``
+``sequence_losses_kernel`` (and ``_onehot``)  ``sequence_losses``, plus a finiteness scan
 ``sgd_update``, ``adagrad_update``, ...     the optimizer updates, same names and arguments
 ==========================================  ==================================================
 
@@ -447,6 +450,24 @@ def softmax_cross_entropy_with_bias(logits, b_y, labels, db_y, batch_size):
 
 
 @inline_kernel
+def sequence_cross_entropy_with_bias(logits, b_y, labels, losses):
+    """``losses[i] = numpy_backend.sequence_cross_entropy(logits + b_y, labels)[i]``.
+
+    ``logits`` (T, m, n_y) is left holding the softmax (``_softmax_row``); ``losses`` (m,)
+    is float64, and each row's ``logsumexp(z) - z[label]`` is added in float64.
+    """
+    T, m = labels.shape
+    losses[:] = 0.0
+    for t in range(T):
+        for i in range(m):
+            z = logits[t, i]
+            label = labels[t, i]
+            label_logit = np.float64(z[label] + b_y[label])
+            z_max, sum_e = _softmax_row(z, b_y)
+            losses[i] += np.float64(z_max) + math.log(np.float64(sum_e)) - label_logit
+
+
+@inline_kernel
 def output_backward_into(dlogits, h, W_ya, dW_ya, da):
     """``dW_ya = dlogits.T @ h[1:]`` and ``da = dlogits @ W_ya``, one product each
     (``numpy_backend.output_backward``; ``db_y`` came from ``softmax_cross_entropy``)."""
@@ -656,6 +677,34 @@ def loss_and_grads_onehot_kernel(
     )  # fmt: skip
     input_lookup_backward_into(dz, x_index, dW_ax_T, dW_ax)
     return loss, _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y)
+
+
+@inline_kernel
+def _sequence_losses_after_the_input_layer(labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses):
+    """The recurrence, the output layer and each sequence's loss (``h[1:]`` holds the input
+    projection on entry).  Returns whether every loss is finite."""
+    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec)
+    output_logits_without_bias(h, W_ya_T, logits)
+    sequence_cross_entropy_with_bias(logits, vector(b_y), labels, losses)
+    return all_finite(losses)
+
+
+@kernel
+def sequence_losses_kernel(xs, labels, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, logits, losses):
+    """``numpy_backend.sequence_losses`` on dense inputs: each sequence's loss into
+    ``losses`` (m,), no gradient.  ``h[0]`` holds a0 on entry.  Returns whether every loss
+    is finite."""
+    W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(scratch, W_ax, W_aa, W_ya, xs.shape[1])
+    input_projection_into(xs, W_ax_T, h)
+    return _sequence_losses_after_the_input_layer(labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses)
+
+
+@kernel
+def sequence_losses_onehot_kernel(x_index, labels, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, logits, losses):
+    """``sequence_losses_kernel`` for one-hot inputs given by their indices (T, m)."""
+    W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(scratch, W_ax, W_aa, W_ya, x_index.shape[1])
+    input_lookup_into(x_index, W_ax_T, h)
+    return _sequence_losses_after_the_input_layer(labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses)
 
 
 # =======================================================================================

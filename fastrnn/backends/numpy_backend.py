@@ -162,6 +162,51 @@ def softmax_cross_entropy(logits, labels, batch_size=None):
     return loss, dlogits
 
 
+def sequence_cross_entropy(logits, labels):
+    """Each sequence's cross-entropy, summed over its steps: no gradient, no ``1/m``.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (T, m, n_y)
+    labels : ndarray of intp, shape (T, m)
+
+    Returns
+    -------
+    ndarray of float64, shape (m,)
+        ``sum_t logsumexp(logits[t, i]) - logits[t, i, labels[t, i]]`` (as in
+        ``softmax_cross_entropy``, whose loss is their sum over the batch divided by ``m``).
+    """
+    t, i = np.indices(labels.shape)
+    row_max = logits.max(axis=-1, keepdims=True)
+    log_sum_exp = row_max[..., 0] + np.log(np.exp(logits - row_max).sum(axis=-1))
+    return np.sum(log_sum_exp - logits[t, i, labels], axis=0, dtype=np.float64)
+
+
+@overflow_reported_by_the_api
+def sequence_losses(inputs, a0, labels, p):
+    """Each sequence's loss, from a forward pass that keeps nothing for a backward one.
+
+    Parameters
+    ----------
+    inputs : ndarray
+        ``xs`` (T, m, n_x) or one-hot ``x_index`` (T, m).
+    a0 : ndarray, shape (m, n_a)
+    labels : ndarray of intp, shape (T, m)
+    p : dict of ndarray
+
+    Returns
+    -------
+    losses : ndarray of float64, shape (m,)
+        ``sequence_cross_entropy``.
+    a_last : ndarray, shape (m, n_a)
+    finite : bool
+        Whether every loss is finite (float32 logits can overflow; the caller reports it).
+    """
+    h = hidden_forward(input_projection(inputs, p), a0, p)
+    losses = sequence_cross_entropy(output_logits(h, p), labels)
+    return losses, h[-1], _all_finite(losses)
+
+
 # -- backward ----------------------------------------------------------------------------
 
 
