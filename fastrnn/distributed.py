@@ -1,0 +1,472 @@
+"""Every machine: data-parallel training and batch scoring on a Dask cluster.
+
+This module needs the ``[distributed]`` extra (Dask); the rest of fastrnn does not import
+it.  Scale-out runs on Dask's scheduler and workers: fastrnn adds what a training step
+needs on top of them, and nothing that Dask already does (placing tasks, moving data,
+recomputing what a dead worker held).
+
+Training (``DataParallel``) is synchronous data parallelism:
+
+1. ``set_data(loader, n_shards)`` runs ``loader(k)`` for every shard *on a worker*, and the
+   shard stays there: only parameters go out and gradients come back, step after step.
+   A shard that a dead worker held is loaded again elsewhere, from the same ``loader``.
+2. Each ``step()`` submits one task per shard with the current parameters as arguments
+   (not as data on a worker, which a dead worker would take with it).  A task computes
+   the loss and gradients of its shard, averaged over its own ``m_k`` sequences, with the
+   ``workers`` machinery of ``fastrnn.parallel`` inside (a worker process may run several
+   shard threads).
+3. The driver adds the shards' results in shard order, weighted by ``m_k / m``
+   (``parallel.sum_in_order``): the gradient of the whole batch's loss, bitwise the same
+   whichever worker finished first.  Clipping and the optimizer step run once, there.
+
+A task's result depends only on its arguments, so a task recomputed after a worker died
+returns the same bits, and the run ends with the parameters of a run without the fault.
+Every wait has a timeout that ends in ``StepTimeoutError``, naming the step and the shards.
+
+Scoring (``score``) maps a forward-only loss (``fastrnn.loss``) over the chunks of a dask
+array of sequences.
+"""
+
+import threading
+import uuid
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as dask_array
+    import distributed
+    from distributed import WorkerPlugin
+except ImportError as error:  # pragma: no cover  (the [distributed] extra is not installed)
+    raise ImportError(
+        "fastrnn.distributed needs Dask: pip install 'fastrnn[distributed]' "
+        f"(or dask[distributed]); {type(error).__name__}: {error}"
+    ) from error
+
+from . import api, backends, optim, parallel
+from .model import RNN
+from .validation import PARAM_NAMES, check_int, check_labels, check_real
+
+__all__ = ["DataParallel", "score", "StepTimeoutError", "ShardError", "WarmKernels", "threads_per_task"]
+
+WEIGHT_GRADIENTS = tuple("d" + name for name in PARAM_NAMES)
+DEFAULT_TIMEOUT = 600.0  # seconds: a cold worker compiles its kernels (10-30 s) on its first step
+
+
+class StepTimeoutError(TimeoutError):
+    """A step or a load whose shards were not all computed within the timeout; the model and
+    the optimizer are unchanged, and the step can be run again."""
+
+
+class ShardError(RuntimeError):
+    """A shard's task raised (its loader, bad data, a worker that died too often); the
+    original exception is the ``__cause__``."""
+
+
+# -- what runs on the workers ------------------------------------------------------------
+
+
+class _ArrayShard:
+    """A shard that is the same batch at every step: ``inputs`` (dense x in Fortran order, so
+    that its time-major view needs no copy, or one-hot indices) and ``y``."""
+
+    def __init__(self, inputs, y):
+        self.inputs, self.y = inputs, y
+        self.rows = y.shape[0]
+
+    def batch(self, step):
+        return self.inputs, self.y, True
+
+
+def _load_shard(loader, k, n_x, n_y, dtype):
+    """``loader(k)`` as a shard: checked against the model's sizes, here, once."""
+    data = loader(k)
+    if hasattr(data, "batch") and hasattr(data, "rows"):
+        return data  # a stream of batches (e.g. fastrnn.text.TextShard), checked at each step by the API
+    if not isinstance(data, tuple) or len(data) not in (2, 3):
+        raise TypeError(
+            f"loader({k}) must return (x or x_index, y), or an object with .batch(step) and .rows; "
+            f"got {type(data).__name__}"
+        )
+    if len(data) == 3:
+        raise NotImplementedError(
+            f"loader({k}) returned lengths: variable-length sequences are not supported by this "
+            "version of fastrnn; pad the sequences to one length, or return (inputs, y)"
+        )
+    inputs, y = (np.asarray(value) for value in data)
+    if inputs.ndim == 2 and inputs.dtype.kind in "iu":
+        inputs = check_labels(inputs, f"loader({k})'s x_index", (None, None), n_x, what="one-hot indices")
+    elif inputs.ndim == 3 and inputs.shape[0] == n_x:
+        inputs = np.asfortranarray(inputs, dtype=dtype)
+    else:
+        raise ValueError(
+            f"loader({k})'s inputs must be dense x (n_x={n_x}, m, T) or integer x_index (m, T); "
+            f"got shape {inputs.shape} and dtype {inputs.dtype}"
+        )
+    m, T = inputs.shape[-2:]
+    y = check_labels(y, f"loader({k})'s y", (m, T), n_y)
+    return _ArrayShard(inputs, y)
+
+
+def _shard_rows(data):
+    return int(data.rows)
+
+
+def _shard_step(data, params, step, a0, backend, workers):
+    """One shard's training step, on a worker.
+
+    Returns
+    -------
+    loss : float
+        The shard's loss, averaged over its own ``m_k`` sequences.
+    grads : dict
+        The weight gradients, averaged the same way.
+    rows : int
+        ``m_k``.
+    a_last : ndarray (n_a, m_k)
+        Its last state, for a shard that carries it to the next step (else None).
+    """
+    inputs, y, reset_state = data.batch(step)
+    inputs = np.asarray(inputs)
+    n_a, rows = params["W_aa"].shape[0], int(data.rows)
+    if reset_state or a0 is None:
+        a0 = np.zeros((n_a, rows), dtype=params["W_aa"].dtype)
+    one_hot = inputs.ndim == 2 and inputs.dtype.kind in "iu"
+    function = api.loss_and_grads_onehot if one_hot else api.loss_and_grads
+    loss, grads, a_last = function(inputs, a0, y, params, backend=backend, return_state=True, workers=workers)
+    carries = not isinstance(data, _ArrayShard)
+    return (
+        float(loss),
+        {name: np.ascontiguousarray(grads[name]) for name in WEIGHT_GRADIENTS},
+        rows,
+        np.array(a_last) if carries else None,
+    )
+
+
+def _warm_kernels(backend, dtypes):
+    """Compile (or load from Numba's cache) the kernels a training step and a score run, on
+    a problem of two sequences of two steps, in each dtype."""
+    for dtype in dtypes:
+        x, a0, y, params = _tiny_problem(dtype)
+        api.loss_and_grads(x, a0, y, params, backend=backend, workers=1)
+        api.loss_and_grads_onehot(y, a0, y, params, backend=backend, workers=1)
+        api.loss_onehot(y, a0, y, params, backend=backend, workers=1)
+        api.loss(x, a0, y, params, backend=backend, workers=1)
+
+
+def _tiny_problem(dtype):
+    params = api.init_params(2, 2, 2, seed=0, dtype=dtype)
+    return np.ones((2, 2, 2), dtype=dtype), np.zeros((2, 2), dtype=dtype), np.zeros((2, 2), dtype=np.intp), params
+
+
+class WarmKernels(WorkerPlugin):
+    """A Dask worker plugin that compiles fastrnn's kernels when a worker starts (or joins,
+    or restarts), in a background thread, so that the first step does not wait for every
+    worker to compile at once.  A worker that shares the driver's installation loads the
+    driver's compiled kernels from Numba's on-disk cache instead (``DataParallel`` warms
+    the driver first)."""
+
+    idempotent = True
+    name = "fastrnn-warm-kernels"
+
+    def __init__(self, backend="numba", dtypes=("float64", "float32")):
+        self.backend = backend
+        self.dtypes = tuple(dtypes)
+
+    def setup(self, worker):
+        threading.Thread(
+            target=_warm_kernels, args=(self.backend, self.dtypes), name="fastrnn-warm-kernels", daemon=True
+        ).start()
+
+
+def _worker_cores(dask_worker):
+    """(host, cores this worker process may use, its task threads)."""
+    return dask_worker.address.rsplit(":", 1)[0], parallel.available_cores(), dask_worker.state.nthreads
+
+
+def threads_per_task(client):
+    """Threads each fastrnn task should use on ``client``'s cluster: on every host, its cores
+    shared among the task threads of all its workers (at least 1), and the least of these
+    over the hosts, so that every task splits its shard the same way wherever it runs.
+
+    Dask's own default is one task thread per core, which gives 1.  With one worker of one
+    task thread per machine (``dask worker ADDRESS --nworkers 1 --nthreads 1``), each task
+    uses every core of its machine as shard threads (``fastrnn.parallel``).
+    """
+    hosts = {}
+    for host, cores, nthreads in client.run(_worker_cores).values():
+        previous_cores, previous_threads = hosts.get(host, (cores, 0))
+        hosts[host] = (min(previous_cores, cores), previous_threads + nthreads)
+    if not hosts:
+        raise ValueError("the Dask cluster has no workers")
+    return min(max(1, cores // nthreads) for cores, nthreads in hosts.values())
+
+
+# -- the driver --------------------------------------------------------------------------
+
+
+def _check_client(client):
+    if not isinstance(client, distributed.Client):
+        raise TypeError(f"client must be a dask.distributed.Client, got {type(client).__name__}")
+
+
+def _wait_for(futures, timeout, what):
+    """Wait for every future, at most ``timeout`` seconds in all; a failed one raises
+    ``ShardError`` and a late one ``StepTimeoutError``, naming ``what`` and the shards
+    (whose futures are then cancelled)."""
+    shard_of = {future.key: k for k, future in enumerate(futures)}
+    try:
+        for future in distributed.as_completed(futures, timeout=timeout):
+            if future.status == "error":
+                k = shard_of[future.key]
+                cause = future.exception(timeout=timeout)
+                raise ShardError(f"{what}, shard {k}: {type(cause).__name__}: {cause}") from cause
+    except distributed.TimeoutError:
+        late = [k for k, future in enumerate(futures) if not future.done()]
+        futures[0].client.cancel(futures)
+        raise StepTimeoutError(
+            f"{what}: shard{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} of {len(futures)} "
+            f"not done within timeout={timeout:g} s; nothing was changed (a stuck or overloaded "
+            "worker? look at the Dask dashboard, or raise timeout)"
+        ) from None
+    except ShardError:
+        futures[0].client.cancel(futures)
+        raise
+
+
+class DataParallel:
+    """Synchronous data-parallel training of an ``RNN`` on a Dask cluster.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+    model : fastrnn.RNN
+        Trained in place, on the driver (this process).
+    optimizer : fastrnn.optim.Optimizer
+        Steps once per step, on the driver, with the whole batch's gradient.
+    clip_norm : float, optional
+        Clip the whole batch's gradient by global norm before the optimizer step (after the
+        sum over the shards, not per shard).
+    timeout : float
+        Seconds any one wait may take (loading the shards, a step); beyond it,
+        ``StepTimeoutError``.
+    workers : int or None
+        Threads per shard task on the workers, as ``workers=`` of ``fastrnn.loss_and_grads``;
+        None: ``threads_per_task(client)``, fixed at construction so that a recomputed task
+        splits its shard as the first try did.
+
+    Notes
+    -----
+    A step equals ``model.loss_and_grads`` on the concatenation of the shards (zero initial
+    states), then clipping and the optimizer step.  Per step, the parameters go to each
+    shard's task as an argument, and each returns its loss, its weight gradients and (for a
+    shard that carries state) its last state: ``n_shards * (params + grads)`` bytes, and
+    Dask's fixed cost per task (README, "Every machine").
+    """
+
+    def __init__(self, client, model, optimizer, *, clip_norm=None, timeout=DEFAULT_TIMEOUT, workers=None):
+        _check_client(client)
+        if not isinstance(model, RNN):
+            raise TypeError(f"model must be a fastrnn.RNN, got {type(model).__name__}")
+        if not isinstance(optimizer, optim.Optimizer):
+            raise TypeError(f"optimizer must be a fastrnn.optim.Optimizer, got {type(optimizer).__name__}")
+        self.client, self.model, self.optimizer = client, model, optimizer
+        self.clip_norm = None if clip_norm is None else check_real(clip_norm, "clip_norm", above=0)
+        self.timeout = check_real(timeout, "timeout", above=0)
+        workers = parallel.check_workers(workers)
+        self.workers = threads_per_task(client) if workers is None else workers
+        self.backend = backends.resolve(model.backend).NAME
+        self.steps_done = 0  # steps taken; a shard that streams batches gets this index at the next step
+        self._run = uuid.uuid4().hex[:8]  # keys of this run's tasks
+        self._shards = None
+        # Compile here first (a worker on this machine then loads the kernels from the cache),
+        # then on every worker, in the background, as it starts.
+        _warm_kernels(self.backend, (model.dtype.name,))
+        client.register_plugin(WarmKernels(self.backend, (model.dtype.name,)))
+
+    def set_data(self, loader, n_shards):
+        """Load the shards on the workers: ``loader(k)`` for ``k`` in ``range(n_shards)``.
+
+        Parameters
+        ----------
+        loader : callable
+            ``loader(k)`` runs on a worker and returns shard ``k``: ``(x, y)`` with dense
+            ``x`` (n_x, m_k, T), or ``(x_index, y)`` with one-hot indices (m_k, T), and ``y``
+            (m_k, T); every step trains on all of them.  Or an object with ``rows`` (m_k)
+            and ``batch(step) -> (inputs, y, reset_state)``: a stream of batches whose last
+            hidden state is carried to the next step (truncated BPTT) unless
+            ``reset_state`` (``fastrnn.text.TextShards``).  It must be picklable (Dask's
+            cloudpickle: a module-level function or a ``functools.partial`` of one), and
+            return the same shard whenever it is called with the same ``k``: a shard
+            lost with a worker is loaded again.
+        n_shards : int
+            At least 1.  More shards than worker threads balance uneven workers.
+
+        Returns
+        -------
+        list of int
+            Each shard's number of sequences ``m_k``.
+        """
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+        n_shards = check_int(n_shards, "n_shards", minimum=1)
+        dims = (self.model.n_x, self.model.n_y, self.model.dtype)
+        shards = [
+            self.client.submit(_load_shard, loader, k, *dims, key=f"fastrnn-{self._run}-shard-{k}")
+            for k in range(n_shards)
+        ]
+        rows = [self.client.submit(_shard_rows, shard, key=f"fastrnn-{self._run}-rows-{k}") for k, shard in enumerate(shards)]
+        _wait_for(rows, self.timeout, "set_data")
+        self._shards, self._rows = shards, self.client.gather(rows)
+        self._states = [None] * n_shards
+        return list(self._rows)
+
+    def step(self):
+        """One synchronous step over all shards.
+
+        Returns
+        -------
+        loss : numpy.float32 or numpy.float64
+            The whole batch's loss (before the update), as ``model.loss_and_grads``.
+
+        Raises
+        ------
+        StepTimeoutError
+            A shard was not computed within ``timeout``; nothing was changed.
+        ShardError
+            A shard's task failed; nothing was changed.
+        """
+        if self._shards is None:
+            raise RuntimeError("call set_data(loader, n_shards) before step()")
+        params = {name: self.model.params[name] for name in PARAM_NAMES}
+        index = self.steps_done
+        futures = [
+            self.client.submit(
+                _shard_step, shard, params, index, self._states[k], self.backend, self.workers,
+                key=f"fastrnn-{self._run}-step-{index}-shard-{k}",
+            )  # fmt: skip
+            for k, shard in enumerate(self._shards)
+        ]
+        _wait_for(futures, self.timeout, f"step {index + 1}")
+        parts = self.client.gather(futures)
+        m = sum(part[2] for part in parts)
+        weights = [part[2] / m for part in parts]
+        grads = parallel.sum_in_order([part[1] for part in parts], WEIGHT_GRADIENTS, weights)
+        loss = self.model.dtype.type(sum(weight * part[0] for weight, part in zip(weights, parts)))
+        if self.clip_norm is not None:
+            optim.clip_by_global_norm(grads, self.clip_norm, backend=self.backend)
+        self.optimizer.step(self.model.params, grads)
+        self._states = [part[3] for part in parts]
+        if all(state is not None for state in self._states):
+            self.model.state = np.concatenate(self._states, axis=1)
+        self.steps_done += 1
+        return loss
+
+    def carry_state_from(self, state):
+        """Start the shards that carry state from ``state`` (n_a, m): the rows of each shard,
+        in shard order (a resumed run's ``model.state``)."""
+        if self._shards is None:
+            raise RuntimeError("call set_data(loader, n_shards) before carry_state_from()")
+        state = np.asarray(state, dtype=self.model.dtype)
+        bounds = np.cumsum([0, *self._rows])
+        if state.shape != (self.model.n_a, bounds[-1]):
+            raise ValueError(f"state must have shape {(self.model.n_a, int(bounds[-1]))}, got {state.shape}")
+        self._states = [np.array(state[:, bounds[k] : bounds[k + 1]]) for k in range(len(self._rows))]
+
+    def fit(self, steps, callback=None):
+        """``steps`` steps; ``callback(step, loss, self)`` after each, where a true return
+        value stops.  Returns the list of losses."""
+        steps = check_int(steps, "steps", minimum=1)
+        losses = []
+        for _ in range(steps):
+            losses.append(self.step())
+            if callback is not None and callback(self.steps_done, losses[-1], self):
+                break
+        return losses
+
+
+# -- scoring -----------------------------------------------------------------------------
+
+
+def _score_block(inputs, y, params, backend, workers):
+    """Each sequence's loss in one block of sequences, on a worker."""
+    inputs = np.asarray(inputs)
+    n_a, rows = params["W_aa"].shape[0], y.shape[0]
+    a0 = np.zeros((n_a, rows), dtype=params["W_aa"].dtype)
+    if inputs.ndim == 2:
+        return api.loss_onehot(inputs, a0, y, params, backend=backend, per_sequence=True, workers=workers)
+    return api.loss(inputs, a0, y, params, backend=backend, per_sequence=True, workers=workers)
+
+
+def score(client, model, inputs, y=None, *, lengths=None, workers=None):
+    """Each sequence's loss over a dask array of sequences, forward only, on ``client``.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+    model : fastrnn.RNN
+    inputs : dask.array.Array
+        One-hot indices (N, T) or dense ``x`` (n_x, N, T), chunked along the sequences
+        (chunks along other axes are merged).  A NumPy array is taken as one chunk.
+    y : dask.array.Array or array_like of int, shape (N, T), optional
+        Each step's label; rechunked like ``inputs``.  None: ``inputs`` are indices and each
+        step's label is the next index, so each sequence is scored over its first ``T - 1``
+        steps (a language model's score).
+    lengths : None
+        Variable-length sequences are not supported by this version of fastrnn.
+    workers : int or None
+        Threads per block task (``DataParallel``'s ``workers``).
+
+    Returns
+    -------
+    dask.array.Array, shape (N,)
+        Each sequence's loss, summed over its steps, in the model's dtype (their mean is the
+        batch loss).  Already computing on the cluster (``client.persist``); ``.compute()``
+        gathers it.
+    """
+    _check_client(client)
+    if not isinstance(model, RNN):
+        raise TypeError(f"model must be a fastrnn.RNN, got {type(model).__name__}")
+    if lengths is not None:
+        raise NotImplementedError("lengths: variable-length sequences are not supported by this version of fastrnn")
+    workers = parallel.check_workers(workers)
+    workers = threads_per_task(client) if workers is None else workers
+    if not isinstance(inputs, dask_array.Array):
+        inputs = dask_array.from_array(np.asarray(inputs), chunks=-1)
+    one_hot = inputs.ndim == 2
+    if not (one_hot and inputs.dtype.kind in "iu") and not (inputs.ndim == 3 and inputs.shape[0] == model.n_x):
+        raise ValueError(
+            f"inputs must be integer indices (N, T) or dense x (n_x={model.n_x}, N, T), "
+            f"got shape {inputs.shape} and dtype {inputs.dtype}"
+        )
+    if y is None:
+        if not one_hot:
+            raise ValueError("y=None scores next-index predictions, which needs integer indices (N, T) as inputs")
+        if inputs.shape[1] < 2:
+            raise ValueError(f"y=None needs sequences of at least 2 indices, got T={inputs.shape[1]}")
+        inputs, y = inputs[:, :-1], inputs[:, 1:]
+    sequence_axis = 0 if one_hot else 1
+    N, T = inputs.shape[sequence_axis], inputs.shape[-1]
+    inputs = inputs.rechunk({axis: (inputs.chunks[sequence_axis] if axis == sequence_axis else -1) for axis in range(inputs.ndim)})
+    chunks = inputs.chunks[sequence_axis]
+    if not isinstance(y, dask_array.Array):
+        y = np.asarray(y)
+        if y.shape != (N, T):
+            raise ValueError(f"y must have shape (N, T) = {(N, T)}, got {y.shape}")
+        y = dask_array.from_array(y, chunks=(chunks, -1))
+    if y.shape != (N, T):
+        raise ValueError(f"y must have shape (N, T) = {(N, T)}, got {y.shape}")
+    y = y.rechunk((chunks, -1))
+    params = dask.delayed({name: np.array(model.params[name]) for name in PARAM_NAMES}, pure=True)
+    input_blocks = inputs.to_delayed().ravel()
+    label_blocks = y.to_delayed().ravel()
+    backend = backends.resolve(model.backend).NAME
+    blocks = [
+        dask_array.from_delayed(
+            dask.delayed(_score_block, pure=True)(block, labels, params, backend, workers),
+            shape=(rows,),
+            dtype=model.dtype,
+        )
+        for block, labels, rows in zip(input_blocks, label_blocks, chunks)
+    ]
+    return client.persist(dask_array.concatenate(blocks))
