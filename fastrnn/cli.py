@@ -5,7 +5,8 @@
 - ``bench``: Numba and NumPy backends against PyTorch CPU and the BLAS peak
   (``fastrnn.bench.run``).
 - ``train [TEXT_FILE]``: train a character-level language model (the Zen of Python when no
-  file is given), with a progress bar, samples, a checkpoint and a loss-curve picture.
+  file is given), with a progress bar, samples, a checkpoint and a loss-curve picture; in
+  this process, or on a Dask cluster (``--dask``, ``fastrnn.distributed``).
 - ``sample CHECKPOINT``: generate text from a trained model.
 
 Errors in what the user gave (a missing, empty or binary text, a bad checkpoint, a bad
@@ -27,7 +28,7 @@ from . import __version__, backends, bench, parallel
 from .model import RNN
 from .optim import OPTIMIZERS
 from .parallel import check_workers
-from .text import builtin_corpus, fit_batch_shape, read_text, sample, train_char_rnn
+from .text import builtin_corpus, default_shards, fit_batch_shape, read_text, sample, train_char_rnn
 from .validation import check_int, check_real
 
 BUILTIN_CORPUS_NAME = "the Zen of Python (the standard library's `this` module)"
@@ -57,6 +58,18 @@ def _workers(text):
         return check_workers(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an int >= 1, or -1 for every core, got {text}") from None
+
+
+def _dask_address(text):
+    """``--dask``: ``local:N`` (N >= 1) or a scheduler's address."""
+    if text.startswith("local:"):
+        try:
+            check_int(int(text.removeprefix("local:")), "N", minimum=1)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"local:N needs a number of workers N >= 1, got {text}") from None
+    elif not text.strip():
+        raise argparse.ArgumentTypeError("give a scheduler address (tcp://HOST:8786) or local:N")
+    return text
 
 
 def build_parser():
@@ -117,6 +130,11 @@ def build_parser():
     train.add_argument("--backend", choices=("numba", "numpy"), default=None, help="(default: automatic)")
     train.add_argument("--workers", type=_workers, default=None,
                        help="threads per step: N >= 1, or -1 for every core (default: fastrnn chooses from the sizes and cores)")  # fmt: skip
+    train.add_argument("--dask", metavar="ADDRESS", type=_dask_address, default=None,
+                       help="train on a Dask cluster: a scheduler's address (tcp://HOST:8786), or local:N for N worker "
+                            "processes on this machine; the workers read TEXT_FILE at the same path (README 'Every machine')")  # fmt: skip
+    train.add_argument("--shards", type=_number(int, minimum=1), default=None,
+                       help="with --dask: shards of the batch (default: the cluster's task threads, at most --batch)")  # fmt: skip
     train.add_argument(
         "--seed",
         type=_number(int, minimum=0),
@@ -226,15 +244,18 @@ def run_train(args):
         if resume
         else (args.hidden, args.optimizer, args.lr, args.dtype)
     )
-    threads = describe_threads(args, resume, len(text), vocab_size)
-    print(
-        f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
-        f"hidden {hidden}, {optimizer} lr {lr}, {dtype}, backend {args.backend or 'automatic'}; {threads}"
-        + (f"; resuming {args.resume} at step {resume.settings.get('steps_done')}" if resume else ""),
-        file=messages,
-    )
-    with _stop_on_ctrl_c() as interrupted:
-        run = _train_with_progress(args, text, resume, interrupted, messages)
+    if args.shards is not None and args.dask is None:
+        raise UsageError("--shards is for --dask runs")
+    with _dask_client(args.dask) as client:
+        threads = describe_threads(args, resume, len(text), vocab_size, client)
+        print(
+            f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
+            f"hidden {hidden}, {optimizer} lr {lr}, {dtype}, backend {args.backend or 'automatic'}; {threads}"
+            + (f"; resuming {args.resume} at step {resume.settings.get('steps_done')}" if resume else ""),
+            file=messages,
+        )
+        with _stop_on_ctrl_c() as interrupted:
+            run = _train_with_progress(args, text, resume, interrupted, messages, client)
     model = run.model
     model.settings["corpus"] = corpus
     _save(model, run.optimizer, args.out)
@@ -265,6 +286,40 @@ def run_train(args):
 
 
 @contextlib.contextmanager
+def _dask_client(address):
+    """A Dask client for ``--dask`` (None without it): ``local:N`` starts a ``LocalCluster``
+    of N worker processes of one thread each, closed on the way out; anything else is a
+    running scheduler's address."""
+    if address is None:
+        yield None
+        return
+    try:
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        from . import distributed as fastrnn_distributed
+    except ImportError as error:
+        raise UsageError(f"--dask needs Dask: pip install 'fastrnn[distributed]' ({error})") from None
+    with contextlib.ExitStack() as stack:
+        if address.startswith("local:"):
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=int(address.removeprefix("local:")), threads_per_worker=1, processes=True,
+                             dashboard_address=None, silence_logs=logging.ERROR)
+            )  # fmt: skip
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(address, timeout=30))
+            except (OSError, ValueError) as error:
+                raise UsageError(f"--dask {address}: no Dask scheduler answered there ({error})") from None
+        try:
+            yield client
+        except fastrnn_distributed.ShardError as error:  # one line, as any other error of the run
+            raise UsageError(str(error)) from None
+
+
+@contextlib.contextmanager
 def _stop_on_ctrl_c():
     """While training: the first Ctrl-C sets the event yielded (training stops after the
     current step); a second one interrupts at once, as Ctrl-C usually does."""
@@ -284,7 +339,7 @@ def _stop_on_ctrl_c():
         signal.signal(signal.SIGINT, previous)
 
 
-def _train_with_progress(args, text, resume, interrupted, messages):
+def _train_with_progress(args, text, resume, interrupted, messages, client=None):
     """``train_char_rnn`` with a progress bar, samples, periodic checkpoints and Ctrl-C."""
     from tqdm import tqdm
 
@@ -324,6 +379,8 @@ def _train_with_progress(args, text, resume, interrupted, messages):
             text, hidden=args.hidden, seq_length=args.seq_length, batch=args.batch, steps=total, lr=args.lr,
             optimizer=args.optimizer, clip_norm=args.clip or None, dtype=np.dtype(args.dtype).type,
             backend=args.backend, seed=args.seed, callback=on_step, workers=args.workers, resume=resume,
+            client=client, text_path=os.path.abspath(args.text_file) if args.text_file else None,
+            shards=args.shards,
         )  # fmt: skip
     finally:
         bar.close()
@@ -363,6 +420,8 @@ def _summary(args, run, corpus, text, vocab_size, threads, plot):
         "backend": args.backend or "automatic",
         "workers": "automatic" if args.workers is None else args.workers,
         "threads": threads,
+        "dask": args.dask,
+        "shards": run.trainer.n_shards if run.trainer is not None else None,
     }
 
 
@@ -378,13 +437,19 @@ def check_output_path(path, flag):
         raise UsageError(f"{flag} {path}: the folder {folder} is not writable")
 
 
-def describe_threads(args, resume, n_chars, vocab_size):
+def describe_threads(args, resume, n_chars, vocab_size, client=None):
     """How each training step will run, e.g. ``'2 shards x 1 BLAS thread (2 cores)'``."""
     if resume:
         batch, seq_length, hidden = resume.settings["batch"], resume.settings["seq_length"], resume.n_a
     else:
         batch, seq_length = fit_batch_shape(n_chars, args.batch, args.seq_length)
         hidden = args.hidden
+    if client is not None:
+        task_threads = client.nthreads()
+        return (
+            f"Dask {args.dask}: {len(task_threads)} workers, {sum(task_threads.values())} task threads, "
+            f"{args.shards or default_shards(client, batch)} shards of the batch"
+        )
     backend = backends.resolve(args.backend).NAME
     # n_x = 0: training reads one-hot inputs, whose input layer is a lookup.
     run = parallel.plan(args.workers, batch, seq_length, 0, hidden, vocab_size, backend)

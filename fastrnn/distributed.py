@@ -362,6 +362,11 @@ class DataParallel:
         self.steps_done += 1
         return loss
 
+    @property
+    def n_shards(self):
+        """Shards of the data (0 before ``set_data``)."""
+        return 0 if self._shards is None else len(self._shards)
+
     def carry_state_from(self, state):
         """Start the shards that carry state from ``state`` (n_a, m): the rows of each shard,
         in shard order (a resumed run's ``model.state``)."""

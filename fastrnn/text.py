@@ -111,18 +111,91 @@ def stream_batches(data, batch, seq_length):
     starts_pass : bool
         True on the first chunk of each pass: reset the carried state.
     """
+    streams = TextShard(*_streams(data, batch, seq_length), seq_length)
+    for step in itertools.count():
+        yield streams.batch(step)
+
+
+def _streams(data, batch, seq_length):
+    """The ``batch`` streams of inputs and targets (batch, per_stream) that ``stream_batches``
+    cuts ``data`` into."""
     per_stream = (len(data) - 1) // batch
-    chunks = per_stream // seq_length
-    if chunks < 1:
+    if per_stream // seq_length < 1:
         raise ValueError(f"{len(data)} characters cannot fill {batch} streams of {seq_length + 1}")
-    slack = per_stream - chunks * seq_length
     inputs = data[: batch * per_stream].reshape(batch, per_stream)
     targets = data[1 : batch * per_stream + 1].reshape(batch, per_stream)
-    for pass_number in itertools.count():
-        offset = pass_number % (slack + 1)
-        for c in range(chunks):
-            window = slice(offset + c * seq_length, offset + (c + 1) * seq_length)
-            yield inputs[:, window], targets[:, window], c == 0
+    return inputs, targets
+
+
+class TextShard:
+    """Streams of a text as batches by step number: ``batch(step)`` is the ``step``-th
+    (from 0) item of ``stream_batches`` for these streams.
+
+    Rows of the streams make a shard of a distributed run (``fastrnn.distributed``): the
+    shards' batches of a step, stacked, are the whole run's batch of that step.
+
+    Parameters
+    ----------
+    inputs, targets : ndarray of intp, shape (rows, per_stream)
+    seq_length : int
+    """
+
+    def __init__(self, inputs, targets, seq_length):
+        self.inputs, self.targets, self.seq_length = inputs, targets, seq_length
+        self.rows, per_stream = inputs.shape
+        self.chunks = per_stream // seq_length
+        self.slack = per_stream - self.chunks * seq_length
+
+    def batch(self, step):
+        """``(x_index, y, starts_pass)`` of step ``step`` (see ``stream_batches``)."""
+        pass_number, c = divmod(step, self.chunks)
+        offset = pass_number % (self.slack + 1)
+        window = slice(offset + c * self.seq_length, offset + (c + 1) * self.seq_length)
+        return self.inputs[:, window], self.targets[:, window], c == 0
+
+
+class TextShards:
+    """A ``DataParallel`` loader that cuts a text file into shards of streams, on the workers.
+
+    ``TextShards(...)(k)`` reads the file, checks that it is the text the driver read (its
+    SHA-256), encodes it with the driver's vocabulary and keeps rows ``split_batch(batch,
+    n_shards)[k]`` of the streams: a ``TextShard``.  So the text travels to no worker: each
+    reads it where it runs (the same path on every machine: a shared or copied file).
+
+    Parameters
+    ----------
+    path : str or None
+        The text file; None: the built-in corpus.
+    chars : str
+        The vocabulary (``CharVocab.chars``).
+    batch, seq_length, n_shards : int
+    sha256 : str
+        The hex digest of the text's UTF-8 bytes, as the driver read it.
+    """
+
+    def __init__(self, path, chars, batch, seq_length, n_shards, sha256):
+        self.path, self.chars, self.sha256 = path, chars, sha256
+        self.batch, self.seq_length, self.n_shards = batch, seq_length, n_shards
+
+    def __call__(self, k):
+        from .parallel import split_batch
+
+        text = read_text(self.path) if self.path is not None else builtin_corpus()
+        if text_digest(text) != self.sha256:
+            raise TextError(
+                f"{self.path or 'the built-in corpus'}: this worker read another text than the driver did "
+                "(give every machine the same file at the same path)"
+            )
+        inputs, targets = _streams(CharVocab(self.chars).encode(text), self.batch, self.seq_length)
+        rows = split_batch(self.batch, self.n_shards)[k]
+        return TextShard(inputs[rows].copy(), targets[rows].copy(), self.seq_length)
+
+
+def text_digest(text):
+    """The SHA-256 hex digest of ``text``'s UTF-8 bytes."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 MIN_CHUNKS_PER_STREAM = 4
@@ -151,6 +224,7 @@ class TrainingRun:
     first_step: int = 1  # the step this run started at (after those of a resumed checkpoint)
     first_step_seconds: float = 0.0  # its time, compilation included (set by the command line)
     stopped_early: bool = False  # the callback asked to stop before ``steps``
+    trainer: object = None  # with ``client``: the fastrnn.distributed.DataParallel that trained
 
     @property
     def steps_done(self):
@@ -161,6 +235,7 @@ class TrainingRun:
 def train_char_rnn(
     text, *, hidden=128, seq_length=32, batch=16, steps=1000, lr=0.002, optimizer="adam",
     clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None, workers=None, resume=None,
+    client=None, text_path=None, shards=None, timeout=None,
 ):  # fmt: skip
     """Train a character-level RNN on ``text`` with truncated BPTT.
 
@@ -187,6 +262,19 @@ def train_char_rnn(
         optimizer state and step count, and its settings (which replace ``hidden``,
         ``seq_length``, ``batch``, ``lr``, ``optimizer``, ``clip_norm``, ``dtype`` and
         ``seed``), so that the losses continue those of an uninterrupted run.
+    client : dask.distributed.Client, optional
+        Train on this Dask cluster (``fastrnn.distributed.DataParallel``): the streams are
+        cut into ``shards`` shards of rows, which the workers read from ``text_path``
+        themselves.  The steps are those of the run without ``client`` (the same batches,
+        states and updates), to rounding.  ``workers`` is then each task's threads.
+    text_path : str, optional
+        With ``client``: the file ``text`` was read from, at the same path on every worker;
+        None: ``text`` is the built-in corpus.
+    shards : int, optional
+        With ``client``: shards of the batch (default: the cluster's task threads, at most
+        ``batch``).
+    timeout : float, optional
+        With ``client``: ``DataParallel``'s timeout (default: its own).
 
     Returns
     -------
@@ -216,16 +304,15 @@ def train_char_rnn(
         opt, start = optim.OPTIMIZERS[optimizer](lr=lr, backend=backend), 0
     model.settings["steps"] = steps
     run = TrainingRun(model, opt, first_step=start + 1)
-    chunks = stream_batches(data, batch, seq_length)
-    for _ in range(start):  # the chunks a resumed run has trained on already
-        next(chunks)
-    workspace = Workspace()
+    if client is None:
+        train_one_step = _in_process(model, opt, data, batch, seq_length, start, clip_norm, workers)
+    else:
+        run.trainer = _on_dask(client, model, opt, text, text_path, batch, seq_length, start,
+                               dict(clip_norm=clip_norm, workers=workers, shards=shards, timeout=timeout))  # fmt: skip
+        train_one_step = run.trainer.step
     begin = time.perf_counter()
     for step in range(start + 1, steps + 1):
-        x_index, y, wraps = next(chunks)
-        if wraps:
-            model.reset_state()
-        loss = model.train_step(x_index, y, opt, clip_norm=clip_norm, workspace=workspace, workers=workers)
+        loss = float(train_one_step())
         model.settings["steps_done"] = step
         run.losses.append(loss / seq_length)
         run.characters += batch * seq_length
@@ -234,6 +321,47 @@ def train_char_rnn(
             run.stopped_early = True
             break
     return run
+
+
+def _in_process(model, opt, data, batch, seq_length, start, clip_norm, workers):
+    """The training step of ``train_char_rnn`` in this process: the next chunk of the streams."""
+    chunks = stream_batches(data, batch, seq_length)
+    for _ in range(start):  # the chunks a resumed run has trained on already
+        next(chunks)
+    workspace = Workspace()
+
+    def train_one_step():
+        x_index, y, wraps = next(chunks)
+        if wraps:
+            model.reset_state()
+        return model.train_step(x_index, y, opt, clip_norm=clip_norm, workspace=workspace, workers=workers)
+
+    return train_one_step
+
+
+def _on_dask(client, model, opt, text, text_path, batch, seq_length, start, options):
+    """The ``DataParallel`` that trains ``train_char_rnn``'s steps on a Dask cluster: shards
+    of the streams, loaded by the workers from ``text_path``, the state carried by the driver."""
+    from .distributed import DEFAULT_TIMEOUT, DataParallel
+
+    shards = options["shards"]
+    shards = default_shards(client, batch) if shards is None else check_int(shards, "shards", minimum=1)
+    if shards > batch:
+        raise ValueError(f"shards must be at most batch ({batch}), got {shards}")
+    timeout = DEFAULT_TIMEOUT if options["timeout"] is None else options["timeout"]
+    trainer = DataParallel(client, model, opt, clip_norm=options["clip_norm"], timeout=timeout, workers=options["workers"])
+    loader = TextShards(text_path, model.vocab, batch, seq_length, shards, text_digest(text))
+    trainer.set_data(loader, shards)
+    trainer.steps_done = start
+    if model.state is not None:  # a resumed run's carried state
+        trainer.carry_state_from(model.state)
+    return trainer
+
+
+def default_shards(client, batch):
+    """Shards of a batch of ``batch`` streams on ``client``'s cluster: one per task thread,
+    at most ``batch``."""
+    return max(1, min(batch, sum(client.nthreads().values())))
 
 
 def _resumed(model, vocab, backend):
