@@ -133,6 +133,8 @@ def build_parser():
     train.add_argument("--dask", metavar="ADDRESS", type=_dask_address, default=None,
                        help="train on a Dask cluster: a scheduler's address (tcp://HOST:8786), or local:N for N worker "
                             "processes on this machine; the workers read TEXT_FILE at the same path (README 'Every machine')")  # fmt: skip
+    train.add_argument("--dask-timeout", metavar="SECONDS", type=_number(float, above=0), default=600.0,
+                       help="with --dask: the longest any wait may take, connecting (at most 30 s) or a step (default: %(default)s)")  # fmt: skip
     train.add_argument("--shards", type=_number(int, minimum=1), default=None,
                        help="with --dask: shards of the batch (default: the cluster's task threads, at most --batch)")  # fmt: skip
     train.add_argument(
@@ -246,7 +248,7 @@ def run_train(args):
     )
     if args.shards is not None and args.dask is None:
         raise UsageError("--shards is for --dask runs")
-    with _dask_client(args.dask) as client:
+    with _dask_client(args.dask, args.dask_timeout) as client:
         threads = describe_threads(args, resume, len(text), vocab_size, client)
         print(
             f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
@@ -286,7 +288,7 @@ def run_train(args):
 
 
 @contextlib.contextmanager
-def _dask_client(address):
+def _dask_client(address, timeout):
     """A Dask client for ``--dask`` (None without it): ``local:N`` starts a ``LocalCluster``
     of N worker processes of one thread each, closed on the way out; anything else is a
     running scheduler's address."""
@@ -310,7 +312,7 @@ def _dask_client(address):
             client = stack.enter_context(Client(cluster))
         else:
             try:
-                client = stack.enter_context(Client(address, timeout=30))
+                client = stack.enter_context(Client(address, timeout=min(timeout, 30)))
             except (OSError, ValueError) as error:
                 raise UsageError(f"--dask {address}: no Dask scheduler answered there ({error})") from None
         try:
@@ -380,7 +382,7 @@ def _train_with_progress(args, text, resume, interrupted, messages, client=None)
             optimizer=args.optimizer, clip_norm=args.clip or None, dtype=np.dtype(args.dtype).type,
             backend=args.backend, seed=args.seed, callback=on_step, workers=args.workers, resume=resume,
             client=client, text_path=os.path.abspath(args.text_file) if args.text_file else None,
-            shards=args.shards,
+            shards=args.shards, timeout=args.dask_timeout,
         )  # fmt: skip
     finally:
         bar.close()
