@@ -243,3 +243,133 @@ def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
         "vs 1 wkr, vs numpy, vs torch: how many times faster the default is; of peak: its GFLOP/s over the BLAS peak"
     )
     return results
+
+
+# -- every machine: fastrnn.distributed on a Dask cluster ---------------------------------
+
+#: (name, n_x, n_a, n_y, m, T, inputs): the whole batch of a ``DataParallel`` step.
+DISTRIBUTED_SIZES = (
+    ("char-rnn", 65, 128, 65, 32, 64, "one-hot"),
+    ("large-512", 256, 512, 256, 512, 50, "dense"),
+)
+#: Sequences and chunk size of the scoring rows (char-rnn sizes, language-model scoring).
+SCORE_SEQUENCES, SCORE_CHUNK = 8192, 1024
+
+
+def shard_loader(k, n_shards, n_x, n_y, m, T, inputs, dtype):
+    """A ``DataParallel`` loader of random data: shard ``k`` of a batch of ``m`` sequences
+    (module-level, so that Dask workers import it rather than receive it)."""
+    rows = parallel.split_batch(m, n_shards)[k]
+    rng = np.random.default_rng([17, k])
+    size = rows.stop - rows.start
+    y = rng.integers(0, n_y, size=(size, T))
+    if inputs == "one-hot":
+        return rng.integers(0, n_x, size=(size, T)), y
+    return rng.standard_normal((n_x, size, T)).astype(dtype), y
+
+
+def measure_data_parallel(client, size, dtype, *, steps=10):
+    """A ``DataParallel`` step on ``client`` against one process with ``workers=1``.
+
+    Returns
+    -------
+    dict
+        Medians over ``steps`` steps, in seconds: ``dask`` (a whole step),
+        ``slowest_shard`` (the longest shard's compute on its worker), ``overhead`` (the
+        difference), and ``one_process`` (``RNN.train_step`` on the whole batch).
+    """
+    from .distributed import DataParallel
+    from .model import RNN
+    from .optim import SGD
+
+    name, n_x, n_a, n_y, m, T, inputs = size
+    n_shards = max(1, min(m, sum(client.nthreads().values())))
+    loader = functools.partial(shard_loader, n_shards=n_shards, n_x=n_x, n_y=n_y, m=m, T=T, inputs=inputs,
+                               dtype=np.dtype(dtype).name)  # fmt: skip
+    model = RNN(n_x, n_a, n_y, dtype=dtype, seed=0)
+    trainer = DataParallel(client, model, SGD(lr=1e-4), timeout=600)
+    trainer.set_data(loader, n_shards)
+    trainer.step()  # warm up
+    timings = []
+    for _ in range(steps):
+        trainer.step()
+        timings.append(trainer.last_step)
+    parts = [loader(k) for k in range(n_shards)]
+    batch = np.concatenate([p[0] for p in parts], axis=0 if inputs == "one-hot" else 1)
+    labels = np.concatenate([p[1] for p in parts])
+    here, optimizer = RNN(n_x, n_a, n_y, dtype=dtype, seed=0), SGD(lr=1e-4)
+    one_process = functools.partial(here.train_step, batch, labels, optimizer, carry_state=False, workers=1)
+    one_process()
+    return dict(
+        dask=float(np.median([t["seconds"] for t in timings])),
+        slowest_shard=float(np.median([t["slowest_shard_seconds"] for t in timings])),
+        overhead=float(np.median([t["overhead_seconds"] for t in timings])),
+        one_process=median_seconds(one_process, repeat=steps, min_seconds=0),
+        shards=n_shards,
+    )
+
+
+def measure_scoring(client, dtype, *, repeat=5, sequences=SCORE_SEQUENCES, chunk=SCORE_CHUNK):
+    """``fastrnn.distributed.score`` of ``sequences`` char-rnn sequences (65 classes, 128
+    hidden units, 64 steps scored) in chunks of ``chunk``, against ``loss_onehot`` with
+    ``workers=1`` in one process.  Returns the medians in seconds (``dask``, ``one_process``)."""
+    import dask.array
+
+    from .distributed import score
+    from .model import RNN
+
+    model = RNN(65, 128, 65, dtype=dtype, seed=0)
+    indices = np.random.default_rng(0).integers(0, 65, size=(sequences, 65))
+    chunks = dask.array.from_array(indices, chunks=(chunk, 65)).persist()
+    a0 = np.zeros((128, sequences), dtype=dtype)
+    score(client, model, chunks).compute()  # warm up
+
+    def on_dask():
+        return score(client, model, chunks).compute()
+
+    def here():
+        return api.loss_onehot(indices[:, :-1], a0, indices[:, 1:], model.params, per_sequence=True, workers=1)
+
+    here()
+    return dict(
+        dask=median_seconds(on_dask, repeat=repeat, min_seconds=0),
+        one_process=median_seconds(here, repeat=repeat, min_seconds=0),
+    )
+
+
+def run_distributed(client, dtypes=(np.float64, np.float32), repeat=7):
+    """Measure and print the ``DataParallel`` and ``score`` rows on ``client``'s cluster."""
+    task_threads = client.nthreads()
+    print(
+        f"fastrnn bench --dask: {len(task_threads)} workers, {sum(task_threads.values())} task threads; "
+        f"this process: {parallel.available_cores()} cores; medians of {repeat}"
+    )
+    header = (
+        f"{'row':<22} {'dtype':<7} {'dask ms':>9} {'slowest':>9} {'overhead':>9} {'1 process':>10} {'speed-up':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for dtype in dtypes:
+        dtype_name = np.dtype(dtype).name
+        for size in DISTRIBUTED_SIZES:
+            r = measure_data_parallel(client, size, dtype, steps=repeat)
+            rows.append(dict(row=f"step {size[0]}", dtype=dtype_name, **r))
+            print(
+                f"{'step ' + size[0]:<22} {dtype_name:<7} {r['dask'] * 1e3:>9.1f} {r['slowest_shard'] * 1e3:>9.1f}"
+                f" {r['overhead'] * 1e3:>9.1f} {r['one_process'] * 1e3:>10.1f} {r['one_process'] / r['dask']:>7.2f}x"
+            )
+        r = measure_scoring(client, dtype, repeat=repeat)
+        rows.append(dict(row="score char-rnn", dtype=dtype_name, **r))
+        label = f"score {SCORE_SEQUENCES}/{SCORE_CHUNK}"
+        print(
+            f"{label:<22} {dtype_name:<7} {r['dask'] * 1e3:>9.1f} {'':>9} {'':>9} {r['one_process'] * 1e3:>10.1f}"
+            f" {r['one_process'] / r['dask']:>7.2f}x"
+        )
+    print(
+        "step: one DataParallel step (m sequences in one shard per task thread); slowest: the longest shard's\n"
+        "compute on its worker; overhead: the rest (Dask's messages, parameters out, gradients back);\n"
+        "1 process: the same step with workers=1 here; score: sequences/chunk, fastrnn.distributed.score\n"
+        "against loss_onehot(per_sequence=True, workers=1) here"
+    )
+    return rows

@@ -91,6 +91,9 @@ def build_parser():
     bench_parser.add_argument(
         "--repeat", type=_number(int, minimum=1), default=7, help="samples per median (default: %(default)s)"
     )
+    bench_parser.add_argument("--dask", metavar="ADDRESS", type=_dask_address, default=None,
+                              help="instead: time fastrnn.distributed (DataParallel steps, score) on a Dask cluster, "
+                                   "a scheduler's address or local:N, against one process")  # fmt: skip
 
     train = sub.add_parser("train", help="train a character-level language model on a text file")
     train.add_argument("text_file", nargs="?", help="UTF-8 text to learn (default: the Zen of Python)")
@@ -216,6 +219,10 @@ def run_bench(args):
     dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
     if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
         raise UsageError(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
+    if args.dask is not None:
+        with _dask_client(args.dask, 600.0) as client:
+            bench.run_distributed(client, [np.dtype(d).type for d in dtypes], repeat=args.repeat)
+        return 0
     bench.run([known[name] for name in names], [np.dtype(d).type for d in dtypes], repeat=args.repeat)
     return 0
 

@@ -28,6 +28,7 @@ array of sequences.
 """
 
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -125,7 +126,10 @@ def _shard_step(data, params, step, a0, backend, workers):
         ``m_k``.
     a_last : ndarray (n_a, m_k)
         Its last state, for a shard that carries it to the next step (else None).
+    seconds : float
+        The time this took here (``DataParallel.last_step``).
     """
+    begin = time.perf_counter()
     inputs, y, reset_state = data.batch(step)
     inputs = np.asarray(inputs)
     n_a, rows = params["W_aa"].shape[0], int(data.rows)
@@ -140,6 +144,7 @@ def _shard_step(data, params, step, a0, backend, workers):
         {name: np.ascontiguousarray(grads[name]) for name in WEIGHT_GRADIENTS},
         rows,
         np.array(a_last) if carries else None,
+        time.perf_counter() - begin,
     )
 
 
@@ -277,6 +282,11 @@ class DataParallel:
         self.workers = threads_per_task(client) if workers is None else workers
         self.backend = backends.resolve(model.backend).NAME
         self.steps_done = 0  # steps taken; a shard that streams batches gets this index at the next step
+        #: Timing of the last step, in seconds: from submitting the tasks to having every
+        #: result (``seconds``), the longest a shard's task computed on its worker
+        #: (``slowest_shard_seconds``), and the difference (``overhead_seconds``: Dask's
+        #: messages, moving parameters and gradients, queueing).
+        self.last_step = None
         self._run = uuid.uuid4().hex[:8]  # keys of this run's tasks
         self._shards = None
         # Compile here first (a worker on this machine then loads the kernels from the cache),
@@ -347,8 +357,10 @@ class DataParallel:
             )  # fmt: skip
             for k, shard in enumerate(self._shards)
         ]
+        begin = time.perf_counter()
         _wait_for(futures, self.timeout, f"step {index + 1}")
         parts = self.client.gather(futures)
+        seconds = time.perf_counter() - begin
         m = sum(part[2] for part in parts)
         weights = [part[2] / m for part in parts]
         grads = parallel.sum_in_order([part[1] for part in parts], WEIGHT_GRADIENTS, weights)
@@ -360,6 +372,8 @@ class DataParallel:
         if all(state is not None for state in self._states):
             self.model.state = np.concatenate(self._states, axis=1)
         self.steps_done += 1
+        slowest = max(part[4] for part in parts)
+        self.last_step = dict(seconds=seconds, slowest_shard_seconds=slowest, overhead_seconds=seconds - slowest)
         return loss
 
     @property
@@ -468,7 +482,7 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
     backend = backends.resolve(model.backend).NAME
     blocks = [
         dask_array.from_delayed(
-            dask.delayed(_score_block, pure=True)(block, labels, params, backend, workers),
+            dask.delayed(_score_block, pure=False)(block, labels, params, backend, workers),  # computed at every call
             shape=(rows,),
             dtype=model.dtype,
         )
