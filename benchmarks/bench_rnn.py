@@ -32,6 +32,7 @@ def _problem(size, dtype, backend):
     fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
     a, _, cache = fastrnn.rnn_forward(x, a0, params, backend=backend)
     fastrnn.rnn_backward(np.ones_like(a), cache)
+    fastrnn.loss(x, a0, y, params, backend=backend)
     return x, a0, y, params
 
 
@@ -60,6 +61,10 @@ class TrainingStep:
 
     def time_rnn_forward(self, size, dtype, backend):
         fastrnn.rnn_forward(self.x, self.a0, self.params, backend=self.backend)
+
+    def time_loss(self, size, dtype, backend):
+        """The loss alone (validation, scoring): a forward pass that keeps no caches."""
+        fastrnn.loss(self.x, self.a0, self.y, self.params, backend=self.backend)
 
     def peakmem_loss_and_grads(self, size, dtype, backend):
         fastrnn.loss_and_grads(self.x, self.a0, self.y, self.params, backend=self.backend)

@@ -10,6 +10,8 @@ Layout of the package:
 - ``validation``: argument checks shared by both backends;
 - ``workspace``: reusable memory for repeated training steps;
 - ``parallel``: ``workers=``, a batch cut into shards run in threads;
+- ``distributed``: training and scoring on a Dask cluster (the ``distributed`` extra;
+  imported only when asked for);
 - ``optim``, ``model``, ``text``: optimizers, the ``RNN`` model, character language models;
 - ``backends.numpy_backend``: the reference implementation;
 - ``backends.numba_backend`` + ``backends.numba_kernels``: allocation, and the jitted kernels;

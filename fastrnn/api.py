@@ -472,7 +472,9 @@ def loss(x, a0, y, params, *, backend=None, per_sequence=False, return_state=Fal
     return _loss_results(result, dims, per_sequence, return_state)
 
 
-def loss_onehot(x_index, a0, y, params, *, backend=None, per_sequence=False, return_state=False, workers=None):
+def loss_onehot(
+    x_index, a0, y, params, *, backend=None, per_sequence=False, return_state=False, workers=None
+):
     """``loss`` for one-hot inputs given by the index of their 1 (as ``loss_and_grads_onehot``).
 
     Parameters

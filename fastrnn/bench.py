@@ -301,6 +301,9 @@ def measure_data_parallel(client, size, dtype, *, steps=10):
     one_process = functools.partial(here.train_step, batch, labels, optimizer, carry_state=False, workers=1)
     one_process()
     return dict(
+        one_process_threads=parallel.describe(
+            parallel.plan(1, m, T, 0 if inputs == "one-hot" else n_x, n_a, n_y)
+        ),
         dask=float(np.median([t["seconds"] for t in timings])),
         slowest_shard=float(np.median([t["slowest_shard_seconds"] for t in timings])),
         overhead=float(np.median([t["overhead_seconds"] for t in timings])),
@@ -328,10 +331,13 @@ def measure_scoring(client, dtype, *, repeat=5, sequences=SCORE_SEQUENCES, chunk
         return score(client, model, chunks).compute()
 
     def here():
-        return api.loss_onehot(indices[:, :-1], a0, indices[:, 1:], model.params, per_sequence=True, workers=1)
+        return api.loss_onehot(
+            indices[:, :-1], a0, indices[:, 1:], model.params, per_sequence=True, workers=1
+        )
 
     here()
     return dict(
+        one_process_threads=parallel.describe(parallel.plan(1, sequences, 64, 0, 128, 65)),
         dask=median_seconds(on_dask, repeat=repeat, min_seconds=0),
         one_process=median_seconds(here, repeat=repeat, min_seconds=0),
     )
@@ -346,6 +352,7 @@ def run_distributed(client, dtypes=(np.float64, np.float32), repeat=7):
     )
     header = (
         f"{'row':<22} {'dtype':<7} {'dask ms':>9} {'slowest':>9} {'overhead':>9} {'1 process':>10} {'speed-up':>8}"
+        "  1 process ran"
     )
     print(header)
     print("-" * len(header))
@@ -358,18 +365,20 @@ def run_distributed(client, dtypes=(np.float64, np.float32), repeat=7):
             print(
                 f"{'step ' + size[0]:<22} {dtype_name:<7} {r['dask'] * 1e3:>9.1f} {r['slowest_shard'] * 1e3:>9.1f}"
                 f" {r['overhead'] * 1e3:>9.1f} {r['one_process'] * 1e3:>10.1f} {r['one_process'] / r['dask']:>7.2f}x"
+                f"  {r['one_process_threads']}"
             )
         r = measure_scoring(client, dtype, repeat=repeat)
         rows.append(dict(row="score char-rnn", dtype=dtype_name, **r))
         label = f"score {SCORE_SEQUENCES}/{SCORE_CHUNK}"
         print(
             f"{label:<22} {dtype_name:<7} {r['dask'] * 1e3:>9.1f} {'':>9} {'':>9} {r['one_process'] * 1e3:>10.1f}"
-            f" {r['one_process'] / r['dask']:>7.2f}x"
+            f" {r['one_process'] / r['dask']:>7.2f}x  {r['one_process_threads']}"
         )
     print(
         "step: one DataParallel step (m sequences in one shard per task thread); slowest: the longest shard's\n"
         "compute on its worker; overhead: the rest (Dask's messages, parameters out, gradients back);\n"
         "1 process: the same step with workers=1 here; score: sequences/chunk, fastrnn.distributed.score\n"
-        "against loss_onehot(per_sequence=True, workers=1) here"
+        "against loss_onehot(per_sequence=True, workers=1) here.  A LocalCluster started in this process\n"
+        "sets OMP/OPENBLAS/MKL_NUM_THREADS=1 here too (Dask does), which caps the threads of workers=1"
     )
     return rows

@@ -66,7 +66,9 @@ def _dask_address(text):
         try:
             check_int(int(text.removeprefix("local:")), "N", minimum=1)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"local:N needs a number of workers N >= 1, got {text}") from None
+            raise argparse.ArgumentTypeError(
+                f"local:N needs a number of workers N >= 1, got {text}"
+            ) from None
     elif not text.strip():
         raise argparse.ArgumentTypeError("give a scheduler address (tcp://HOST:8786) or local:N")
     return text

@@ -161,7 +161,12 @@ def _warm_kernels(backend, dtypes):
 
 def _tiny_problem(dtype):
     params = api.init_params(2, 2, 2, seed=0, dtype=dtype)
-    return np.ones((2, 2, 2), dtype=dtype), np.zeros((2, 2), dtype=dtype), np.zeros((2, 2), dtype=np.intp), params
+    return (
+        np.ones((2, 2, 2), dtype=dtype),
+        np.zeros((2, 2), dtype=dtype),
+        np.zeros((2, 2), dtype=np.intp),
+        params,
+    )
 
 
 class WarmKernels(WorkerPlugin):
@@ -325,7 +330,10 @@ class DataParallel:
             self.client.submit(_load_shard, loader, k, *dims, key=f"fastrnn-{self._run}-shard-{k}")
             for k in range(n_shards)
         ]
-        rows = [self.client.submit(_shard_rows, shard, key=f"fastrnn-{self._run}-rows-{k}") for k, shard in enumerate(shards)]
+        rows = [
+            self.client.submit(_shard_rows, shard, key=f"fastrnn-{self._run}-rows-{k}")
+            for k, shard in enumerate(shards)
+        ]
         _wait_for(rows, self.timeout, "set_data")
         self._shards, self._rows = shards, self.client.gather(rows)
         self._states = [None] * n_shards
@@ -352,7 +360,13 @@ class DataParallel:
         index = self.steps_done
         futures = [
             self.client.submit(
-                _shard_step, shard, params, index, self._states[k], self.backend, self.workers,
+                _shard_step,
+                shard,
+                params,
+                index,
+                self._states[k],
+                self.backend,
+                self.workers,
                 key=f"fastrnn-{self._run}-step-{index}-shard-{k}",
             )  # fmt: skip
             for k, shard in enumerate(self._shards)
@@ -373,7 +387,9 @@ class DataParallel:
             self.model.state = np.concatenate(self._states, axis=1)
         self.steps_done += 1
         slowest = max(part[4] for part in parts)
-        self.last_step = dict(seconds=seconds, slowest_shard_seconds=slowest, overhead_seconds=seconds - slowest)
+        self.last_step = dict(
+            seconds=seconds, slowest_shard_seconds=slowest, overhead_seconds=seconds - slowest
+        )
         return loss
 
     @property
@@ -447,26 +463,34 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
     if not isinstance(model, RNN):
         raise TypeError(f"model must be a fastrnn.RNN, got {type(model).__name__}")
     if lengths is not None:
-        raise NotImplementedError("lengths: variable-length sequences are not supported by this version of fastrnn")
+        raise NotImplementedError(
+            "lengths: variable-length sequences are not supported by this version of fastrnn"
+        )
     workers = parallel.check_workers(workers)
     workers = threads_per_task(client) if workers is None else workers
     if not isinstance(inputs, dask_array.Array):
         inputs = dask_array.from_array(np.asarray(inputs), chunks=-1)
     one_hot = inputs.ndim == 2
-    if not (one_hot and inputs.dtype.kind in "iu") and not (inputs.ndim == 3 and inputs.shape[0] == model.n_x):
+    if not (one_hot and inputs.dtype.kind in "iu") and not (
+        inputs.ndim == 3 and inputs.shape[0] == model.n_x
+    ):
         raise ValueError(
             f"inputs must be integer indices (N, T) or dense x (n_x={model.n_x}, N, T), "
             f"got shape {inputs.shape} and dtype {inputs.dtype}"
         )
     if y is None:
         if not one_hot:
-            raise ValueError("y=None scores next-index predictions, which needs integer indices (N, T) as inputs")
+            raise ValueError(
+                "y=None scores next-index predictions, which needs integer indices (N, T) as inputs"
+            )
         if inputs.shape[1] < 2:
             raise ValueError(f"y=None needs sequences of at least 2 indices, got T={inputs.shape[1]}")
         inputs, y = inputs[:, :-1], inputs[:, 1:]
     sequence_axis = 0 if one_hot else 1
     N, T = inputs.shape[sequence_axis], inputs.shape[-1]
-    inputs = inputs.rechunk({axis: (inputs.chunks[sequence_axis] if axis == sequence_axis else -1) for axis in range(inputs.ndim)})
+    inputs = inputs.rechunk(
+        {axis: (inputs.chunks[sequence_axis] if axis == sequence_axis else -1) for axis in range(inputs.ndim)}
+    )
     chunks = inputs.chunks[sequence_axis]
     if not isinstance(y, dask_array.Array):
         y = np.asarray(y)
@@ -482,7 +506,9 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
     backend = backends.resolve(model.backend).NAME
     blocks = [
         dask_array.from_delayed(
-            dask.delayed(_score_block, pure=False)(block, labels, params, backend, workers),  # computed at every call
+            dask.delayed(_score_block, pure=False)(
+                block, labels, params, backend, workers
+            ),  # computed at every call
             shape=(rows,),
             dtype=model.dtype,
         )

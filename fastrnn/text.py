@@ -349,7 +349,9 @@ def _on_dask(client, model, opt, text, text_path, batch, seq_length, start, opti
     if shards > batch:
         raise ValueError(f"shards must be at most batch ({batch}), got {shards}")
     timeout = DEFAULT_TIMEOUT if options["timeout"] is None else options["timeout"]
-    trainer = DataParallel(client, model, opt, clip_norm=options["clip_norm"], timeout=timeout, workers=options["workers"])
+    trainer = DataParallel(
+        client, model, opt, clip_norm=options["clip_norm"], timeout=timeout, workers=options["workers"]
+    )
     loader = TextShards(text_path, model.vocab, batch, seq_length, shards, text_digest(text))
     trainer.set_data(loader, shards)
     trainer.steps_done = start

@@ -283,10 +283,18 @@ def test_a_failing_loader_names_its_shard(client):
     "loader, error, match",
     [
         (lambda k: np.zeros((2, 3)), "TypeError", "must return"),
-        (lambda k: (np.zeros((2, 3), dtype=int), np.zeros((2, 4), dtype=int)), "ValueError", r"loader\(0\)'s y"),
+        (
+            lambda k: (np.zeros((2, 3), dtype=int), np.zeros((2, 4), dtype=int)),
+            "ValueError",
+            r"loader\(0\)'s y",
+        ),
         (lambda k: (np.full((2, 3), N_X), np.zeros((2, 3), dtype=int)), "ValueError", "x_index"),
         (lambda k: (np.zeros((N_X + 1, 2, 3)), np.zeros((2, 3), dtype=int)), "ValueError", "dense x"),
-        (lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.ones(2),), "NotImplementedError", "variable-length"),
+        (
+            lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.ones(2),),
+            "NotImplementedError",
+            "variable-length",
+        ),
     ],
 )
 def test_bad_shards_are_named(client, loader, error, match):
@@ -419,7 +427,9 @@ def test_a_scheduler_and_two_worker_processes(scheduler_and_two_workers):
 
     lm = fastrnn.RNN(N_X, N_A, N_X, seed=1)
     losses = score(client, lm, da.from_array(sequences, chunks=(2, 5))).compute()
-    expected = fastrnn.loss_onehot(sequences[:, :-1], np.zeros((N_A, 6)), sequences[:, 1:], lm.params, per_sequence=True)
+    expected = fastrnn.loss_onehot(
+        sequences[:, :-1], np.zeros((N_A, 6)), sequences[:, 1:], lm.params, per_sequence=True
+    )
     assert_agree(losses, expected, np.float64, "scores")
 
 

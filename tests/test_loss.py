@@ -25,7 +25,9 @@ def test_loss_equals_the_training_steps_loss(backend, dtype, m, T):
     assert loss.dtype == np.dtype(dtype)
     assert_agree(loss, expected, dtype, "loss")
     expected, _ = fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend=backend)
-    assert_agree(fastrnn.loss_onehot(x_index, a0, y, params, backend=backend), expected, dtype, "one-hot loss")
+    assert_agree(
+        fastrnn.loss_onehot(x_index, a0, y, params, backend=backend), expected, dtype, "one-hot loss"
+    )
 
 
 @pytest.mark.parametrize("m, T", SHAPES)
@@ -69,7 +71,9 @@ def test_workers_agree_with_one(backend, dtype, workers):
     many = fastrnn.loss(x, a0, y, params, backend=backend, per_sequence=True, workers=workers)
     assert_agree(many, one, dtype, "per-sequence losses")  # to rounding: BLAS blocks by the shard's size
     one = fastrnn.loss_onehot(x_index, a0, y, params, backend=backend, workers=1)
-    assert_agree(fastrnn.loss_onehot(x_index, a0, y, params, backend=backend, workers=workers), one, dtype, "mean")
+    assert_agree(
+        fastrnn.loss_onehot(x_index, a0, y, params, backend=backend, workers=workers), one, dtype, "mean"
+    )
 
 
 def test_a_float32_loss_beyond_float32_is_an_error(backend):
@@ -87,7 +91,9 @@ def test_the_model_evaluates_without_changing_its_state(backend):
     x, x_index, a0, y, _ = _one_hot_problem(3, 5, np.float64, seed=9)
     model.loss_and_grads(x_index, y, carry_state=True)
     state = model.state.copy()
-    expected = fastrnn.loss_onehot(x_index, np.zeros((8, 3)), y, model.params, backend=backend, per_sequence=True)
+    expected = fastrnn.loss_onehot(
+        x_index, np.zeros((8, 3)), y, model.params, backend=backend, per_sequence=True
+    )
     np.testing.assert_array_equal(model.evaluate(x_index, y, per_sequence=True), expected)
     np.testing.assert_array_equal(model.state, state)
     assert model.evaluate(x, y, a0=a0) == fastrnn.loss(x, a0, y, model.params, backend=backend)

@@ -127,7 +127,9 @@ def sequence_losses(inputs, a0, labels, p):
     scratch = np.empty(forward_scratch_size(p, m), dtype=dtype)
     losses = np.empty(m, dtype=np.float64)
     kernel = kernels.sequence_losses_onehot_kernel if inputs.ndim == 2 else kernels.sequence_losses_kernel
-    finite = kernel(inputs, labels, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, logits, losses)
+    finite = kernel(
+        inputs, labels, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, logits, losses
+    )
     return losses, h[-1], finite
 
 
