@@ -89,6 +89,17 @@ def _check_inputs(params, x, a0, names=("x", "a0"), x_axes="(n_x, m, T)", x_rank
     return p, dims, x, a0
 
 
+def _check_onehot_inputs(params, x_index, a0, y):
+    """Checked params, their Dims, one-hot ``x_index`` (m, T), ``a0`` (n_a, m) in the params'
+    dtype and the labels ``y`` (m, T); finiteness of params and a0 checked in one pass."""
+    p, dims = check_params(params, finite=False)
+    x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
+    m, T = x_index.shape
+    a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False)
+    check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
+    return p, dims, x_index, a0, check_labels(y, "y", (m, T), dims.n_y)
+
+
 def _backend_name(module):
     return module.NAME
 
@@ -423,12 +434,8 @@ def loss_and_grads_onehot(
     """
     impl, empty, workspace = _resolve(backend, workspace)
     workers = parallel.check_workers(workers)
-    p, dims = check_params(params, finite=False)
-    x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
+    p, dims, x_index, a0, labels = _check_onehot_inputs(params, x_index, a0, y)
     m, T = x_index.shape
-    a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False)
-    check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
-    labels = check_labels(y, "y", (m, T), dims.n_y)
     # n_x = 0: the input layer of one-hot inputs is a lookup, no matrix product.
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
@@ -485,12 +492,8 @@ def loss_onehot(
     """
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
-    p, dims = check_params(params, finite=False)
-    x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
+    p, dims, x_index, a0, labels = _check_onehot_inputs(params, x_index, a0, y)
     m, T = x_index.shape
-    a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False)
-    check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
-    labels = check_labels(y, "y", (m, T), dims.n_y)
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     result = _forward_losses(impl, run, x_index.T, a0, labels, p, dims)
     return _loss_results(result, dims, per_sequence, return_state)
