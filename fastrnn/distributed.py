@@ -27,6 +27,7 @@ Scoring (``score``) maps a forward-only loss (``fastrnn.loss``) over the chunks 
 array of sequences.
 """
 
+import itertools
 import threading
 import time
 import uuid
@@ -176,12 +177,12 @@ class WarmKernels(WorkerPlugin):
     driver's compiled kernels from Numba's on-disk cache instead (``DataParallel`` warms
     the driver first)."""
 
-    idempotent = True
-    name = "fastrnn-warm-kernels"
+    idempotent = True  # registered once per name: one per backend and set of dtypes
 
     def __init__(self, backend="numba", dtypes=("float64", "float32")):
         self.backend = backend
         self.dtypes = tuple(dtypes)
+        self.name = f"fastrnn-warm-kernels-{backend}-{'-'.join(self.dtypes)}"
 
     def setup(self, worker):
         threading.Thread(
@@ -281,8 +282,7 @@ class DataParallel:
         if not isinstance(optimizer, optim.Optimizer):
             raise TypeError(f"optimizer must be a fastrnn.optim.Optimizer, got {type(optimizer).__name__}")
         self.client, self.model, self.optimizer = client, model, optimizer
-        self.clip_norm = None if clip_norm is None else check_real(clip_norm, "clip_norm", above=0)
-        self.timeout = check_real(timeout, "timeout", above=0)
+        self.clip_norm, self.timeout = clip_norm, timeout
         workers = parallel.check_workers(workers)
         self.workers = threads_per_task(client) if workers is None else workers
         self.backend = backends.resolve(model.backend).NAME
@@ -292,7 +292,9 @@ class DataParallel:
         #: (``slowest_shard_seconds``), and the difference (``overhead_seconds``: Dask's
         #: messages, moving parameters and gradients, queueing).
         self.last_step = None
-        self._run = uuid.uuid4().hex[:8]  # keys of this run's tasks
+        # Task keys: this trainer's, and a new one for every load and step submitted, so that
+        # no key meets a cancelled or released task of an earlier try.
+        self._keys = (f"fastrnn-{uuid.uuid4().hex[:8]}-{n}" for n in itertools.count())
         self._shards = None
         # Compile here first (a worker on this machine then loads the kernels from the cache),
         # then on every worker, in the background, as it starts.
@@ -326,13 +328,13 @@ class DataParallel:
             raise TypeError(f"loader must be callable, got {type(loader).__name__}")
         n_shards = check_int(n_shards, "n_shards", minimum=1)
         dims = (self.model.n_x, self.model.n_y, self.model.dtype)
+        prefix = next(self._keys)
         shards = [
-            self.client.submit(_load_shard, loader, k, *dims, key=f"fastrnn-{self._run}-shard-{k}")
+            self.client.submit(_load_shard, loader, k, *dims, key=f"{prefix}-shard-{k}")
             for k in range(n_shards)
         ]
         rows = [
-            self.client.submit(_shard_rows, shard, key=f"fastrnn-{self._run}-rows-{k}")
-            for k, shard in enumerate(shards)
+            self.client.submit(_shard_rows, shard, key=f"{prefix}-rows-{k}") for k, shard in enumerate(shards)
         ]
         _wait_for(rows, self.timeout, "set_data")
         self._shards, self._rows = shards, self.client.gather(rows)
@@ -357,7 +359,7 @@ class DataParallel:
         if self._shards is None:
             raise RuntimeError("call set_data(loader, n_shards) before step()")
         params = {name: self.model.params[name] for name in PARAM_NAMES}
-        index = self.steps_done
+        index, prefix = self.steps_done, next(self._keys)
         futures = [
             self.client.submit(
                 _shard_step,
@@ -367,7 +369,7 @@ class DataParallel:
                 self._states[k],
                 self.backend,
                 self.workers,
-                key=f"fastrnn-{self._run}-step-{index}-shard-{k}",
+                key=f"{prefix}-step-{index + 1}-shard-{k}",
             )  # fmt: skip
             for k, shard in enumerate(self._shards)
         ]
@@ -391,6 +393,24 @@ class DataParallel:
             seconds=seconds, slowest_shard_seconds=slowest, overhead_seconds=seconds - slowest
         )
         return loss
+
+    @property
+    def timeout(self):
+        """Seconds any one wait may take (checked when set: a positive number)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value):
+        self._timeout = check_real(value, "timeout", above=0)
+
+    @property
+    def clip_norm(self):
+        """The global norm the whole batch's gradient is clipped to, or None (checked when set)."""
+        return self._clip_norm
+
+    @clip_norm.setter
+    def clip_norm(self, value):
+        self._clip_norm = None if value is None else check_real(value, "clip_norm", above=0)
 
     @property
     def n_shards(self):

@@ -259,18 +259,57 @@ def test_a_worker_killed_during_a_step_costs_time_not_correctness(fresh_client, 
 def test_a_step_that_misses_its_timeout_raises_and_changes_nothing(fresh_client, tmp_path):
     model = fastrnn.RNN(N_X, N_A, N_Y, seed=7)
     before = {name: value.copy() for name, value in model.params.items()}
-    trainer = DataParallel(fresh_client, model, optim.Adam(), timeout=1.0)
+    trainer = DataParallel(fresh_client, model, optim.Adam(), timeout=60)
 
     def loader(k):
         return slow_loader(k, signal_dir=str(tmp_path), slow_step=0, seconds=20.0)
 
     trainer.set_data(loader, len(SIZES))
+    trainer.timeout = 1.0
     begin = time.monotonic()
     with pytest.raises(StepTimeoutError, match=r"step 1: shard 1 of 3 not done within timeout=1 s"):
         trainer.step()
     assert time.monotonic() - begin < 15  # the wait ended at the timeout, not with the task
     assert trainer.steps_done == 0 and trainer.optimizer.steps == 0
     assert_same_bits(model, fastrnn.RNN.from_params(before))
+
+
+def test_new_data_replaces_the_old(client):
+    model = fastrnn.RNN(N_X, N_A, N_Y, seed=7)
+    trainer = DataParallel(client, model, optim.SGD(lr=1e-300), timeout=60)  # a step changes nothing
+    assert trainer.set_data(array_loader, 3) == list(SIZES)
+    first = trainer.step()
+
+    def other(k):
+        return array_loader(k, sizes=(2, 2), seed=1)
+
+    assert trainer.set_data(other, 2) == [2, 2]
+    second = trainer.step()
+    x_index, y = concatenated(other, 2)
+    assert second != first
+    assert abs(second - model.evaluate(x_index, y)) <= 1e-12 * second
+
+
+def test_a_step_can_be_run_again_after_a_timeout(fresh_client, tmp_path):
+    model = fastrnn.RNN(N_X, N_A, N_Y, seed=7)
+    trainer = DataParallel(fresh_client, model, optim.Adam(lr=0.01), timeout=60)
+
+    def loader(k):
+        return slow_loader(k, signal_dir=str(tmp_path), slow_step=0, seconds=2.0)
+
+    trainer.set_data(loader, len(SIZES))
+    trainer.timeout = 0.5
+    with pytest.raises(StepTimeoutError):
+        trainer.step()
+    trainer.timeout = 60
+    losses = [trainer.step() for _ in range(2)]  # the same step 1, then step 2
+    expected = fastrnn.RNN(N_X, N_A, N_Y, seed=7)  # SlowShard streams: the state is carried
+    expected_optimizer = optim.Adam(lr=0.01)
+    inputs, y = concatenated(array_loader, len(SIZES))
+    expected_losses = [expected.train_step(inputs, y, expected_optimizer, carry_state=True) for _ in range(2)]
+    assert_agree(np.array(losses), np.array(expected_losses), np.float64, "losses")
+    for name in model.params:
+        assert_agree(model.params[name], expected.params[name], np.float64, name)
 
 
 def test_a_failing_loader_names_its_shard(client):
@@ -318,6 +357,10 @@ def test_bad_arguments(client):
     with pytest.raises(ValueError, match="workers"):
         DataParallel(client, model, optim.SGD(), workers=0)
     trainer = DataParallel(client, model, optim.SGD())
+    with pytest.raises(ValueError, match="timeout"):
+        trainer.timeout = -1
+    with pytest.raises(TypeError, match="clip_norm"):
+        trainer.clip_norm = "5"
     with pytest.raises(RuntimeError, match="set_data"):
         trainer.step()
     with pytest.raises(ValueError, match="n_shards"):
