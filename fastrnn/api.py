@@ -25,6 +25,7 @@ from .validation import (
     check_finite_together,
     check_int,
     check_labels,
+    check_nonlinearity,
     check_params,
     report_non_finite_results,
 )
@@ -41,6 +42,7 @@ class CellCache(NamedTuple):
     x_t: np.ndarray  # (n_x, m)
     params: dict
     backend: str
+    nonlinearity: str = "tanh"
 
 
 class ForwardCache(NamedTuple):
@@ -56,6 +58,7 @@ class ForwardCache(NamedTuple):
     h: np.ndarray  # (T + 1, m, n_a), h[0] = a0
     params: dict
     backend: str
+    nonlinearity: str = "tanh"
 
 
 def _contiguous(view, empty=new_array, name=None):
@@ -153,8 +156,9 @@ def init_params(n_x, n_a, n_y, *, seed=None, dtype=np.float64):
     }
 
 
-def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
-    """One step: ``a_t = tanh(W_ax x_t + W_aa a_prev + b_a)``, ``y_hat_t = softmax(W_ya a_t + b_y)``.
+def rnn_cell_forward(x_t, a_prev, params, *, backend=None, nonlinearity="tanh"):
+    """One step: ``a_t = f(W_ax x_t + W_aa a_prev + b_a)``, ``y_hat_t = softmax(W_ya a_t + b_y)``,
+    ``f`` the ``nonlinearity`` (tanh by default).
 
     Parameters
     ----------
@@ -163,6 +167,8 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
     params : dict
         As from ``init_params``; its dtype is the dtype of the results.
     backend : {"numba", "numpy"} or None
+    nonlinearity : {"tanh", "relu"}
+        ``relu``: ``max(z, 0)``.
 
     Returns
     -------
@@ -171,20 +177,23 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None):
     cache : CellCache
         For ``rnn_cell_backward``.
     """
-    impl, p, x_t, h, y_hat = _cell_step(x_t, a_prev, params, backend)
+    impl, p, x_t, h, y_hat = _cell_step(x_t, a_prev, params, backend, nonlinearity)
     a_t = _read_only(h[1].T)
-    cache = CellCache(a_t, _read_only(h[0].T), _read_only(np.array(x_t)), _owned(p), _backend_name(impl))
+    cache = CellCache(
+        a_t, _read_only(h[0].T), _read_only(np.array(x_t)), _owned(p), _backend_name(impl), nonlinearity
+    )
     return a_t, y_hat[0].T, cache
 
 
-def _cell_step(x_t, a_prev, params, backend):
+def _cell_step(x_t, a_prev, params, backend, nonlinearity="tanh"):
     """``rnn_cell_forward`` without its cache (for sampling, which needs none): the backend,
     the checked params and x_t, ``h`` (2, m, n_a) = (a_prev, a_t) and ``y_hat`` (1, m, n_y)."""
     impl = backends.resolve(backend)
+    nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x_t, a_prev = _check_inputs(params, x_t, a_prev, ("x_t", "a_prev"), "(n_x, m)", x_rank=2)
     # The cell is the T = 1 case of the forward pass: one code path for both.  a_prev goes
     # in as a view: the backends copy it into h[0].
-    h, y_hat, finite = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p)
+    h, y_hat, finite = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p, nonlinearity)
     if not finite:
         report_non_finite_results({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
     return impl, p, x_t, h, y_hat
@@ -213,6 +222,7 @@ def _checked_cache_params(cache, kind):
             f"cache.params must be the params dict {kind} was given, got {type(cache.params).__name__}"
         )
     p, dims = check_params(cache.params)
+    check_nonlinearity(cache.nonlinearity, "cache.nonlinearity")
     return backends.resolve(cache.backend), p, dims
 
 
@@ -244,7 +254,9 @@ def rnn_cell_backward(da_t, cache):
     x_t = check_array(cache.x_t, "cache.x_t", (dims.n_x, m), "(n_x, m)", dims.dtype)
     da_t = check_array(da_t, "da_t", (dims.n_a, m), "(n_a, m)", dims.dtype)
     h = np.stack([a_prev.T, a_t.T])  # (2, m, n_a): a<t-1>, a<t>
-    grads, finite = impl.backward(np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(x_t.T[None]), h, p)
+    grads, finite = impl.backward(
+        np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(x_t.T[None]), h, p, cache.nonlinearity
+    )
     if not finite:
         report_non_finite_results(grads, h.dtype, "rnn_cell_backward")
     return {
@@ -256,7 +268,7 @@ def rnn_cell_backward(da_t, cache):
     }
 
 
-def rnn_forward(x, a0, params, *, backend=None, workers=None):
+def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh"):
     """Forward pass over a batch of sequences.
 
     Parameters
@@ -269,6 +281,8 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None):
         None: ``FASTRNN_BACKEND`` if set, else Numba where it imports, else NumPy.
     workers : int or None
         Threads, as in ``loss_and_grads``.
+    nonlinearity : {"tanh", "relu"}
+        The hidden layer's ``f`` in ``a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)``.
 
     Returns
     -------
@@ -281,6 +295,7 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None):
     """
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
+    nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x, a0 = _check_inputs(params, x, a0)
     xs = _to_time_major(x)
     T, m, _ = xs.shape
@@ -288,18 +303,18 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None):
     with parallel.blas_threads(run.blas_threads):
         if run.shards == 1:
             # a0 goes in as a view: the backends copy it into h[0]
-            h, y_hat, finite = impl.forward(xs, a0.T, p)
+            h, y_hat, finite = impl.forward(xs, a0.T, p, nonlinearity)
         else:
-            h, y_hat, finite = _sharded_forward(impl, run, xs, a0, p, dims)
+            h, y_hat, finite = _sharded_forward(impl, run, xs, a0, p, dims, nonlinearity)
     if not finite:
         report_non_finite_results({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
     if np.may_share_memory(xs, x):  # the time-major layout was the caller's x itself
         xs = xs.copy()
-    cache = ForwardCache(_read_only(xs), _read_only(h), _owned(p), _backend_name(impl))
+    cache = ForwardCache(_read_only(xs), _read_only(h), _owned(p), _backend_name(impl), nonlinearity)
     return _from_time_major(cache.h[1:]), _from_time_major(y_hat), cache
 
 
-def _sharded_forward(impl, run, xs, a0, p, dims):
+def _sharded_forward(impl, run, xs, a0, p, dims, nonlinearity):
     """``impl.forward`` shard by shard, each shard's states and outputs copied into its rows
     of the whole batch's ``h`` and ``y_hat``."""
     T, m, _ = xs.shape
@@ -309,7 +324,7 @@ def _sharded_forward(impl, run, xs, a0, p, dims):
 
     def forward_shard(k):
         rows = shards[k]
-        h_k, y_hat_k, finite = impl.forward(np.ascontiguousarray(xs[:, rows]), a0[:, rows].T, p)
+        h_k, y_hat_k, finite = impl.forward(np.ascontiguousarray(xs[:, rows]), a0[:, rows].T, p, nonlinearity)
         h[:, rows] = h_k
         y_hat[:, rows] = y_hat_k
         return finite
@@ -345,7 +360,7 @@ def rnn_backward(da, cache):
     xs = check_array(cache.xs, "cache.xs", (T, m, dims.n_x), "(T, m, n_x)", dims.dtype)
     h, xs = np.ascontiguousarray(h), np.ascontiguousarray(xs)
     da = check_array(da, "da", (dims.n_a, m, T), "(n_a, m, T)", dims.dtype)
-    grads, finite = impl.backward(_to_time_major(da), xs, h, p)
+    grads, finite = impl.backward(_to_time_major(da), xs, h, p, cache.nonlinearity)
     if not finite:
         report_non_finite_results(grads, dims.dtype, "rnn_backward")
     grads["dx"] = _from_time_major(grads["dx"])
@@ -353,7 +368,9 @@ def rnn_backward(da, cache):
     return grads
 
 
-def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_state=False, workers=None):
+def loss_and_grads(
+    x, a0, y, params, *, backend=None, workspace=None, return_state=False, workers=None, nonlinearity="tanh"
+):
     """Cross-entropy loss of a batch of sequences and the gradient of every input.
 
     ``L = -(1/m) sum_{i,t} log y_hat[y[i, t], i, t]``: summed over time, averaged over the
@@ -383,6 +400,9 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_sta
         fastrnn choose from the problem's size and the cores (README, "Every core").
         Results agree with ``workers=1`` to rounding and are bitwise the same from run to
         run for the same ``workers``.
+    nonlinearity : {"tanh", "relu"}
+        The hidden layer's ``f`` in ``a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)``; ``relu``
+        is ``max(z, 0)``, whose derivative at 0 counts as 0 (as in PyTorch).
 
     Returns
     -------
@@ -396,23 +416,36 @@ def loss_and_grads(x, a0, y, params, *, backend=None, workspace=None, return_sta
     """
     impl, empty, workspace = _resolve(backend, workspace)
     workers = parallel.check_workers(workers)
+    nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x, a0 = _check_inputs(params, x, a0)
     n_x, m, T = x.shape
     labels = check_labels(y, "y", (m, T), dims.n_y)
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
-        return _sharded_loss_and_grads(impl, run, workspace, x, a0, labels, p, dims, return_state)
+        return _sharded_loss_and_grads(
+            impl, run, workspace, x, a0, labels, p, dims, return_state, nonlinearity
+        )
     xs = _to_time_major(x, empty, "xs")
     # dx may overwrite xs when xs is a copy made here, not a view of the caller's x.
     scratch = not np.may_share_memory(xs, x)
     result = _run_with_blas_threads(
-        run.blas_threads, _shard_loss_and_grads, impl, empty, xs, a0.T, labels.T, p, m, xs_is_scratch=scratch
-    )
+        run.blas_threads, _shard_loss_and_grads, impl, empty, xs, a0.T, labels.T, p, m, nonlinearity,
+        xs_is_scratch=scratch,
+    )  # fmt: skip
     return _results(result, dims, return_state)
 
 
 def loss_and_grads_onehot(
-    x_index, a0, y, params, *, backend=None, workspace=None, return_state=False, workers=None
+    x_index,
+    a0,
+    y,
+    params,
+    *,
+    backend=None,
+    workspace=None,
+    return_state=False,
+    workers=None,
+    nonlinearity="tanh",
 ):
     """``loss_and_grads`` for one-hot inputs given by the index of their 1 (text, tokens).
 
@@ -424,7 +457,7 @@ def loss_and_grads_onehot(
     ----------
     x_index : array_like of int, shape (m, T)
         Index in ``[0, n_x)`` of each input's 1.
-    a0, y, params, backend, workspace, return_state, workers
+    a0, y, params, backend, workspace, return_state, workers, nonlinearity
         As in ``loss_and_grads``.
 
     Returns
@@ -434,19 +467,33 @@ def loss_and_grads_onehot(
     """
     impl, empty, workspace = _resolve(backend, workspace)
     workers = parallel.check_workers(workers)
+    nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x_index, a0, labels = _check_onehot_inputs(params, x_index, a0, y)
     m, T = x_index.shape
     # n_x = 0: the input layer of one-hot inputs is a lookup, no matrix product.
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
-        return _sharded_loss_and_grads(impl, run, workspace, x_index, a0, labels, p, dims, return_state)
+        return _sharded_loss_and_grads(
+            impl, run, workspace, x_index, a0, labels, p, dims, return_state, nonlinearity
+        )
     result = _run_with_blas_threads(
-        run.blas_threads, _shard_loss_and_grads, impl, empty, x_index.T, a0.T, labels.T, p, m
+        run.blas_threads, _shard_loss_and_grads, impl, empty, x_index.T, a0.T, labels.T, p, m, nonlinearity
     )
     return _results(result, dims, return_state)
 
 
-def loss(x, a0, y, params, *, backend=None, per_sequence=False, return_state=False, workers=None):
+def loss(
+    x,
+    a0,
+    y,
+    params,
+    *,
+    backend=None,
+    per_sequence=False,
+    return_state=False,
+    workers=None,
+    nonlinearity="tanh",
+):
     """The loss of ``loss_and_grads``, without gradients: for validation and scoring.
 
     A forward pass that keeps nothing for a backward one (no cache, no gradient memory),
@@ -454,7 +501,7 @@ def loss(x, a0, y, params, *, backend=None, per_sequence=False, return_state=Fal
 
     Parameters
     ----------
-    x, a0, y, params, backend, workers
+    x, a0, y, params, backend, workers, nonlinearity
         As in ``loss_and_grads``.
     per_sequence : bool
         Return each sequence's loss, summed over its steps, instead of their mean.
@@ -471,35 +518,46 @@ def loss(x, a0, y, params, *, backend=None, per_sequence=False, return_state=Fal
     """
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
+    nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x, a0 = _check_inputs(params, x, a0)
     n_x, m, T = x.shape
     labels = check_labels(y, "y", (m, T), dims.n_y)
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
-    result = _forward_losses(impl, run, x.transpose(2, 1, 0), a0, labels, p, dims)
+    result = _forward_losses(impl, run, x.transpose(2, 1, 0), a0, labels, p, dims, nonlinearity)
     return _loss_results(result, dims, per_sequence, return_state)
 
 
 def loss_onehot(
-    x_index, a0, y, params, *, backend=None, per_sequence=False, return_state=False, workers=None
+    x_index,
+    a0,
+    y,
+    params,
+    *,
+    backend=None,
+    per_sequence=False,
+    return_state=False,
+    workers=None,
+    nonlinearity="tanh",
 ):
     """``loss`` for one-hot inputs given by the index of their 1 (as ``loss_and_grads_onehot``).
 
     Parameters
     ----------
     x_index : array_like of int, shape (m, T)
-    a0, y, params, backend, per_sequence, return_state, workers
+    a0, y, params, backend, per_sequence, return_state, workers, nonlinearity
         As in ``loss``.
     """
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
+    nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x_index, a0, labels = _check_onehot_inputs(params, x_index, a0, y)
     m, T = x_index.shape
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
-    result = _forward_losses(impl, run, x_index.T, a0, labels, p, dims)
+    result = _forward_losses(impl, run, x_index.T, a0, labels, p, dims, nonlinearity)
     return _loss_results(result, dims, per_sequence, return_state)
 
 
-def _forward_losses(impl, run, inputs, a0, labels, p, dims):
+def _forward_losses(impl, run, inputs, a0, labels, p, dims, nonlinearity):
     """Each sequence's loss and last state, shard by shard (``run``).
 
     ``inputs`` is a time-major view, ``xs`` (T, m, n_x) or ``x_index`` (T, m), copied here to
@@ -514,7 +572,11 @@ def _forward_losses(impl, run, inputs, a0, labels, p, dims):
     def run_shard(k):
         rows = shards[k]
         shard_losses, h_last, finite = impl.sequence_losses(
-            np.ascontiguousarray(inputs[:, rows]), a0[:, rows].T, np.ascontiguousarray(labels[rows].T), p
+            np.ascontiguousarray(inputs[:, rows]),
+            a0[:, rows].T,
+            np.ascontiguousarray(labels[rows].T),
+            p,
+            nonlinearity,
         )
         losses[rows] = shard_losses
         a_last[rows] = h_last
@@ -558,7 +620,9 @@ def _resolve(backend, workspace):
     return impl, workspace.empty, workspace
 
 
-def _shard_loss_and_grads(impl, empty, inputs, a0_rows, labels, p, batch_size, xs_is_scratch=False):
+def _shard_loss_and_grads(
+    impl, empty, inputs, a0_rows, labels, p, batch_size, nonlinearity, xs_is_scratch=False
+):
     """One backend's training step on a batch or a shard of one, in the time-major layout.
 
     Parameters
@@ -577,6 +641,8 @@ def _shard_loss_and_grads(impl, empty, inputs, a0_rows, labels, p, batch_size, x
         Checked parameters.
     batch_size : int
         The whole batch's ``m``, which the loss is averaged over (a shard's share of it).
+    nonlinearity : {"tanh", "relu"}
+        Checked.
     xs_is_scratch : bool
         ``inputs`` is a copy that ``dx`` may overwrite (see ``numba_backend``).
 
@@ -588,8 +654,9 @@ def _shard_loss_and_grads(impl, empty, inputs, a0_rows, labels, p, batch_size, x
     inputs = _contiguous(inputs, empty, "x_index" if inputs.ndim == 2 else "xs")
     labels = _contiguous(labels, empty, "labels")
     loss, grads, a_last, finite = impl.loss_and_grads(
-        inputs, a0_rows, labels, p, empty=empty, xs_is_scratch=xs_is_scratch, batch_size=batch_size
-    )
+        inputs, a0_rows, labels, p, empty=empty, xs_is_scratch=xs_is_scratch, batch_size=batch_size,
+        nonlinearity=nonlinearity,
+    )  # fmt: skip
     if empty is not new_array and not impl.RESULTS_IN_WORKSPACE:
         # A workspace holds the results whatever the backend: this layer puts them there.
         for name, value in grads.items():
@@ -598,7 +665,7 @@ def _shard_loss_and_grads(impl, empty, inputs, a0_rows, labels, p, batch_size, x
     return loss, grads, a_last, finite
 
 
-def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, return_state):
+def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, return_state, nonlinearity):
     """``loss_and_grads`` (dense ``x`` (n_x, m, T) or one-hot ``x_index`` (m, T)) cut into
     ``run.shards`` shards of whole sequences, run on ``run.threads`` threads.
 
@@ -636,8 +703,9 @@ def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, r
         else:
             shard_inputs, scratch = inputs[rows].T, False
         loss, grads, h_last, finite = _shard_loss_and_grads(
-            impl, allocators[k], shard_inputs, a0[:, rows].T, labels[rows].T, p, m, xs_is_scratch=scratch
-        )
+            impl, allocators[k], shard_inputs, a0[:, rows].T, labels[rows].T, p, m, nonlinearity,
+            xs_is_scratch=scratch,
+        )  # fmt: skip
         if dense:
             dx[:, rows] = grads.pop("dx")
         if return_state:

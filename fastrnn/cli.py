@@ -29,7 +29,7 @@ from .model import RNN
 from .optim import OPTIMIZERS
 from .parallel import check_workers
 from .text import builtin_corpus, default_shards, fit_batch_shape, read_text, sample, train_char_rnn
-from .validation import check_int, check_real
+from .validation import NONLINEARITIES, check_int, check_real
 
 BUILTIN_CORPUS_NAME = "the Zen of Python (the standard library's `this` module)"
 
@@ -132,6 +132,8 @@ def build_parser():
     train.add_argument(
         "--dtype", choices=("float32", "float64"), default="float32", help="(default: %(default)s)"
     )
+    train.add_argument("--nonlinearity", choices=NONLINEARITIES, default="tanh",
+                       help="the hidden layer's activation (default: %(default)s)")  # fmt: skip
     train.add_argument("--backend", choices=("numba", "numpy"), default=None, help="(default: automatic)")
     train.add_argument("--workers", type=_workers, default=None,
                        help="threads per step: N >= 1, or -1 for every core (default: fastrnn chooses from the sizes and cores)")  # fmt: skip
@@ -250,10 +252,16 @@ def run_train(args):
     messages = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON with --json
     vocab_size = len(set(text))
     # What runs: the flags, or a resumed run's own settings.
-    hidden, optimizer, lr, dtype = (
-        (resume.n_a, resume.settings.get("optimizer"), resume.settings.get("lr"), resume.dtype.name)
+    hidden, optimizer, lr, dtype, nonlinearity = (
+        (
+            resume.n_a,
+            resume.settings.get("optimizer"),
+            resume.settings.get("lr"),
+            resume.dtype.name,
+            resume.nonlinearity,
+        )
         if resume
-        else (args.hidden, args.optimizer, args.lr, args.dtype)
+        else (args.hidden, args.optimizer, args.lr, args.dtype, args.nonlinearity)
     )
     if args.shards is not None and args.dask is None:
         raise UsageError("--shards is for --dask runs")
@@ -261,7 +269,7 @@ def run_train(args):
         threads = describe_threads(args, resume, len(text), vocab_size, client)
         print(
             f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
-            f"hidden {hidden}, {optimizer} lr {lr}, {dtype}, backend {args.backend or 'automatic'}; {threads}"
+            f"hidden {hidden} ({nonlinearity}), {optimizer} lr {lr}, {dtype}, backend {args.backend or 'automatic'}; {threads}"
             + (f"; resuming {args.resume} at step {resume.settings.get('steps_done')}" if resume else ""),
             file=messages,
         )
@@ -391,7 +399,7 @@ def _train_with_progress(args, text, resume, interrupted, messages, client=None)
             optimizer=args.optimizer, clip_norm=args.clip or None, dtype=np.dtype(args.dtype).type,
             backend=args.backend, seed=args.seed, callback=on_step, workers=args.workers, resume=resume,
             client=client, text_path=os.path.abspath(args.text_file) if args.text_file else None,
-            shards=args.shards, timeout=args.dask_timeout,
+            shards=args.shards, timeout=args.dask_timeout, nonlinearity=args.nonlinearity,
         )  # fmt: skip
     finally:
         bar.close()
@@ -428,6 +436,7 @@ def _summary(args, run, corpus, text, vocab_size, threads, plot):
         "batch": run.model.settings["batch"],
         "seq_length": run.model.settings["seq_length"],
         "dtype": run.model.dtype.name,
+        "nonlinearity": run.model.nonlinearity,
         "backend": args.backend or "automatic",
         "workers": "automatic" if args.workers is None else args.workers,
         "threads": threads,

@@ -114,7 +114,7 @@ def _shard_rows(data):
     return int(data.rows)
 
 
-def _shard_step(data, params, step, a0, backend, workers):
+def _shard_step(data, params, step, a0, backend, workers, nonlinearity):
     """One shard's training step, on a worker.
 
     Returns
@@ -138,7 +138,9 @@ def _shard_step(data, params, step, a0, backend, workers):
         a0 = np.zeros((n_a, rows), dtype=params["W_aa"].dtype)
     one_hot = inputs.ndim == 2 and inputs.dtype.kind in "iu"
     function = api.loss_and_grads_onehot if one_hot else api.loss_and_grads
-    loss, grads, a_last = function(inputs, a0, y, params, backend=backend, return_state=True, workers=workers)
+    loss, grads, a_last = function(
+        inputs, a0, y, params, backend=backend, return_state=True, workers=workers, nonlinearity=nonlinearity
+    )
     carries = not isinstance(data, _ArrayShard)
     return (
         float(loss),
@@ -369,6 +371,7 @@ class DataParallel:
                 self._states[k],
                 self.backend,
                 self.workers,
+                self.model.nonlinearity,
                 key=f"{prefix}-step-{index + 1}-shard-{k}",
             )  # fmt: skip
             for k, shard in enumerate(self._shards)
@@ -443,14 +446,15 @@ class DataParallel:
 # -- scoring -----------------------------------------------------------------------------
 
 
-def _score_block(inputs, y, params, backend, workers):
+def _score_block(inputs, y, params, backend, workers, nonlinearity):
     """Each sequence's loss in one block of sequences, on a worker."""
     inputs = np.asarray(inputs)
     n_a, rows = params["W_aa"].shape[0], y.shape[0]
     a0 = np.zeros((n_a, rows), dtype=params["W_aa"].dtype)
-    if inputs.ndim == 2:
-        return api.loss_onehot(inputs, a0, y, params, backend=backend, per_sequence=True, workers=workers)
-    return api.loss(inputs, a0, y, params, backend=backend, per_sequence=True, workers=workers)
+    function = api.loss_onehot if inputs.ndim == 2 else api.loss
+    return function(
+        inputs, a0, y, params, backend=backend, per_sequence=True, workers=workers, nonlinearity=nonlinearity
+    )
 
 
 def score(client, model, inputs, y=None, *, lengths=None, workers=None):
@@ -526,9 +530,10 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
     backend = backends.resolve(model.backend).NAME
     blocks = [
         dask_array.from_delayed(
+            # pure=False: computed at every call (no result of an earlier call is reused)
             dask.delayed(_score_block, pure=False)(
-                block, labels, params, backend, workers
-            ),  # computed at every call
+                block, labels, params, backend, workers, model.nonlinearity
+            ),
             shape=(rows,),
             dtype=model.dtype,
         )

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 
 from . import api, backends, optim
-from .validation import PARAM_NAMES, check_params
+from .validation import NONLINEARITIES, PARAM_NAMES, check_nonlinearity, check_params
 
 CHECKPOINT_FORMAT = "fastrnn.RNN/1"
 
@@ -21,7 +21,7 @@ class CheckpointError(ValueError):
 
 
 class RNN:
-    """A vanilla (tanh) RNN with a softmax output layer.
+    """A vanilla (Elman) RNN, tanh or ReLU, with a softmax output layer.
 
     Parameters
     ----------
@@ -36,6 +36,9 @@ class RNN:
         Start from these parameters (copied, checked) instead of random ones: their sizes
         must be ``n_x, n_a, n_y`` and their dtype ``dtype``.  ``RNN.from_params(params)``
         reads the sizes and dtype from them.
+    nonlinearity : {"tanh", "relu"}
+        The hidden layer's ``f`` in ``a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)``; kept in
+        checkpoints (those written before it existed load as tanh).
 
     Attributes
     ----------
@@ -52,8 +55,11 @@ class RNN:
         Free-form settings saved with the model (JSON-serialisable).
     """
 
-    def __init__(self, n_x, n_a, n_y, *, dtype=np.float64, backend=None, seed=None, params=None):
+    def __init__(
+        self, n_x, n_a, n_y, *, dtype=np.float64, backend=None, seed=None, params=None, nonlinearity="tanh"
+    ):
         backends.resolve(backend)  # fail early on an unknown backend
+        self.nonlinearity = check_nonlinearity(nonlinearity)
         if params is None:
             self.params = api.init_params(n_x, n_a, n_y, seed=seed, dtype=dtype)
         else:
@@ -71,11 +77,19 @@ class RNN:
         self.optimizer_state = None
 
     @classmethod
-    def from_params(cls, params, *, backend=None):
+    def from_params(cls, params, *, backend=None, nonlinearity="tanh"):
         """A model around a copy of ``params`` (as from ``fastrnn.init_params``), its sizes
         and dtype read from them."""
         _, dims = check_params(params)
-        return cls(dims.n_x, dims.n_a, dims.n_y, dtype=dims.dtype, backend=backend, params=params)
+        return cls(
+            dims.n_x,
+            dims.n_a,
+            dims.n_y,
+            dtype=dims.dtype,
+            backend=backend,
+            params=params,
+            nonlinearity=nonlinearity,
+        )
 
     @property
     def n_x(self):
@@ -112,7 +126,9 @@ class RNN:
         x = np.asarray(x)
         m = x.shape[1] if x.ndim == 3 else 1  # a wrong rank is reported by rnn_forward
         a0 = self._initial_state(a0, m, False)
-        a, y_hat, _ = api.rnn_forward(x, a0, self.params, backend=self.backend, workers=workers)
+        a, y_hat, _ = api.rnn_forward(
+            x, a0, self.params, backend=self.backend, workers=workers, nonlinearity=self.nonlinearity
+        )
         return a, y_hat
 
     def loss_and_grads(self, inputs, y, *, a0=None, carry_state=False, workspace=None, workers=None):
@@ -143,6 +159,7 @@ class RNN:
         loss, grads, a_last = function(
             inputs, self._initial_state(a0, m, carry_state), y, self.params,
             backend=self.backend, workspace=workspace, return_state=True, workers=workers,
+            nonlinearity=self.nonlinearity,
         )  # fmt: skip
         if carry_state:
             self.state = np.array(a_last)  # a copy: a workspace reuses a_last's memory
@@ -165,7 +182,7 @@ class RNN:
         function = api.loss_onehot if one_hot else api.loss
         return function(
             inputs, self._initial_state(a0, m, False), y, self.params,
-            backend=self.backend, per_sequence=per_sequence, workers=workers,
+            backend=self.backend, per_sequence=per_sequence, workers=workers, nonlinearity=self.nonlinearity,
         )  # fmt: skip
 
     def train_step(
@@ -240,6 +257,7 @@ class RNN:
             has_vocab=np.array(self.vocab is not None),
             settings=np.array(json.dumps(self.settings)),
             backend=np.array(self.backend or ""),
+            nonlinearity=np.array(self.nonlinearity),
             **self.params,
         )
         if self.state is not None:
@@ -309,7 +327,12 @@ class RNN:
             )
         if not isinstance(settings, dict):
             raise CheckpointError(f"{path}: settings must be a JSON object")
-        model = cls.from_params(params, backend=backend)
+        nonlinearity = contents["nonlinearity"]
+        if nonlinearity not in NONLINEARITIES:
+            raise CheckpointError(
+                f"{path}: nonlinearity must be one of {', '.join(NONLINEARITIES)}, got {nonlinearity[:50]!r}"
+            )
+        model = cls.from_params(params, backend=backend, nonlinearity=nonlinearity)
         model.state = contents["carried_state"]
         model.vocab = vocab
         model.settings = settings
@@ -468,6 +491,7 @@ def _read_checkpoint(members):
     return {
         "params": params,
         "settings": members.text("settings"),
+        "nonlinearity": members.text("nonlinearity", optional=True) or "tanh",  # absent before relu existed
         "vocab": vocab,
         "carried_state": carried_state,
         "optimizer_state": _optimizer_state(members, members.text("optimizer", optional=True), params),

@@ -235,7 +235,7 @@ class TrainingRun:
 def train_char_rnn(
     text, *, hidden=128, seq_length=32, batch=16, steps=1000, lr=0.002, optimizer="adam",
     clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None, workers=None, resume=None,
-    client=None, text_path=None, shards=None, timeout=None,
+    client=None, text_path=None, shards=None, timeout=None, nonlinearity="tanh",
 ):  # fmt: skip
     """Train a character-level RNN on ``text`` with truncated BPTT.
 
@@ -249,8 +249,9 @@ def train_char_rnn(
     optimizer : {"adagrad", "adam", "sgd"}
     clip_norm : float or None
         Clip gradients by global norm.
-    dtype, backend, seed
-        For the model (``seed`` also fixes the initial parameters).
+    dtype, backend, seed, nonlinearity
+        For the model (``seed`` also fixes the initial parameters; ``nonlinearity``: "tanh"
+        or "relu").
     callback : callable, optional
         ``callback(step, loss_per_char, run)`` after every step; a true return value stops
         training after that step (``run.stopped_early``).
@@ -260,8 +261,8 @@ def train_char_rnn(
         A model loaded from a checkpoint of a run on the same text (``RNN.load``; saved with
         its optimizer).  Training continues where it stopped: its parameters, carried state,
         optimizer state and step count, and its settings (which replace ``hidden``,
-        ``seq_length``, ``batch``, ``lr``, ``optimizer``, ``clip_norm``, ``dtype`` and
-        ``seed``), so that the losses continue those of an uninterrupted run.
+        ``seq_length``, ``batch``, ``lr``, ``optimizer``, ``clip_norm``, ``dtype``,
+        ``seed`` and ``nonlinearity``), so that the losses continue those of an uninterrupted run.
     client : dask.distributed.Client, optional
         Train on this Dask cluster (``fastrnn.distributed.DataParallel``): the streams are
         cut into ``shards`` shards of rows, which the workers read from ``text_path``
@@ -297,7 +298,9 @@ def train_char_rnn(
         batch, seq_length = fit_batch_shape(len(data), batch, seq_length)
         if optimizer not in optim.OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(optim.OPTIMIZERS)}, got {optimizer!r}")
-        model = RNN(len(vocab), hidden, len(vocab), dtype=dtype, backend=backend, seed=seed)
+        model = RNN(
+            len(vocab), hidden, len(vocab), dtype=dtype, backend=backend, seed=seed, nonlinearity=nonlinearity
+        )
         model.vocab = vocab.chars
         model.settings = dict(hidden=hidden, seq_length=seq_length, batch=batch, steps=steps, lr=lr,
                               optimizer=optimizer, clip_norm=clip_norm, dtype=np.dtype(dtype).name, seed=seed)  # fmt: skip
@@ -425,7 +428,9 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
     def advance(index):
         x[:] = 0
         x[index] = 1
-        *_, h, y_hat = _cell_step(x, a, model.params, model.backend)  # no cache: nothing goes back
+        *_, h, y_hat = _cell_step(
+            x, a, model.params, model.backend, model.nonlinearity
+        )  # no cache: nothing goes back
         return h[1].T, y_hat[0].T
 
     for index in context:  # run the prime (or the first character) through the network

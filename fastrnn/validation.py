@@ -17,6 +17,7 @@ import numpy as np
 PARAM_NAMES = ("W_ax", "W_aa", "b_a", "W_ya", "b_y")
 PARAM_LABELS = tuple(f"params['{name}']" for name in PARAM_NAMES)  # as messages name them
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+NONLINEARITIES = ("tanh", "relu")  # the hidden layer's f in a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)
 
 Dims = namedtuple("Dims", "n_x n_a n_y dtype")
 Dims.__doc__ = "Sizes and dtype fixed by the parameters."
@@ -94,6 +95,16 @@ def _check_nonempty(array, name, meaning):
         raise ValueError(
             f"{name} has an empty dimension: shape {array.shape} for {meaning}; every size must be at least 1"
         )
+
+
+def check_nonlinearity(nonlinearity, name="nonlinearity"):
+    """``nonlinearity`` as one of ``NONLINEARITIES``; anything else is a TypeError or
+    ValueError naming it."""
+    if not isinstance(nonlinearity, str):
+        raise TypeError(f"{name} must be 'tanh' or 'relu', got {_describe(nonlinearity)}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"{name} must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return nonlinearity
 
 
 def check_int(value, name, *, minimum):

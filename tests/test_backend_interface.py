@@ -67,12 +67,13 @@ def test_kernels_get_each_argument_under_its_own_name(monkeypatch):
     monkeypatch.setattr(numba_backend, "kernels", _recording_kernels(calls))
     x, a0, y, params = make_problem(N_X, N_A, N_Y, M, T, seed=600)
     x_index = np.random.default_rng(600).integers(0, N_X, size=(M, T))
-    fastrnn.loss_and_grads(x, a0, y, params, backend="numba", workers=1)
-    fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend="numba", workers=1)
-    a, _, cache = fastrnn.rnn_forward(x, a0, params, backend="numba", workers=1)
+    relu = dict(backend="numba", workers=1, nonlinearity="relu")  # relu: the flag must arrive as True
+    fastrnn.loss_and_grads(x, a0, y, params, **relu)
+    fastrnn.loss_and_grads_onehot(x_index, a0, y, params, **relu)
+    a, _, cache = fastrnn.rnn_forward(x, a0, params, **relu)
     fastrnn.rnn_backward(np.ones(a.shape), cache)
-    fastrnn.loss(x, a0, y, params, backend="numba", workers=1)
-    fastrnn.loss_onehot(x_index, a0, y, params, backend="numba", workers=1)
+    fastrnn.loss(x, a0, y, params, **relu)
+    fastrnn.loss_onehot(x_index, a0, y, params, **relu)
     assert set(calls) == {
         "forward_kernel",
         "backward_kernel",
@@ -85,6 +86,8 @@ def test_kernels_get_each_argument_under_its_own_name(monkeypatch):
         for name, value in arguments.items():
             if name == "batch_size":
                 assert value == M, kernel
+            elif name == "relu":
+                assert value is True, kernel
             elif name in FLAT:
                 assert value.ndim == 1, (kernel, name)
             else:

@@ -6,32 +6,33 @@ reference, ``numba_backend`` the fast one, and ``tests/test_backend_interface.py
 that both have exactly these signatures.  Numba is imported only when the Numba backend is
 first asked for, so ``import fastrnn`` stays fast and works without Numba.
 
-=======================================================  =========================================
+========================================================  ========================================
 function                                                  returns
-=======================================================  =========================================
+========================================================  ========================================
 ``NAME``                                                  ``"numba"`` or ``"numpy"``
 ``RESULTS_IN_WORKSPACE``                                  whether ``loss_and_grads`` allocates its
                                                           results through ``empty`` (else the
                                                           API copies them there)
-``forward(xs, a0, p)``                                    ``h``, ``y_hat`` (T, m, n_y), ``finite``
-``backward(da, xs, h, p)``                                dict (``dx``, ``da0``, ``dW_ax``,
+``forward(xs, a0, p, nonlinearity)``                      ``h``, ``y_hat`` (T, m, n_y), ``finite``
+``backward(da, xs, h, p, nonlinearity)``                  dict (``dx``, ``da0``, ``dW_ax``,
                                                           ``dW_aa``, ``db_a``), ``finite``
 ``loss_and_grads(inputs, a0, labels, p, *, empty,``       ``loss``, grads (dict, with ``dx`` for
-``xs_is_scratch, batch_size)``                            dense inputs), ``a_last`` (m, n_a),
+``xs_is_scratch, batch_size, nonlinearity)``              dense inputs), ``a_last`` (m, n_a),
                                                           ``finite`` (bool)
-``sequence_losses(inputs, a0, labels, p)``                 ``losses`` (m,) float64, each sequence's
-                                                          summed over time; ``a_last``; ``finite``
+``sequence_losses(inputs, a0, labels, p,``                ``losses`` (m,) float64, each sequence's
+``nonlinearity)``                                         summed over time; ``a_last``; ``finite``
 ``sgd_update(param, grad, velocity, lr, momentum,``       whether every new value is finite
 ``commit)``, ``adagrad_update(param, grad, sum_sq, lr,``  (``commit=False``, nothing written) or
 ``eps, commit)``, ``adam_update(param, grad, m, v, lr,``  True (``commit=True``, all written)
 ``beta1, beta2, eps, correction1, correction2, commit)``
 ``clip_by_value(grad, limit)``, ``scale(grad, factor)``   None (in place)
 ``max_abs(grad)``, ``sum_of_squares(grad, inv_scale)``    float
-=======================================================  =========================================
+========================================================  ========================================
 
 ``finite`` says whether every result is finite: each backend scans its own results (the
 Numba kernels in compiled code), and ``fastrnn.api`` alone reports a non-finite one, as
-``NonFiniteResultError``.  ``a0`` may be a view (the backends copy it into ``h[0]``); ``p`` holds the five checked,
+``NonFiniteResultError``.  ``nonlinearity`` is ``"tanh"`` or ``"relu"`` (checked by the
+API).  ``a0`` may be a view (the backends copy it into ``h[0]``); ``p`` holds the five checked,
 C-contiguous parameters of one dtype, in which everything is computed.  ``empty(name,
 shape, dtype)`` allocates what a call returns (a ``Workspace`` reuses it); ``batch_size``
 is the ``m`` the loss is averaged over (None: the call's own).

@@ -50,20 +50,20 @@ def _grads(p, m, empty, *, output_layer):
     return grads
 
 
-def forward(xs, a0, p):
+def forward(xs, a0, p, nonlinearity="tanh"):
     """Hidden states (T + 1, m, n_a), softmax outputs (T, m, n_y), and whether both are
-    finite (scanned by the kernel)."""
+    finite (scanned by the kernel).  The kernels take ``nonlinearity`` as ``relu``, a bool."""
     T, m, _ = xs.shape
     h = _hidden_states(a0, T, new_array)
     y_hat = np.empty((T, m, p["b_y"].size), dtype=xs.dtype)
     scratch = np.empty(forward_scratch_size(p, m), dtype=xs.dtype)
     finite = kernels.forward_kernel(
-        xs, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, y_hat
+        xs, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, y_hat, nonlinearity == "relu"
     )
     return h, y_hat, finite
 
 
-def backward(da, xs, h, p):
+def backward(da, xs, h, p, nonlinearity="tanh"):
     """BPTT for an outside ``da`` (T, m, n_a); ``da`` is not modified.  Returns the
     gradients and whether all are finite (scanned by the kernel)."""
     dz = da.copy()  # the kernel turns da into dz in place
@@ -71,12 +71,14 @@ def backward(da, xs, h, p):
     grads["dx"] = np.empty(xs.shape, dtype=xs.dtype)
     finite = kernels.backward_kernel(
         dz, xs, h, p["W_ax"], p["W_aa"],
-        grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"],
+        grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"], nonlinearity == "relu",
     )  # fmt: skip
     return grads, finite
 
 
-def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None):
+def loss_and_grads(
+    inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None, nonlinearity="tanh"
+):
     """Loss and every gradient of one training step (see ``numpy_backend.loss_and_grads``).
 
     ``inputs`` is dense ``xs`` (T, m, n_x) or one-hot ``x_index`` (T, m).
@@ -104,20 +106,21 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
         h, empty("logits", (T, m, n_y), dtype), empty("dz_buffer", (dz_buffer_size(p, T, m),), dtype), grads["da0"],
     )  # fmt: skip
     gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
+    relu = nonlinearity == "relu"
     if inputs.ndim == 2:  # one-hot x_index
         dW_ax_T = empty("dW_ax_T", (n_x, n_a), dtype)
         loss, finite = kernels.loss_and_grads_onehot_kernel(
-            inputs, labels, batch_size, *arrays, dW_ax_T, *gradients
+            inputs, labels, batch_size, *arrays, dW_ax_T, *gradients, relu
         )
     else:
         grads["dx"] = inputs if xs_is_scratch else empty("dx", inputs.shape, dtype)
         loss, finite = kernels.loss_and_grads_kernel(
-            inputs, labels, batch_size, *arrays, grads["dx"], *gradients
+            inputs, labels, batch_size, *arrays, grads["dx"], *gradients, relu
         )
     return loss, grads, h[-1], finite
 
 
-def sequence_losses(inputs, a0, labels, p):
+def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     """Each sequence's loss, no gradient (see ``numpy_backend.sequence_losses``): one kernel
     call; ``h`` and ``logits`` are the call's own temporaries, kept for nothing after it."""
     T, m = inputs.shape[:2]
@@ -128,8 +131,9 @@ def sequence_losses(inputs, a0, labels, p):
     losses = np.empty(m, dtype=np.float64)
     kernel = kernels.sequence_losses_onehot_kernel if inputs.ndim == 2 else kernels.sequence_losses_kernel
     finite = kernel(
-        inputs, labels, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, logits, losses
-    )
+        inputs, labels, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, logits, losses,
+        nonlinearity == "relu",
+    )  # fmt: skip
     return losses, h[-1], finite
 
 

@@ -337,9 +337,11 @@ def input_lookup_into(x_index, W_ax_T, h):
 
 
 @inline_kernel
-def hidden_forward_in_place(W_aa_T, b_a, h, rec):
+def hidden_forward_in_place(W_aa_T, b_a, h, rec, relu):
     """The recurrence (``numpy_backend.hidden_forward``): ``h[1:]`` holds the input
-    projection on entry and the hidden states a<1..T> on exit.
+    projection on entry and the hidden states a<1..T> on exit.  ``relu``: ``max(z, 0)``
+    instead of tanh (``numpy_backend.activation``), chosen outside the inner loops so that
+    each of them vectorises.
 
     Parameters
     ----------
@@ -356,9 +358,15 @@ def hidden_forward_in_place(W_aa_T, b_a, h, rec):
         a_t = h[t]
         # The only sequential part: W_aa a<t-1> needs the previous step.
         add_matmul_into(h[t - 1], W_aa_T, a_t, rec)
-        for i in range(m):
-            for j in range(n_a):
-                a_t[i, j] = fast_tanh(a_t[i, j] + b_a[j])
+        if relu:
+            for i in range(m):
+                for j in range(n_a):
+                    z = a_t[i, j] + b_a[j]
+                    a_t[i, j] = max(z, z - z)  # max(z, 0) in z's own dtype (z is finite)
+        else:
+            for i in range(m):
+                for j in range(n_a):
+                    a_t[i, j] = fast_tanh(a_t[i, j] + b_a[j])
 
 
 @inline_kernel
@@ -476,8 +484,9 @@ def output_backward_into(dlogits, h, W_ya, dW_ya, da):
 
 
 @inline_kernel
-def hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, db_a):
-    """Backpropagation through time (``numpy_backend.hidden_backward``), in place.
+def hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, db_a, relu):
+    """Backpropagation through time (``numpy_backend.hidden_backward``), in place; ``relu``
+    as in ``hidden_forward_in_place`` (``numpy_backend.activation_derivative``).
 
     The reference's ``da_next = dz[t] @ W_aa`` (dL/da<t-1> through a<t>) is added straight
     into ``dz[t-1]``, which holds the outside ``da[t-1]`` until its own step: the same
@@ -503,12 +512,19 @@ def hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, db_a):
     for t in range(dz.shape[0] - 1, -1, -1):
         dz_t = dz[t]
         a_t = h[t + 1]
-        for i in range(m):
-            for j in range(n_a):
-                g = dz_t[i, j]  # da<t> + da_next
-                # g * (1 - a**2), written without a literal 1 so float32 stays float32
-                dz_t[i, j] = g - g * (a_t[i, j] * a_t[i, j])
-                db_a[j] += dz_t[i, j]
+        if relu:
+            for i in range(m):
+                for j in range(n_a):
+                    g = dz_t[i, j]  # da<t> + da_next
+                    dz_t[i, j] = g if a_t[i, j] > 0 else g - g  # g * (a > 0), in g's own dtype
+                    db_a[j] += dz_t[i, j]
+        else:
+            for i in range(m):
+                for j in range(n_a):
+                    g = dz_t[i, j]  # da<t> + da_next
+                    # g * (1 - a**2), written without a literal 1 so float32 stays float32
+                    dz_t[i, j] = g - g * (a_t[i, j] * a_t[i, j])
+                    db_a[j] += dz_t[i, j]
         if t > 0:
             add_matmul_into(dz_t, W_aa, dz[t - 1], da0)
     np.dot(dz[0], W_aa, da0)
@@ -578,22 +594,22 @@ def forward_scratch(buffer, W_ax, W_aa, W_ya, m):
 
 
 @kernel
-def forward_kernel(xs, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, y_hat):
+def forward_kernel(xs, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, y_hat, relu):
     """Hidden states into ``h[1:]`` (``h[0] = a0`` on entry), softmax outputs into ``y_hat``.
-    Returns whether both are finite."""
+    Returns whether both are finite.  ``relu``: the nonlinearity (else tanh)."""
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(scratch, W_ax, W_aa, W_ya, xs.shape[1])
     input_projection_into(xs, W_ax_T, h)
-    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec)
+    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec, relu)
     output_logits_without_bias(h, W_ya_T, y_hat)
     softmax_with_bias(y_hat, vector(b_y))
     return all_finite(h) and all_finite(y_hat)
 
 
 @kernel
-def backward_kernel(dz, xs, h, W_ax, W_aa, da0, dx, dW_ax, dW_aa, db_a):
+def backward_kernel(dz, xs, h, W_ax, W_aa, da0, dx, dW_ax, dW_aa, db_a, relu):
     """BPTT for an outside ``da`` (copied into ``dz`` by the caller).  Returns whether every
     gradient is finite."""
-    hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a))
+    hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a), relu)
     input_backward_into(dz, xs, W_ax, dx, dW_ax)
     return all_finite(da0) and all_finite(dx) and all_finite(dW_ax) and all_finite(dW_aa) and all_finite(db_a)
 
@@ -601,7 +617,7 @@ def backward_kernel(dz, xs, h, W_ax, W_aa, da0, dx, dW_ax, dW_aa, db_a):
 @inline_kernel
 def _after_the_input_layer(
     labels, batch_size, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec,
-    h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y,
+    h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y, relu,
 ):  # fmt: skip
     """What a training step does between the input layer's forward and backward (which
     differ for dense and one-hot inputs): the recurrence, the output layer, the loss and
@@ -613,13 +629,13 @@ def _after_the_input_layer(
     dz : ndarray, shape (T, m, n_a)
         dL/dz, a view of ``dz_buffer`` (whose start held the forward scratch).
     """
-    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec)
+    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec, relu)
     output_logits_without_bias(h, W_ya_T, logits)
     loss = softmax_cross_entropy_with_bias(logits, vector(b_y), labels, vector(db_y), batch_size)
     T, m, n_a = h[1:].shape
     dz = dz_buffer[: T * m * n_a].reshape((T, m, n_a))  # the forward scratch is dead from here
     output_backward_into(logits, h, W_ya, dW_ya, dz)
-    hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a))
+    hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a), relu)
     return loss, dz
 
 
@@ -635,7 +651,7 @@ def _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y):
 @kernel
 def loss_and_grads_kernel(
     xs, labels, batch_size, W_ax, W_aa, b_a, W_ya, b_y,
-    h, logits, dz_buffer, da0, dx, dW_ax, dW_aa, db_a, dW_ya, db_y,
+    h, logits, dz_buffer, da0, dx, dW_ax, dW_aa, db_a, dW_ya, db_y, relu,
 ):  # fmt: skip
     """One training step on dense inputs: forward, loss and every gradient.
 
@@ -655,7 +671,7 @@ def loss_and_grads_kernel(
     input_projection_into(xs, W_ax_T, h)
     loss, dz = _after_the_input_layer(
         labels, batch_size, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec,
-        h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y,
+        h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y, relu,
     )  # fmt: skip
     input_backward_into(dz, xs, W_ax, dx, dW_ax)
     finite = _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y) and all_finite(dx)
@@ -665,7 +681,7 @@ def loss_and_grads_kernel(
 @kernel
 def loss_and_grads_onehot_kernel(
     x_index, labels, batch_size, W_ax, W_aa, b_a, W_ya, b_y,
-    h, logits, dz_buffer, da0, dW_ax_T, dW_ax, dW_aa, db_a, dW_ya, db_y,
+    h, logits, dz_buffer, da0, dW_ax_T, dW_ax, dW_aa, db_a, dW_ya, db_y, relu,
 ):  # fmt: skip
     """``loss_and_grads_kernel`` for one-hot inputs given by their indices (T, m): the
     projection is a lookup of ``W_ax``'s columns and ``dW_ax`` a scatter-add; no dx."""
@@ -673,38 +689,44 @@ def loss_and_grads_onehot_kernel(
     input_lookup_into(x_index, W_ax_T, h)
     loss, dz = _after_the_input_layer(
         labels, batch_size, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T, rec,
-        h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y,
+        h, logits, dz_buffer, da0, dW_aa, db_a, dW_ya, db_y, relu,
     )  # fmt: skip
     input_lookup_backward_into(dz, x_index, dW_ax_T, dW_ax)
     return loss, _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y)
 
 
 @inline_kernel
-def _sequence_losses_after_the_input_layer(labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses):
+def _sequence_losses_after_the_input_layer(labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses, relu):
     """The recurrence, the output layer and each sequence's loss (``h[1:]`` holds the input
     projection on entry).  Returns whether every loss is finite."""
-    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec)
+    hidden_forward_in_place(W_aa_T, vector(b_a), h, rec, relu)
     output_logits_without_bias(h, W_ya_T, logits)
     sequence_cross_entropy_with_bias(logits, vector(b_y), labels, losses)
     return all_finite(losses)
 
 
 @kernel
-def sequence_losses_kernel(xs, labels, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, logits, losses):
+def sequence_losses_kernel(xs, labels, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, logits, losses, relu):
     """``numpy_backend.sequence_losses`` on dense inputs: each sequence's loss into
     ``losses`` (m,), no gradient.  ``h[0]`` holds a0 on entry.  Returns whether every loss
     is finite."""
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(scratch, W_ax, W_aa, W_ya, xs.shape[1])
     input_projection_into(xs, W_ax_T, h)
-    return _sequence_losses_after_the_input_layer(labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses)
+    return _sequence_losses_after_the_input_layer(
+        labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses, relu
+    )
 
 
 @kernel
-def sequence_losses_onehot_kernel(x_index, labels, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, logits, losses):
+def sequence_losses_onehot_kernel(
+    x_index, labels, W_ax, W_aa, b_a, W_ya, b_y, scratch, h, logits, losses, relu
+):
     """``sequence_losses_kernel`` for one-hot inputs given by their indices (T, m)."""
     W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(scratch, W_ax, W_aa, W_ya, x_index.shape[1])
     input_lookup_into(x_index, W_ax_T, h)
-    return _sequence_losses_after_the_input_layer(labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses)
+    return _sequence_losses_after_the_input_layer(
+        labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses, relu
+    )
 
 
 # =======================================================================================

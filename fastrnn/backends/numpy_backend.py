@@ -18,7 +18,8 @@ name        shape             meaning
 ==========  ================  =====================================================
 
 In row form the seed's ``a<t> = tanh(W_ax x<t> + W_aa a<t-1> + b_a)`` reads
-``h[t] = tanh(xs[t-1] @ W_ax.T + h[t-1] @ W_aa.T + b_a.T)``.  Keeping ``h[0] = a0`` in the
+``h[t] = tanh(xs[t-1] @ W_ax.T + h[t-1] @ W_aa.T + b_a.T)``; with ``nonlinearity="relu"``,
+``max(., 0)`` takes tanh's place (``activation``).  Keeping ``h[0] = a0`` in the
 same buffer makes ``h[:-1]`` (all a<t-1>) and ``h[1:]`` (all a<t>) contiguous, so that the
 weight gradients are single matrix products.
 
@@ -64,7 +65,19 @@ def input_projection(inputs, p):
     return (rows(inputs) @ p["W_ax"].T).reshape(T, m, -1)
 
 
-def hidden_forward(z_x, a0, p, empty=new_array):
+def activation(z, nonlinearity):
+    """The hidden layer's nonlinearity: ``tanh(z)``, or ``max(z, 0)`` for ``"relu"``."""
+    return np.tanh(z) if nonlinearity == "tanh" else np.maximum(z, 0)
+
+
+def activation_derivative(a, nonlinearity):
+    """``f'(z)`` from the activation's own output ``a = f(z)`` (no z is kept): ``1 - a**2``
+    for tanh; for relu 1 where ``a > 0`` and 0 elsewhere (``z <= 0``; the kink counts as 0,
+    as in PyTorch)."""
+    return 1 - a**2 if nonlinearity == "tanh" else (a > 0).astype(a.dtype)
+
+
+def hidden_forward(z_x, a0, p, empty=new_array, nonlinearity="tanh"):
     """Run the recurrence over all time steps.
 
     Parameters
@@ -75,6 +88,7 @@ def hidden_forward(z_x, a0, p, empty=new_array):
     p : dict of ndarray (the five parameters)
     empty : callable
         ``empty(name, shape, dtype)`` gives the array for ``h`` (a ``Workspace`` reuses it).
+    nonlinearity : {"tanh", "relu"}
 
     Returns
     -------
@@ -87,7 +101,7 @@ def hidden_forward(z_x, a0, p, empty=new_array):
     b_a = p["b_a"].T  # (1, n_a), broadcast over the batch
     for t in range(T):
         # The only sequential part: W_aa a<t-1> needs the previous step.
-        h[t + 1] = np.tanh(z_x[t] + h[t] @ p["W_aa"].T + b_a)
+        h[t + 1] = activation(z_x[t] + h[t] @ p["W_aa"].T + b_a, nonlinearity)
     return h
 
 
@@ -105,8 +119,8 @@ def softmax(logits):
 
 
 @overflow_reported_by_the_api
-def forward(xs, a0, p):
-    """Hidden states and softmax outputs.
+def forward(xs, a0, p, nonlinearity="tanh"):
+    """Hidden states and softmax outputs (``nonlinearity``: ``hidden_forward``'s).
 
     Returns
     -------
@@ -115,7 +129,7 @@ def forward(xs, a0, p):
     finite : bool
         Whether both are (finite inputs can still overflow; the caller reports it).
     """
-    h = hidden_forward(input_projection(xs, p), a0, p)
+    h = hidden_forward(input_projection(xs, p), a0, p, nonlinearity=nonlinearity)
     y_hat = softmax(output_logits(h, p))
     return h, y_hat, _all_finite(h, y_hat)
 
@@ -183,7 +197,7 @@ def sequence_cross_entropy(logits, labels):
 
 
 @overflow_reported_by_the_api
-def sequence_losses(inputs, a0, labels, p):
+def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     """Each sequence's loss, from a forward pass that keeps nothing for a backward one.
 
     Parameters
@@ -202,7 +216,7 @@ def sequence_losses(inputs, a0, labels, p):
     finite : bool
         Whether every loss is finite (float32 logits can overflow; the caller reports it).
     """
-    h = hidden_forward(input_projection(inputs, p), a0, p)
+    h = hidden_forward(input_projection(inputs, p), a0, p, nonlinearity=nonlinearity)
     losses = sequence_cross_entropy(output_logits(h, p), labels)
     return losses, h[-1], _all_finite(losses)
 
@@ -227,7 +241,7 @@ def output_backward(dlogits, h, p):
     return dW_ya, db_y, da
 
 
-def hidden_backward(da, h, p):
+def hidden_backward(da, h, p, nonlinearity="tanh"):
     """Backpropagation through time (the seed's ``backward_pass``, with its bugs fixed).
 
     Parameters
@@ -235,19 +249,21 @@ def hidden_backward(da, h, p):
     da : ndarray, shape (T, m, n_a)
         ``dL/da<t>`` from outside the recurrence.
     h : ndarray, shape (T + 1, m, n_a)
-        From ``hidden_forward``; ``1 - h**2`` is tanh's derivative, no tanh is recomputed.
+        From ``hidden_forward``; the derivative of the nonlinearity comes from it
+        (``activation_derivative``: ``1 - h**2`` for tanh), no tanh is recomputed.
+    nonlinearity : {"tanh", "relu"}
 
     Returns
     -------
     dz : ndarray, shape (T, m, n_a)
-        ``dL/dz<t>``, z<t> the argument of tanh at step t (for ``input_backward``).
+        ``dL/dz<t>``, z<t> the argument of the nonlinearity at step t (for ``input_backward``).
     grads : dict
         ``da0`` (m, n_a), ``dW_aa`` (n_a, n_a), ``db_a`` (n_a, 1).
     """
     dz = np.empty_like(da)
     da_next = np.zeros_like(da[0])  # dL/da<t> through a<t+1>; zero after the last step
     for t in range(da.shape[0] - 1, -1, -1):
-        dz[t] = (da[t] + da_next) * (1 - h[t + 1] ** 2)
+        dz[t] = (da[t] + da_next) * activation_derivative(h[t + 1], nonlinearity)
         da_next = dz[t] @ p["W_aa"]
     # The weight gradients at once, over the T*m rows.
     dz_rows = rows(dz)
@@ -269,7 +285,7 @@ def input_backward(dz, inputs, p):
 
 
 @overflow_reported_by_the_api
-def backward(da, xs, h, p):
+def backward(da, xs, h, p, nonlinearity="tanh"):
     """Gradients for an outside ``da``: the public ``rnn_backward``.
 
     Returns
@@ -279,13 +295,15 @@ def backward(da, xs, h, p):
     finite : bool
         Whether every gradient is.
     """
-    dz, grads = hidden_backward(da, h, p)
+    dz, grads = hidden_backward(da, h, p, nonlinearity)
     grads["dW_ax"], grads["dx"] = input_backward(dz, xs, p)
     return grads, _all_finite(*grads.values())
 
 
 @overflow_reported_by_the_api
-def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None):
+def loss_and_grads(
+    inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None, nonlinearity="tanh"
+):
     """Loss and every gradient of one training step.
 
     Parameters
@@ -303,6 +321,7 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
         signature and ignored, the reference keeps them apart.
     batch_size : int or None
         Normalise by this batch size instead of ``m`` (``softmax_cross_entropy``).
+    nonlinearity : {"tanh", "relu"}
 
     Returns
     -------
@@ -316,10 +335,10 @@ def loss_and_grads(inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=Fals
         Whether the loss and every gradient are finite.  Finite inputs can still overflow
         (float32 logits above 3.4e38); the caller reports it.
     """
-    h = hidden_forward(input_projection(inputs, p), a0, p, empty)
+    h = hidden_forward(input_projection(inputs, p), a0, p, empty, nonlinearity)
     loss, dlogits = softmax_cross_entropy(output_logits(h, p), labels, batch_size)
     dW_ya, db_y, da = output_backward(dlogits, h, p)
-    dz, grads = hidden_backward(da, h, p)
+    dz, grads = hidden_backward(da, h, p, nonlinearity)
     grads["dW_ax"], dx = input_backward(dz, inputs, p)
     if dx is not None:
         grads["dx"] = dx
