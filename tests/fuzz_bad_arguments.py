@@ -50,11 +50,26 @@ garbage = st.one_of(
 @st.composite
 def calls(draw):
     function = draw(
-        st.sampled_from(["loss_and_grads", "loss_and_grads_onehot", "rnn_forward", "rnn_cell_forward"])
+        st.sampled_from(
+            [
+                "loss_and_grads",
+                "loss_and_grads_onehot",
+                "rnn_forward",
+                "rnn_cell_forward",
+                "loss",
+                "loss_onehot",
+            ]
+        )
     )
     names = {"loss_and_grads": ["x", "a0", "y", "params"], "loss_and_grads_onehot": ["x_index", "a0", "y", "params"],
-             "rnn_forward": ["x", "a0", "params"], "rnn_cell_forward": ["x", "a0", "params"]}[function]  # fmt: skip
+             "rnn_forward": ["x", "a0", "params"], "rnn_cell_forward": ["x", "a0", "params"],
+             "loss": ["x", "a0", "y", "params"], "loss_onehot": ["x_index", "a0", "y", "params"]}[function]  # fmt: skip
     args = {name: GOOD[name] for name in names}
+    options = {}
+    if draw(st.booleans()):  # a keyword argument, good or bad
+        options["nonlinearity"] = draw(
+            st.one_of(st.sampled_from(["tanh", "relu", "sigmoid", "ReLU", ""]), garbage)
+        )
     if function == "rnn_cell_forward":
         args["x"] = GOOD["x"][:, :, 0]
     for name in draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True)):
@@ -65,7 +80,7 @@ def calls(draw):
         else:
             args[name] = draw(garbage)
     backend = draw(st.sampled_from(["numba", "numpy"]))
-    return function, args, backend
+    return function, args, options, backend
 
 
 count = 0
@@ -77,15 +92,15 @@ count = 0
 def fuzz(call):
     global count
     count += 1
-    function, args, backend = call
+    function, args, options, backend = call
     try:
-        getattr(fastrnn, function)(*args.values(), backend=backend)
+        getattr(fastrnn, function)(*args.values(), backend=backend, **options)
     except (ValueError, TypeError) as error:
         message = str(error)
         assert message, "an empty error message"
         # The argument named as a word ("y must ...", "params['W_ax']"), not merely its
         # letters somewhere in NumPy's own wording.
-        names = list(args) + ["x_t", "a_prev", "params", "backend"]
+        names = list(args) + list(options) + ["x_t", "a_prev", "params", "backend"]
         assert any(re.search(rf"(^|[^A-Za-z_]){name}([^A-Za-z_0-9]|$)", message) for name in names), message
 
 

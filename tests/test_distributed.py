@@ -142,6 +142,26 @@ def test_steps_equal_one_process_training_on_the_whole_batch(client, dense, dtyp
         assert_agree(model.params[name], expected_model.params[name], dtype, name)
 
 
+def test_a_relu_model_trains_and_scores_as_in_one_process(client):
+    import dask.array as da
+
+    model = fastrnn.RNN(N_X, N_A, N_Y, seed=7, nonlinearity="relu")
+    trainer = DataParallel(client, model, optim.Adam(lr=0.01), timeout=120)
+    trainer.set_data(array_loader, len(SIZES))
+    losses = trainer.fit(2)
+    expected = fastrnn.RNN(N_X, N_A, N_Y, seed=7, nonlinearity="relu")
+    expected_optimizer = optim.Adam(lr=0.01)
+    inputs, y = concatenated(array_loader, len(SIZES))
+    expected_losses = [
+        expected.train_step(inputs, y, expected_optimizer, carry_state=False) for _ in range(2)
+    ]
+    assert_agree(np.array(losses), np.array(expected_losses), np.float64, "losses")
+    for name in model.params:
+        assert_agree(model.params[name], expected.params[name], np.float64, name)
+    scores = score(client, model, da.from_array(inputs, chunks=(3, T)), y).compute()
+    assert_agree(scores, model.evaluate(inputs, y, per_sequence=True), np.float64, "scores")
+
+
 def test_clipping_is_applied_once_to_the_whole_batch(client):
     # The whole batch's gradient is longer than clip_norm, so clipping acts at every step;
     # per-shard clipping (or none) would not give the one-process parameters.
