@@ -1,4 +1,4 @@
-"""fastrnn: a fast CPU backend for a vanilla (tanh) RNN with a softmax output layer.
+"""fastrnn: a fast CPU backend for a vanilla (tanh or ReLU) RNN with a softmax output layer.
 
 Forward pass, cross-entropy loss and backpropagation through time, on two backends that
 compute the same thing: ``"numba"`` (compiled time loops, the default where Numba imports)
