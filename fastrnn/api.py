@@ -27,6 +27,7 @@ from .validation import (
     check_labels,
     check_nonlinearity,
     check_params,
+    check_targets,
     report_non_finite_results,
 )
 from .workspace import Workspace, new_array
@@ -92,15 +93,21 @@ def _check_inputs(params, x, a0, names=("x", "a0"), x_axes="(n_x, m, T)", x_rank
     return p, dims, x, a0
 
 
+def _time_major_labels(labels):
+    """Checked labels as the backends take them: (T, m) for labels (m, T), one class per
+    step; (1, m) for labels (m,), one class per sequence (a view either way)."""
+    return labels.T if labels.ndim == 2 else labels[None]
+
+
 def _check_onehot_inputs(params, x_index, a0, y):
     """Checked params, their Dims, one-hot ``x_index`` (m, T), ``a0`` (n_a, m) in the params'
-    dtype and the labels ``y`` (m, T); finiteness of params and a0 checked in one pass."""
+    dtype and the labels ``y`` (m, T) or (m,); finiteness of params and a0 checked in one pass."""
     p, dims = check_params(params, finite=False)
     x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
     m, T = x_index.shape
     a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False)
     check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
-    return p, dims, x_index, a0, check_labels(y, "y", (m, T), dims.n_y)
+    return p, dims, x_index, a0, check_targets(y, "y", m, T, dims.n_y)
 
 
 def _backend_name(module):
@@ -380,8 +387,11 @@ def loss_and_grads(
     ----------
     x : array_like, shape (n_x, m, T)
     a0 : array_like, shape (n_a, m)
-    y : array_like of int, shape (m, T)
-        Target class of each sequence at each step, in ``[0, n_y)``.
+    y : array_like of int, shape (m, T) or (m,)
+        Target class of each sequence at each step, in ``[0, n_y)``; or one class per
+        sequence (many-to-one), predicted from its last state a<T>: the loss is then the
+        mean over the batch of that one prediction's cross-entropy, and ``W_ya``, ``b_y``
+        see only a<T>.
     params : dict
         As from ``init_params``; its dtype is the dtype of the results.
     backend : {"numba", "numpy"} or None
@@ -419,7 +429,7 @@ def loss_and_grads(
     nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x, a0 = _check_inputs(params, x, a0)
     n_x, m, T = x.shape
-    labels = check_labels(y, "y", (m, T), dims.n_y)
+    labels = check_targets(y, "y", m, T, dims.n_y)
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
         return _sharded_loss_and_grads(
@@ -429,7 +439,7 @@ def loss_and_grads(
     # dx may overwrite xs when xs is a copy made here, not a view of the caller's x.
     scratch = not np.may_share_memory(xs, x)
     result = _run_with_blas_threads(
-        run.blas_threads, _shard_loss_and_grads, impl, empty, xs, a0.T, labels.T, p, m, nonlinearity,
+        run.blas_threads, _shard_loss_and_grads, impl, empty, xs, a0.T, _time_major_labels(labels), p, m, nonlinearity,
         xs_is_scratch=scratch,
     )  # fmt: skip
     return _results(result, dims, return_state)
@@ -477,7 +487,16 @@ def loss_and_grads_onehot(
             impl, run, workspace, x_index, a0, labels, p, dims, return_state, nonlinearity
         )
     result = _run_with_blas_threads(
-        run.blas_threads, _shard_loss_and_grads, impl, empty, x_index.T, a0.T, labels.T, p, m, nonlinearity
+        run.blas_threads,
+        _shard_loss_and_grads,
+        impl,
+        empty,
+        x_index.T,
+        a0.T,
+        _time_major_labels(labels),
+        p,
+        m,
+        nonlinearity,
     )
     return _results(result, dims, return_state)
 
@@ -521,7 +540,7 @@ def loss(
     nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x, a0 = _check_inputs(params, x, a0)
     n_x, m, T = x.shape
-    labels = check_labels(y, "y", (m, T), dims.n_y)
+    labels = check_targets(y, "y", m, T, dims.n_y)
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     result = _forward_losses(impl, run, x.transpose(2, 1, 0), a0, labels, p, dims, nonlinearity)
     return _loss_results(result, dims, per_sequence, return_state)
@@ -574,7 +593,7 @@ def _forward_losses(impl, run, inputs, a0, labels, p, dims, nonlinearity):
         shard_losses, h_last, finite = impl.sequence_losses(
             np.ascontiguousarray(inputs[:, rows]),
             a0[:, rows].T,
-            np.ascontiguousarray(labels[rows].T),
+            np.ascontiguousarray(_time_major_labels(labels[rows])),
             p,
             nonlinearity,
         )
@@ -635,8 +654,8 @@ def _shard_loss_and_grads(
         ``xs`` (T, m, n_x) or ``x_index`` (T, m), in any layout: made contiguous here.
     a0_rows : ndarray, shape (m, n_a)
         A view is fine: the backends copy it into ``h[0]``.
-    labels : ndarray of intp, shape (T, m)
-        Checked.
+    labels : ndarray of intp, shape (T, m) or (1, m)
+        Checked; one class per step, or per sequence (``_time_major_labels``).
     p : dict
         Checked parameters.
     batch_size : int
@@ -703,7 +722,7 @@ def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, r
         else:
             shard_inputs, scratch = inputs[rows].T, False
         loss, grads, h_last, finite = _shard_loss_and_grads(
-            impl, allocators[k], shard_inputs, a0[:, rows].T, labels[rows].T, p, m, nonlinearity,
+            impl, allocators[k], shard_inputs, a0[:, rows].T, _time_major_labels(labels[rows]), p, m, nonlinearity,
             xs_is_scratch=scratch,
         )  # fmt: skip
         if dense:

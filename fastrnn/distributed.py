@@ -47,7 +47,7 @@ except ImportError as error:  # pragma: no cover  (the [distributed] extra is no
 
 from . import api, backends, optim, parallel
 from .model import RNN
-from .validation import PARAM_NAMES, check_int, check_labels, check_real
+from .validation import PARAM_NAMES, check_int, check_labels, check_real, check_targets
 
 __all__ = ["DataParallel", "score", "StepTimeoutError", "ShardError", "WarmKernels", "threads_per_task"]
 
@@ -106,7 +106,7 @@ def _load_shard(loader, k, n_x, n_y, dtype):
             f"got shape {inputs.shape} and dtype {inputs.dtype}"
         )
     m, T = inputs.shape[-2:]
-    y = check_labels(y, f"loader({k})'s y", (m, T), n_y)
+    y = check_targets(y, f"loader({k})'s y", m, T, n_y)  # a class per step, or per sequence
     return _ArrayShard(inputs, y)
 
 
@@ -311,7 +311,7 @@ class DataParallel:
         loader : callable
             ``loader(k)`` runs on a worker and returns shard ``k``: ``(x, y)`` with dense
             ``x`` (n_x, m_k, T), or ``(x_index, y)`` with one-hot indices (m_k, T), and ``y``
-            (m_k, T); every step trains on all of them.  Or an object with ``rows`` (m_k)
+            (m_k, T) or (m_k,) (one class per sequence); every step trains on all of them.  Or an object with ``rows`` (m_k)
             and ``batch(step) -> (inputs, y, reset_state)``: a stream of batches whose last
             hidden state is carried to the next step (truncated BPTT) unless
             ``reset_state`` (``fastrnn.text.TextShards``).  It must be picklable (Dask's

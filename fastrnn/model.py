@@ -138,7 +138,8 @@ class RNN:
         ----------
         inputs : array_like
             Dense ``x`` (n_x, m, T), or integer indices (m, T) of one-hot inputs.
-        y : array_like of int, shape (m, T)
+        y : array_like of int, shape (m, T) or (m,)
+            A class per step, or one per sequence (``fastrnn.loss_and_grads``).
         a0 : array_like of shape (n_a, m), optional
             Initial state; by default the carried state (with ``carry_state``) or zeros.
         carry_state : bool

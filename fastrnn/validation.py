@@ -340,7 +340,18 @@ def check_array(value, name, expected, meaning, dtype, *, finite=True):
     return converted
 
 
-def check_labels(value, name, expected, n_classes, what="class labels"):
+def check_targets(value, name, m, T, n_classes):
+    """Training targets: class labels of shape (m, T), one per step, or (m,), one per
+    sequence (the class of the whole sequence, predicted from its last state)."""
+    array = _as_array(value, name, "an integer array of class labels")
+    if array.ndim == 1:
+        return check_labels(array, name, (m,), n_classes, meaning="(m,), one class per sequence")
+    return check_labels(
+        array, name, (m, T), n_classes, meaning="(m, T), one class per step, or (m,), one class per sequence"
+    )
+
+
+def check_labels(value, name, expected, n_classes, what="class labels", meaning="(m, T)"):
     """Check integer labels (or indices) of shape ``expected``, each in ``[0, n_classes)``.
 
     Parameters
@@ -349,6 +360,8 @@ def check_labels(value, name, expected, n_classes, what="class labels"):
         The required shape, e.g. (m, T); None entries are free sizes (at least 1).
     what : str
         What the integers are, for messages ("class labels", "one-hot indices").
+    meaning : str
+        What the axes of ``expected`` are, for messages.
 
     Returns
     -------
@@ -361,7 +374,7 @@ def check_labels(value, name, expected, n_classes, what="class labels"):
             f"{name} must hold integer {what} in [0, {n_classes}), got {_describe(array)}; "
             f"convert with .astype(int) if the values are whole numbers"
         )
-    _check_dims(array, name, expected, "(m, T)")
+    _check_dims(array, name, expected, meaning)
     # One reduction: seen as unsigned, a negative label is larger than any class.
     if array.view(array.dtype.str.replace("i", "u")).max() >= n_classes:
         low, high = array.min(), array.max()

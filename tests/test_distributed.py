@@ -162,6 +162,20 @@ def test_a_relu_model_trains_and_scores_as_in_one_process(client):
     assert_agree(scores, model.evaluate(inputs, y, per_sequence=True), np.float64, "scores")
 
 
+def sequence_label_loader(k):
+    """``array_loader``'s inputs with one class per sequence."""
+    inputs, y = array_loader(k)
+    return inputs, y[:, 0]
+
+
+def test_sequence_labels_train_as_in_one_process(client):
+    expected, expected_losses = one_process_run(sequence_label_loader, len(SIZES), 3)
+    model, losses, _ = distributed_run(client, sequence_label_loader, len(SIZES), 3)
+    assert_agree(np.array(losses), np.array(expected_losses), np.float64, "losses")
+    for name in model.params:
+        assert_agree(model.params[name], expected.params[name], np.float64, name)
+
+
 def test_clipping_is_applied_once_to_the_whole_batch(client):
     # The whole batch's gradient is longer than clip_norm, so clipping acts at every step;
     # per-shard clipping (or none) would not give the one-process parameters.

@@ -103,7 +103,8 @@ def loss_and_grads(
     grads = _grads(p, m, empty, output_layer=True)
     arrays = (
         p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"],
-        h, empty("logits", (T, m, n_y), dtype), empty("dz_buffer", (dz_buffer_size(p, T, m),), dtype), grads["da0"],
+        h, empty("logits", (labels.shape[0], m, n_y), dtype), empty("dz_buffer", (dz_buffer_size(p, T, m),), dtype),
+        grads["da0"],
     )  # fmt: skip
     gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
     relu = nonlinearity == "relu"
@@ -126,7 +127,7 @@ def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     T, m = inputs.shape[:2]
     dtype = p["W_aa"].dtype
     h = _hidden_states(a0, T, new_array)
-    logits = np.empty((T, m, p["b_y"].size), dtype=dtype)
+    logits = np.empty((labels.shape[0], m, p["b_y"].size), dtype=dtype)  # the labelled steps
     scratch = np.empty(forward_scratch_size(p, m), dtype=dtype)
     losses = np.empty(m, dtype=np.float64)
     kernel = kernels.sequence_losses_onehot_kernel if inputs.ndim == 2 else kernels.sequence_losses_kernel

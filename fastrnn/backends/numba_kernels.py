@@ -14,6 +14,7 @@ kernel                                      reference step(s) it computes
 ``input_projection_into``                   ``input_projection`` (dense), into ``h[1:]``
 ``input_lookup_into``                       ``input_projection`` (one-hot), into ``h[1:]``
 ``hidden_forward_in_place``                 ``hidden_forward``, over the projection in ``h[1:]``
+``labelled_states``                         ``labelled_states``
 ``output_logits_without_bias``              ``output_logits`` less ``b_y``
 ``softmax_with_bias``                       ``b_y`` of ``output_logits``, then ``softmax``
 ``softmax_cross_entropy_with_bias``         ``b_y`` of ``output_logits``, ``softmax_cross_entropy``,
@@ -370,6 +371,12 @@ def hidden_forward_in_place(W_aa_T, b_a, h, rec, relu):
 
 
 @inline_kernel
+def labelled_states(h, labels):
+    """``numpy_backend.labelled_states``: ``h``, or ``h[-2:]`` for one label per sequence."""
+    return h[h.shape[0] - 1 - labels.shape[0] :]
+
+
+@inline_kernel
 def output_logits_without_bias(h, W_ya_T, logits):
     """``logits = h[1:] @ W_ya.T`` for all steps, one product.  The bias ``b_y`` is added by
     the softmax functions, in the pass that finds each row's maximum."""
@@ -418,7 +425,7 @@ def softmax_cross_entropy_with_bias(logits, b_y, labels, db_y, batch_size):
         ``h[1:] @ W_ya.T`` without the bias; on exit ``dL/dlogits``,
         ``(softmax - onehot(labels)) / m``.
     b_y : ndarray, shape (n_y,)
-    labels : ndarray of intp, shape (T, m)
+    labels : ndarray of intp, shape (L, m), the rows of ``logits`` (L = T, or 1: ``labelled_states``)
         Checked by the caller to lie in ``[0, n_y)``: kernels do not check bounds.
     db_y : ndarray, shape (n_y,)
         Filled with ``dL/db_y``, the column sums of ``dL/dlogits``, in the same pass.
@@ -630,11 +637,14 @@ def _after_the_input_layer(
         dL/dz, a view of ``dz_buffer`` (whose start held the forward scratch).
     """
     hidden_forward_in_place(W_aa_T, vector(b_a), h, rec, relu)
-    output_logits_without_bias(h, W_ya_T, logits)
+    top = labelled_states(h, labels)
+    output_logits_without_bias(top, W_ya_T, logits)
     loss = softmax_cross_entropy_with_bias(logits, vector(b_y), labels, vector(db_y), batch_size)
     T, m, n_a = h[1:].shape
     dz = dz_buffer[: T * m * n_a].reshape((T, m, n_a))  # the forward scratch is dead from here
-    output_backward_into(logits, h, W_ya, dW_ya, dz)
+    unread = T - labels.shape[0]  # steps whose state no label reads (one label per sequence)
+    dz[:unread] = 0
+    output_backward_into(logits, top, W_ya, dW_ya, dz[unread:])
     hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a), relu)
     return loss, dz
 
@@ -700,7 +710,7 @@ def _sequence_losses_after_the_input_layer(labels, b_a, b_y, W_aa_T, W_ya_T, rec
     """The recurrence, the output layer and each sequence's loss (``h[1:]`` holds the input
     projection on entry).  Returns whether every loss is finite."""
     hidden_forward_in_place(W_aa_T, vector(b_a), h, rec, relu)
-    output_logits_without_bias(h, W_ya_T, logits)
+    output_logits_without_bias(labelled_states(h, labels), W_ya_T, logits)
     sequence_cross_entropy_with_bias(logits, vector(b_y), labels, losses)
     return all_finite(losses)
 

@@ -13,8 +13,9 @@ name        shape             meaning
 ``xs``      (T, m, n_x)       inputs; ``xs[t]`` is x<t+1> transposed
 ``x_index`` (T, m) intp       one-hot inputs, given by the index of their 1
 ``h``       (T + 1, m, n_a)   hidden states; ``h[0]`` is a0, ``h[t]`` is a<t>
-``logits``  (T, m, n_y)       ``W_ya a<t> + b_y`` transposed
-``labels``  (T, m) intp       target class of each row
+``logits``  (L, m, n_y)       ``W_ya a<t> + b_y`` transposed, for the last L steps
+``labels``  (L, m) intp       target class of each row: L = T (one class per step),
+                              or L = 1 (one class per sequence, read from a<T>)
 ==========  ================  =====================================================
 
 In row form the seed's ``a<t> = tanh(W_ax x<t> + W_aa a<t-1> + b_a)`` reads
@@ -111,6 +112,13 @@ def output_logits(h, p):
     return (rows(h[1:]) @ p["W_ya"].T + p["b_y"].T).reshape(T, m, -1)
 
 
+def labelled_states(h, labels):
+    """The states the output layer reads, as a block whose ``[1:]`` are they: ``h`` itself
+    for labels at every step (``labels`` (T, m)), ``h[-2:]`` for one label per sequence
+    (``labels`` (1, m): the prediction from the last state a<T>)."""
+    return h[h.shape[0] - 1 - labels.shape[0] :]
+
+
 def softmax(logits):
     """Softmax over the last axis (the classes), shifted by each row's own maximum."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -149,8 +157,9 @@ def softmax_cross_entropy(logits, labels, batch_size=None):
 
     Parameters
     ----------
-    logits : ndarray, shape (T, m, n_y)
-    labels : ndarray of intp, shape (T, m)
+    logits : ndarray, shape (L, m, n_y)
+        The labelled steps' logits (all T steps, or the last one: ``labelled_states``).
+    labels : ndarray of intp, shape (L, m)
     batch_size : int or None
         The ``m`` of ``1/m``: None for these ``m`` sequences.  A shard of a larger batch
         passes the whole batch's size, so that its loss and gradients are its share of the
@@ -181,8 +190,9 @@ def sequence_cross_entropy(logits, labels):
 
     Parameters
     ----------
-    logits : ndarray, shape (T, m, n_y)
-    labels : ndarray of intp, shape (T, m)
+    logits : ndarray, shape (L, m, n_y)
+        The labelled steps' logits (all T steps, or the last one: ``labelled_states``).
+    labels : ndarray of intp, shape (L, m)
 
     Returns
     -------
@@ -205,7 +215,8 @@ def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     inputs : ndarray
         ``xs`` (T, m, n_x) or one-hot ``x_index`` (T, m).
     a0 : ndarray, shape (m, n_a)
-    labels : ndarray of intp, shape (T, m)
+    labels : ndarray of intp, shape (T, m) or (1, m)
+        A class per step, or one per sequence (``labelled_states``).
     p : dict of ndarray
 
     Returns
@@ -217,7 +228,7 @@ def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
         Whether every loss is finite (float32 logits can overflow; the caller reports it).
     """
     h = hidden_forward(input_projection(inputs, p), a0, p, nonlinearity=nonlinearity)
-    losses = sequence_cross_entropy(output_logits(h, p), labels)
+    losses = sequence_cross_entropy(output_logits(labelled_states(h, labels), p), labels)
     return losses, h[-1], _all_finite(losses)
 
 
@@ -311,7 +322,8 @@ def loss_and_grads(
     inputs : ndarray
         ``xs`` (T, m, n_x) or one-hot ``x_index`` (T, m).
     a0 : ndarray, shape (m, n_a)
-    labels : ndarray of intp, shape (T, m)
+    labels : ndarray of intp, shape (T, m) or (1, m)
+        A class per step, or one per sequence (``labelled_states``).
     p : dict of ndarray
     empty : callable
         Allocates ``h`` (a ``Workspace`` reuses it); the reference's other arrays, the
@@ -336,8 +348,11 @@ def loss_and_grads(
         (float32 logits above 3.4e38); the caller reports it.
     """
     h = hidden_forward(input_projection(inputs, p), a0, p, empty, nonlinearity)
-    loss, dlogits = softmax_cross_entropy(output_logits(h, p), labels, batch_size)
-    dW_ya, db_y, da = output_backward(dlogits, h, p)
+    top = labelled_states(h, labels)
+    loss, dlogits = softmax_cross_entropy(output_logits(top, p), labels, batch_size)
+    dW_ya, db_y, da = output_backward(dlogits, top, p)
+    if top.shape[0] < h.shape[0]:  # one label per sequence: dL/da<t> is 0 before the last step
+        da = np.concatenate([np.zeros((h.shape[0] - top.shape[0],) + da.shape[1:], da.dtype), da])
     dz, grads = hidden_backward(da, h, p, nonlinearity)
     grads["dW_ax"], dx = input_backward(dz, inputs, p)
     if dx is not None:
