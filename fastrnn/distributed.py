@@ -467,8 +467,9 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
     inputs : dask.array.Array
         One-hot indices (N, T) or dense ``x`` (n_x, N, T), chunked along the sequences
         (chunks along other axes are merged).  A NumPy array is taken as one chunk.
-    y : dask.array.Array or array_like of int, shape (N, T), optional
-        Each step's label; rechunked like ``inputs``.  None: ``inputs`` are indices and each
+    y : dask.array.Array or array_like of int, shape (N, T) or (N,), optional
+        Each step's label, or each sequence's (``fastrnn.loss_and_grads``); rechunked like
+        ``inputs``.  None: ``inputs`` are indices and each
         step's label is the next index, so each sequence is scored over its first ``T - 1``
         steps (a language model's score).
     lengths : None
@@ -517,13 +518,12 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
     )
     chunks = inputs.chunks[sequence_axis]
     if not isinstance(y, dask_array.Array):
-        y = np.asarray(y)
-        if y.shape != (N, T):
-            raise ValueError(f"y must have shape (N, T) = {(N, T)}, got {y.shape}")
-        y = dask_array.from_array(y, chunks=(chunks, -1))
-    if y.shape != (N, T):
-        raise ValueError(f"y must have shape (N, T) = {(N, T)}, got {y.shape}")
-    y = y.rechunk((chunks, -1))
+        y = dask_array.from_array(np.asarray(y), chunks=-1)
+    if y.shape not in ((N, T), (N,)):
+        raise ValueError(
+            f"y must have shape (N, T) = {(N, T)}, or (N,) for one class per sequence; got {y.shape}"
+        )
+    y = y.rechunk((chunks, -1)[: y.ndim])
     params = dask.delayed({name: np.array(model.params[name]) for name in PARAM_NAMES}, pure=True)
     input_blocks = inputs.to_delayed().ravel()
     label_blocks = y.to_delayed().ravel()

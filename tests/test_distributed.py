@@ -176,6 +176,16 @@ def test_sequence_labels_train_as_in_one_process(client):
         assert_agree(model.params[name], expected.params[name], np.float64, name)
 
 
+def test_sequence_labels_score_as_in_one_process(client):
+    import dask.array as da
+
+    model = fastrnn.RNN(N_X, N_A, N_Y, seed=4)
+    inputs, y = sequence_label_loader(1)
+    scores = score(client, model, da.from_array(inputs, chunks=(2, T)), y).compute()
+    assert scores.shape == (SIZES[1],)
+    assert_agree(scores, model.evaluate(inputs, y, per_sequence=True), np.float64, "scores")
+
+
 def test_clipping_is_applied_once_to_the_whole_batch(client):
     # The whole batch's gradient is longer than clip_norm, so clipping acts at every step;
     # per-shard clipping (or none) would not give the one-process parameters.
@@ -440,7 +450,7 @@ def test_bad_score_arguments(client):
         score(client, model, sequences, np.zeros((4, 5), dtype=int), lengths=np.ones(4))
     with pytest.raises(ValueError, match="n_x"):
         score(client, model, da.zeros((N_X + 1, 4, 5), chunks=2), np.zeros((4, 5), dtype=int))
-    with pytest.raises(ValueError, match="y must have shape"):
+    with pytest.raises(ValueError, match=r"y must have shape \(N, T\) = \(4, 5\), or \(N,\)"):
         score(client, model, sequences, np.zeros((4, 4), dtype=int))
     with pytest.raises(ValueError, match="T=1"):
         score(client, fastrnn.RNN(N_X, N_A, N_X), da.zeros((4, 1), dtype=int, chunks=2))
