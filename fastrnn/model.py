@@ -118,10 +118,24 @@ class RNN:
             return self.state
         return np.zeros((self.n_a, m), dtype=self.dtype)
 
-    def forward(self, x, a0=None, *, workers=None):
-        """Hidden states (n_a, m, T) and softmax outputs (n_y, m, T) for dense ``x`` (n_x, m, T).
+    def forward(self, x, a0=None, *, workers=None, logits=False):
+        """Run the model: hidden states and outputs for dense ``x`` (n_x, m, T).
 
-        ``workers``: threads, as in ``fastrnn.loss_and_grads``.
+        Parameters
+        ----------
+        x : array_like, shape (n_x, m, T)
+        a0 : array_like, shape (n_a, m), optional
+            Zeros by default (the carried state is neither read nor changed).
+        workers : int or None
+            Threads, as in ``fastrnn.loss_and_grads``.
+        logits : bool
+            Return the logits ``W_ya a<t> + b_y`` instead of the softmax outputs (what
+            PyTorch's ``nn.Linear`` returns, for a loss of your own).
+
+        Returns
+        -------
+        a : ndarray, shape (n_a, m, T)
+        y_hat or logits : ndarray, shape (n_y, m, T)
         """
         x = np.asarray(x)
         m = x.shape[1] if x.ndim == 3 else 1  # a wrong rank is reported by rnn_forward
@@ -129,7 +143,15 @@ class RNN:
         a, y_hat, _ = api.rnn_forward(
             x, a0, self.params, backend=self.backend, workers=workers, nonlinearity=self.nonlinearity
         )
-        return a, y_hat
+        if not logits:
+            return a, y_hat
+        states = a.transpose(2, 1, 0)  # (T, m, n_a), C-contiguous: one product for all steps
+        rows = states.reshape(-1, self.n_a) @ self.params["W_ya"].T + self.params["b_y"].T
+        return a, rows.reshape(states.shape[:2] + (self.n_y,)).transpose(2, 1, 0)
+
+    def __call__(self, x, a0=None, *, workers=None, logits=False):
+        """``model(x)`` is ``model.forward(x)``."""
+        return self.forward(x, a0, workers=workers, logits=logits)
 
     def loss_and_grads(self, inputs, y, *, a0=None, carry_state=False, workspace=None, workers=None):
         """Loss and gradients for one chunk.

@@ -122,3 +122,18 @@ def test_bad_one_hot_indices_are_named():
     _, x_index, a0, y, params = _one_hot_problem(3, 4, np.float64, seed=1)
     with pytest.raises(ValueError, match="x_index"):
         fastrnn.loss_onehot(x_index + 6, a0, y, params)
+
+
+def test_the_model_runs_when_called_and_gives_logits(backend, dtype):
+    model = fastrnn.RNN(6, 8, 4, dtype=dtype, backend=backend, seed=3)
+    x, _, a0, _, _ = _one_hot_problem(3, 5, dtype, seed=4)
+    a, y_hat = model(x, a0)
+    expected_a, expected_y_hat = model.forward(x, a0)
+    np.testing.assert_array_equal(a, expected_a)
+    np.testing.assert_array_equal(y_hat, expected_y_hat)
+    _, logits = model(x, a0, logits=True)
+    assert logits.shape == (4, 3, 5) and logits.dtype == np.dtype(dtype)
+    e = np.exp(logits - logits.max(axis=0))
+    assert_agree(e / e.sum(axis=0), y_hat, dtype, "softmax of the logits")
+    direct = np.einsum("ya,amt->ymt", model.params["W_ya"], a) + model.params["b_y"][:, :, None]
+    assert_agree(logits, direct, dtype, "logits")
