@@ -52,13 +52,23 @@ def _grads(p, m, empty, *, output_layer):
 
 def forward(xs, a0, p, nonlinearity="tanh"):
     """Hidden states (T + 1, m, n_a), softmax outputs (T, m, n_y), and whether both are
-    finite (scanned by the kernel).  The kernels take ``nonlinearity`` as ``relu``, a bool."""
+    finite (scanned by the kernel).  The kernels take ``nonlinearity`` as ``relu``
+    (``numba_kernels.NONLINEARITY``)."""
     T, m, _ = xs.shape
     h = _hidden_states(a0, T, new_array)
     y_hat = np.empty((T, m, p["b_y"].size), dtype=xs.dtype)
     scratch = np.empty(forward_scratch_size(p, m), dtype=xs.dtype)
     finite = kernels.forward_kernel(
-        xs, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, y_hat, nonlinearity == "relu"
+        xs,
+        p["W_ax"],
+        p["W_aa"],
+        p["b_a"],
+        p["W_ya"],
+        p["b_y"],
+        scratch,
+        h,
+        y_hat,
+        kernels.NONLINEARITY[nonlinearity],
     )
     return h, y_hat, finite
 
@@ -71,7 +81,7 @@ def backward(da, xs, h, p, nonlinearity="tanh"):
     grads["dx"] = np.empty(xs.shape, dtype=xs.dtype)
     finite = kernels.backward_kernel(
         dz, xs, h, p["W_ax"], p["W_aa"],
-        grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"], nonlinearity == "relu",
+        grads["da0"], grads["dx"], grads["dW_ax"], grads["dW_aa"], grads["db_a"], kernels.NONLINEARITY[nonlinearity],
     )  # fmt: skip
     return grads, finite
 
@@ -107,7 +117,7 @@ def loss_and_grads(
         grads["da0"],
     )  # fmt: skip
     gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
-    relu = nonlinearity == "relu"
+    relu = kernels.NONLINEARITY[nonlinearity]
     if inputs.ndim == 2:  # one-hot x_index
         dW_ax_T = empty("dW_ax_T", (n_x, n_a), dtype)
         loss, finite = kernels.loss_and_grads_onehot_kernel(
@@ -133,7 +143,7 @@ def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     kernel = kernels.sequence_losses_onehot_kernel if inputs.ndim == 2 else kernels.sequence_losses_kernel
     finite = kernel(
         inputs, labels, p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], scratch, h, logits, losses,
-        nonlinearity == "relu",
+        kernels.NONLINEARITY[nonlinearity],
     )  # fmt: skip
     return losses, h[-1], finite
 
