@@ -197,17 +197,39 @@ def _worker_cores(dask_worker):
     return dask_worker.address.rsplit(":", 1)[0], parallel.available_cores(), dask_worker.state.nthreads
 
 
-def threads_per_task(client):
+def _within(timeout, what, call, *args):
+    """``call(*args)`` (a blocking request to the cluster, which Dask does not bound), waited
+    for at most ``timeout`` seconds: beyond it, ``StepTimeoutError`` naming ``what``."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call(*args)
+        except BaseException as error:  # handed to the caller below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name=f"fastrnn {what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise StepTimeoutError(f"{what}: the cluster did not answer within timeout={timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def threads_per_task(client, timeout=DEFAULT_TIMEOUT):
     """Threads each fastrnn task should use on ``client``'s cluster: on every host, its cores
     shared among the task threads of all its workers (at least 1), and the least of these
     over the hosts, so that every task splits its shard the same way wherever it runs.
 
     Dask's own default is one task thread per core, which gives 1.  With one worker of one
     task thread per machine (``dask worker ADDRESS --nworkers 1 --nthreads 1``), each task
-    uses every core of its machine as shard threads (``fastrnn.parallel``).
+    uses every core of its machine as shard threads (``fastrnn.parallel``).  The workers'
+    answer is waited for at most ``timeout`` seconds (``StepTimeoutError``).
     """
     hosts = {}
-    for host, cores, nthreads in client.run(_worker_cores).values():
+    for host, cores, nthreads in _within(timeout, "threads_per_task", client.run, _worker_cores).values():
         previous_cores, previous_threads = hosts.get(host, (cores, 0))
         hosts[host] = (min(previous_cores, cores), previous_threads + nthreads)
     if not hosts:
@@ -286,7 +308,7 @@ class DataParallel:
         self.client, self.model, self.optimizer = client, model, optimizer
         self.clip_norm, self.timeout = clip_norm, timeout
         workers = parallel.check_workers(workers)
-        self.workers = threads_per_task(client) if workers is None else workers
+        self.workers = threads_per_task(client, self.timeout) if workers is None else workers
         self.backend = backends.resolve(model.backend).NAME
         self.steps_done = 0  # steps taken; a shard that streams batches gets this index at the next step
         #: Timing of the last step, in seconds: from submitting the tasks to having every
@@ -301,7 +323,12 @@ class DataParallel:
         # Compile here first (a worker on this machine then loads the kernels from the cache),
         # then on every worker, in the background, as it starts.
         _warm_kernels(self.backend, (model.dtype.name,))
-        client.register_plugin(WarmKernels(self.backend, (model.dtype.name,)))
+        _within(
+            self.timeout,
+            "registering WarmKernels",
+            client.register_plugin,
+            WarmKernels(self.backend, (model.dtype.name,)),
+        )
 
     def set_data(self, loader, n_shards):
         """Load the shards on the workers: ``loader(k)`` for ``k`` in ``range(n_shards)``.
@@ -339,7 +366,10 @@ class DataParallel:
             self.client.submit(_shard_rows, shard, key=f"{prefix}-rows-{k}") for k, shard in enumerate(shards)
         ]
         _wait_for(rows, self.timeout, "set_data")
-        self._shards, self._rows = shards, self.client.gather(rows)
+        self._shards, self._rows = (
+            shards,
+            _within(self.timeout, "set_data: gathering", self.client.gather, rows),
+        )
         self._states = [None] * n_shards
         return list(self._rows)
 
@@ -378,7 +408,7 @@ class DataParallel:
         ]
         begin = time.perf_counter()
         _wait_for(futures, self.timeout, f"step {index + 1}")
-        parts = self.client.gather(futures)
+        parts = _within(self.timeout, f"step {index + 1}: gathering the results", self.client.gather, futures)
         seconds = time.perf_counter() - begin
         m = sum(part[2] for part in parts)
         weights = [part[2] / m for part in parts]
@@ -492,7 +522,7 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
             "lengths: variable-length sequences are not supported by this version of fastrnn"
         )
     workers = parallel.check_workers(workers)
-    workers = threads_per_task(client) if workers is None else workers
+    workers = threads_per_task(client) if workers is None else workers  # bounded by DEFAULT_TIMEOUT
     if not isinstance(inputs, dask_array.Array):
         inputs = dask_array.from_array(np.asarray(inputs), chunks=-1)
     one_hot = inputs.ndim == 2

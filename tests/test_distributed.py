@@ -221,6 +221,20 @@ def test_threads_inside_each_task_agree_with_one(client):
         assert_agree(three.params[name], one.params[name], np.float64, name)
 
 
+def test_a_cluster_request_that_does_not_answer_is_bounded():
+    from fastrnn.distributed import _within
+
+    begin = time.monotonic()
+    with pytest.raises(
+        StepTimeoutError, match="stuck request: the cluster did not answer within timeout=0.2 s"
+    ):
+        _within(0.2, "stuck request", time.sleep, 5)
+    assert time.monotonic() - begin < 4  # the wait ended at its timeout, not with the call
+    assert _within(5, "quick request", sum, [1, 2]) == 3
+    with pytest.raises(ZeroDivisionError):
+        _within(5, "failing request", divmod, 1, 0)
+
+
 def test_threads_per_task_share_each_hosts_cores(client):
     # Two worker processes of one task thread each, on this one host.
     assert threads_per_task(client) == max(1, parallel.available_cores() // 2)
