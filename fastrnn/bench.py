@@ -133,24 +133,35 @@ def blas_peak_flops(dtype, *, rows=3200, inner=512, cols=512):
     return 2 * rows * inner * cols / seconds
 
 
-def torch_step(x, a0, y, params):
-    """A closure running one PyTorch training step on the same problem, or None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[x.dtype]
-    n_x, m, T = x.shape
-    n_a, n_y = params["W_aa"].shape[0], params["W_ya"].shape[0]
-    rnn = torch.nn.RNN(n_x, n_a, nonlinearity="tanh").to(dtype)
-    linear = torch.nn.Linear(n_a, n_y).to(dtype)
-    with torch.no_grad():  # the same parameters as fastrnn's
+def torch_modules(params, nonlinearity="tanh"):
+    """``torch.nn.RNN`` and ``torch.nn.Linear`` holding fastrnn's ``params`` (PyTorch's names:
+    ``weight_ih_l0 = W_ax``, ``weight_hh_l0 = W_aa``, ``bias_ih_l0 = b_a``, ``bias_hh_l0 = 0``),
+    in the params' dtype.  Needs torch."""
+    import torch
+
+    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[params["W_aa"].dtype]
+    n_a, n_x = params["W_ax"].shape
+    rnn = torch.nn.RNN(n_x, n_a, nonlinearity=nonlinearity).to(dtype)
+    linear = torch.nn.Linear(n_a, params["W_ya"].shape[0]).to(dtype)
+    with torch.no_grad():
         rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_ax"]))
         rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_aa"]))
         rnn.bias_ih_l0.copy_(torch.from_numpy(params["b_a"][:, 0]))
         rnn.bias_hh_l0.zero_()
         linear.weight.copy_(torch.from_numpy(params["W_ya"]))
         linear.bias.copy_(torch.from_numpy(params["b_y"][:, 0]))
+    return rnn, linear
+
+
+def torch_step(x, a0, y, params):
+    """A closure running one PyTorch training step on the same problem, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    n_x, m, T = x.shape
+    n_y = params["W_ya"].shape[0]
+    rnn, linear = torch_modules(params)
     inputs = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 1, 0))).requires_grad_(True)  # (T, m, n_x)
     h0 = torch.from_numpy(np.ascontiguousarray(a0.T))[None].requires_grad_(True)  # (1, m, n_a)
     targets = torch.from_numpy(np.ascontiguousarray(y.T).reshape(-1))  # (T*m,)

@@ -8,6 +8,7 @@ import pytest
 
 import fastrnn
 from conftest import BACKENDS, assert_agree, make_problem
+from fastrnn.bench import torch_modules
 from fastrnn.cli import main
 from test_gradcheck import check, numeric_gradient
 
@@ -202,15 +203,7 @@ def test_matches_torch_relu_rnn():
     torch = pytest.importorskip("torch", reason="PyTorch is not a test dependency; checked where installed")
     x, a0, y, params = relu_problem((4, 6, 5, 3, 7), seed=11)
     loss, grads = fastrnn.loss_and_grads(x, a0, y, params, nonlinearity="relu")
-    rnn = torch.nn.RNN(4, 6, nonlinearity="relu").double()
-    linear = torch.nn.Linear(6, 5).double()
-    with torch.no_grad():
-        rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_ax"]))
-        rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_aa"]))
-        rnn.bias_ih_l0.copy_(torch.from_numpy(params["b_a"][:, 0]))
-        rnn.bias_hh_l0.zero_()
-        linear.weight.copy_(torch.from_numpy(params["W_ya"]))
-        linear.bias.copy_(torch.from_numpy(params["b_y"][:, 0]))
+    rnn, linear = torch_modules(params, nonlinearity="relu")
     hidden, _ = rnn(
         torch.from_numpy(np.ascontiguousarray(x.transpose(2, 1, 0))), torch.from_numpy(a0.T.copy())[None]
     )

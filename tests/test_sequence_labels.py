@@ -6,6 +6,7 @@ import pytest
 
 import fastrnn
 from conftest import BACKENDS, assert_agree, make_problem
+from fastrnn.bench import torch_modules
 from test_gradcheck import check, numeric_gradient
 
 SHAPES = [(3, 5, 4, 3, 6), (2, 3, 2, 1, 1), (4, 6, 3, 1, 5), (3, 4, 5, 4, 1)]  # m = 1 and T = 1 included
@@ -156,15 +157,7 @@ def test_matches_torch_on_the_last_hidden_state():
     torch = pytest.importorskip("torch", reason="PyTorch is not a test dependency; checked where installed")
     x, _, a0, y, params = problem((4, 6, 5, 3, 7), seed=11)
     loss, grads = fastrnn.loss_and_grads(x, a0, y, params)
-    rnn = torch.nn.RNN(4, 6).double()
-    linear = torch.nn.Linear(6, 5).double()
-    with torch.no_grad():
-        rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_ax"]))
-        rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_aa"]))
-        rnn.bias_ih_l0.copy_(torch.from_numpy(params["b_a"][:, 0]))
-        rnn.bias_hh_l0.zero_()
-        linear.weight.copy_(torch.from_numpy(params["W_ya"]))
-        linear.bias.copy_(torch.from_numpy(params["b_y"][:, 0]))
+    rnn, linear = torch_modules(params)
     _, h_n = rnn(
         torch.from_numpy(np.ascontiguousarray(x.transpose(2, 1, 0))), torch.from_numpy(a0.T.copy())[None]
     )
