@@ -338,10 +338,10 @@ class DataParallel:
         loader : callable
             ``loader(k)`` runs on a worker and returns shard ``k``: ``(x, y)`` with dense
             ``x`` (n_x, m_k, T), or ``(x_index, y)`` with one-hot indices (m_k, T), and ``y``
-            (m_k, T) or (m_k,) (one class per sequence); every step trains on all of them.  Or an object with ``rows`` (m_k)
-            and ``batch(step) -> (inputs, y, reset_state)``: a stream of batches whose last
-            hidden state is carried to the next step (truncated BPTT) unless
-            ``reset_state`` (``fastrnn.text.TextShards``).  It must be picklable (Dask's
+            (m_k, T), or (m_k,) for one class per sequence; every step trains on all of
+            them.  Or an object with ``rows`` (m_k) and ``batch(step) -> (inputs, y,
+            reset_state)``: a stream of batches whose last hidden state is carried to the
+            next step (truncated BPTT) unless ``reset_state`` (``fastrnn.text.TextShards``).  It must be picklable (Dask's
             cloudpickle: a module-level function or a ``functools.partial`` of one), and
             return the same shard whenever it is called with the same ``k``: a shard
             lost with a worker is loaded again.
