@@ -4,10 +4,19 @@ Both backends are always tested: the Numba backend is a declared dependency, so 
 environment without it is a broken install and its tests fail rather than skip.
 """
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from fastrnn.bench import make_problem, max_relative_difference  # noqa: F401  (make_problem: re-exported for the tests)
+
+# In CI (CI=true, as .ci/run is run there) the property tests draw the same examples on every
+# run, so that a failure there can be reproduced; elsewhere each run explores new ones.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    settings.load_profile("ci")
 
 BACKENDS = ("numpy", "numba")
 DTYPES = (np.float64, np.float32)

@@ -5,6 +5,7 @@ Run by ``test_properties.test_random_bad_arguments_never_crash`` in a subprocess
 ``python fuzz_bad_arguments.py N`` tries N examples and prints ``examples: N``.
 """
 
+import os
 import re
 import sys
 
@@ -87,7 +88,8 @@ count = 0
 
 
 @settings(max_examples=int(sys.argv[1]) if len(sys.argv) > 1 else 100, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+          suppress_health_check=list(HealthCheck),
+          derandomize=os.environ.get("CI", "").lower() in ("1", "true", "yes"))  # as conftest's "ci" profile  # fmt: skip
 @given(calls())
 def fuzz(call):
     global count
