@@ -60,6 +60,7 @@ class ForwardCache(NamedTuple):
     params: dict
     backend: str
     nonlinearity: str = "tanh"
+    a0_per_layer: bool = False  # a0 was None or (1, n_a, m): rnn_backward returns da0 so
 
 
 def _contiguous(view, empty=new_array, name=None):
@@ -93,6 +94,47 @@ def _check_inputs(params, x, a0, names=("x", "a0"), x_axes="(n_x, m, T)", x_rank
     return p, dims, x, a0
 
 
+def _check_sequence_inputs(params, x, a0):
+    """``_check_inputs`` for a batch of sequences ``x`` (n_x, m, T), whose ``a0`` may also be
+    None or per layer (``_check_initial_state``).  Returns p, dims, x, a0 (n_a, m) and the
+    layout of the states returned (``da0``, the final state)."""
+    p, dims = check_params(params, finite=False)
+    x = check_array(x, "x", (dims.n_x, None, None), "(n_x, m, T)", dims.dtype, finite=False)
+    a0, layout = _check_initial_state(a0, dims, x.shape[1])
+    check_finite_together((*p.values(), x, a0), PARAM_LABELS + ("x", "a0"))
+    return p, dims, x, a0, layout
+
+
+def _check_initial_state(a0, dims, m):
+    """``a0`` as (n_a, m) in the params' dtype (its finiteness is checked by the caller), and
+    the layout the states a call returns take: a0's own.
+
+    ``a0`` is None (zeros), (n_a, m), or (num_layers * D, n_a, m) indexed ``layer * D +
+    direction`` (PyTorch's order), which is (1, n_a, m) for this one-layer, one-direction
+    network.  With None or the per-layer shape, ``da0`` and the final state come back per
+    layer, (1, n_a, m); with (n_a, m), as (n_a, m).
+    """
+    if a0 is None:
+        return np.zeros((dims.n_a, m), dtype=dims.dtype), _per_layer
+    try:
+        per_layer = np.ndim(a0) == 3
+    except (TypeError, ValueError):  # e.g. a ragged list: check_array says what is wrong
+        per_layer = False
+    if per_layer:
+        meaning = "(num_layers * D, n_a, m), which is (1, n_a, m) for one layer in one direction"
+        return check_array(a0, "a0", (1, dims.n_a, m), meaning, dims.dtype, finite=False)[0], _per_layer
+    return check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False), _as_given
+
+
+def _per_layer(state):
+    """A state (n_a, m) in the per-layer layout (num_layers * D, n_a, m) = (1, n_a, m)."""
+    return state[None]
+
+
+def _as_given(state):
+    return state
+
+
 def _time_major_labels(labels):
     """Checked labels as the backends take them: (T, m) for labels (m, T), one class per
     step; (1, m) for labels (m,), one class per sequence (a view either way)."""
@@ -101,13 +143,14 @@ def _time_major_labels(labels):
 
 def _check_onehot_inputs(params, x_index, a0, y):
     """Checked params, their Dims, one-hot ``x_index`` (m, T), ``a0`` (n_a, m) in the params'
-    dtype and the labels ``y`` (m, T) or (m,); finiteness of params and a0 checked in one pass."""
+    dtype (``_check_initial_state``, whose layout comes last) and the labels ``y`` (m, T) or
+    (m,); finiteness of params and a0 checked in one pass."""
     p, dims = check_params(params, finite=False)
     x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
     m, T = x_index.shape
-    a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False)
+    a0, layout = _check_initial_state(a0, dims, m)
     check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
-    return p, dims, x_index, a0, check_targets(y, "y", m, T, dims.n_y)
+    return p, dims, x_index, a0, check_targets(y, "y", m, T, dims.n_y), layout
 
 
 def _backend_name(module):
@@ -281,7 +324,9 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh
     Parameters
     ----------
     x : array_like, shape (n_x, m, T)
-    a0 : array_like, shape (n_a, m)
+    a0 : array_like of shape (n_a, m) or (num_layers * D, n_a, m) = (1, n_a, m), or None
+        The initial state; None: zeros.  Given per layer, or None, ``da0`` and the
+        final state come back per layer too, (1, n_a, m).
     params : dict
         As from ``init_params``; its dtype is the dtype of the results.
     backend : {"numba", "numpy"} or None
@@ -303,7 +348,7 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x, a0 = _check_inputs(params, x, a0)
+    p, dims, x, a0, layout = _check_sequence_inputs(params, x, a0)
     xs = _to_time_major(x)
     T, m, _ = xs.shape
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
@@ -317,7 +362,9 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh
         report_non_finite_results({"a": h, "y_hat": y_hat}, dims.dtype, "rnn_forward")
     if np.may_share_memory(xs, x):  # the time-major layout was the caller's x itself
         xs = xs.copy()
-    cache = ForwardCache(_read_only(xs), _read_only(h), _owned(p), _backend_name(impl), nonlinearity)
+    cache = ForwardCache(
+        _read_only(xs), _read_only(h), _owned(p), _backend_name(impl), nonlinearity, layout is _per_layer
+    )
     return _from_time_major(cache.h[1:]), _from_time_major(y_hat), cache
 
 
@@ -352,7 +399,7 @@ def rnn_backward(da, cache):
     Returns
     -------
     dict
-        ``dx`` (n_x, m, T), ``da0`` (n_a, m), ``dW_ax`` (n_a, n_x), ``dW_aa`` (n_a, n_a),
+        ``dx`` (n_x, m, T), ``da0`` (n_a, m) or, as rnn_forward's a0, (1, n_a, m), ``dW_ax`` (n_a, n_x), ``dW_aa`` (n_a, n_a),
         ``db_a`` (n_a, 1).
     """
     if not isinstance(cache, ForwardCache):
@@ -366,12 +413,14 @@ def rnn_backward(da, cache):
     T, m = h.shape[0] - 1, h.shape[1]
     xs = check_array(cache.xs, "cache.xs", (T, m, dims.n_x), "(T, m, n_x)", dims.dtype)
     h, xs = np.ascontiguousarray(h), np.ascontiguousarray(xs)
+    if not isinstance(cache.a0_per_layer, (bool, np.bool_)):
+        raise TypeError(f"cache.a0_per_layer must be a bool, got {type(cache.a0_per_layer).__name__}")
     da = check_array(da, "da", (dims.n_a, m, T), "(n_a, m, T)", dims.dtype)
     grads, finite = impl.backward(_to_time_major(da), xs, h, p, cache.nonlinearity)
     if not finite:
         report_non_finite_results(grads, dims.dtype, "rnn_backward")
     grads["dx"] = _from_time_major(grads["dx"])
-    grads["da0"] = grads["da0"].T
+    grads["da0"] = (_per_layer if cache.a0_per_layer else _as_given)(grads["da0"].T)
     return grads
 
 
@@ -386,7 +435,9 @@ def loss_and_grads(
     Parameters
     ----------
     x : array_like, shape (n_x, m, T)
-    a0 : array_like, shape (n_a, m)
+    a0 : array_like of shape (n_a, m) or (num_layers * D, n_a, m) = (1, n_a, m), or None
+        The initial state; None: zeros.  Given per layer, or None, ``da0`` and the
+        final state come back per layer too, (1, n_a, m).
     y : array_like of int, shape (m, T) or (m,)
         Target class of each sequence at each step, in ``[0, n_y)``; or one class per
         sequence (many-to-one), predicted from its last state a<T>: the loss is then the
@@ -420,20 +471,20 @@ def loss_and_grads(
         Accumulated in float64, returned in the parameters' dtype.
     grads : dict
         ``dW_ax, dW_aa, db_a, dW_ya, db_y`` (the parameters' shapes), ``dx`` (n_x, m, T),
-        ``da0`` (n_a, m).
-    a_last : ndarray, shape (n_a, m)
+        ``da0`` (n_a, m), or (1, n_a, m) (as ``a0``).
+    a_last : ndarray, shape (n_a, m), or (1, n_a, m) (as ``a0``)
         Only with ``return_state=True``.
     """
     impl, empty, workspace = _resolve(backend, workspace)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x, a0 = _check_inputs(params, x, a0)
+    p, dims, x, a0, layout = _check_sequence_inputs(params, x, a0)
     n_x, m, T = x.shape
     labels = check_targets(y, "y", m, T, dims.n_y)
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
         return _sharded_loss_and_grads(
-            impl, run, workspace, x, a0, labels, p, dims, return_state, nonlinearity
+            impl, run, workspace, x, a0, labels, p, dims, return_state, nonlinearity, layout
         )
     xs = _to_time_major(x, empty, "xs")
     # dx may overwrite xs when xs is a copy made here, not a view of the caller's x.
@@ -442,7 +493,7 @@ def loss_and_grads(
         run.blas_threads, _shard_loss_and_grads, impl, empty, xs, a0.T, _time_major_labels(labels), p, m, nonlinearity,
         xs_is_scratch=scratch,
     )  # fmt: skip
-    return _results(result, dims, return_state)
+    return _results(result, dims, return_state, layout)
 
 
 def loss_and_grads_onehot(
@@ -478,13 +529,13 @@ def loss_and_grads_onehot(
     impl, empty, workspace = _resolve(backend, workspace)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x_index, a0, labels = _check_onehot_inputs(params, x_index, a0, y)
+    p, dims, x_index, a0, labels, layout = _check_onehot_inputs(params, x_index, a0, y)
     m, T = x_index.shape
     # n_x = 0: the input layer of one-hot inputs is a lookup, no matrix product.
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
         return _sharded_loss_and_grads(
-            impl, run, workspace, x_index, a0, labels, p, dims, return_state, nonlinearity
+            impl, run, workspace, x_index, a0, labels, p, dims, return_state, nonlinearity, layout
         )
     result = _run_with_blas_threads(
         run.blas_threads,
@@ -498,7 +549,7 @@ def loss_and_grads_onehot(
         m,
         nonlinearity,
     )
-    return _results(result, dims, return_state)
+    return _results(result, dims, return_state, layout)
 
 
 def loss(
@@ -525,25 +576,25 @@ def loss(
     per_sequence : bool
         Return each sequence's loss, summed over its steps, instead of their mean.
     return_state : bool
-        Also return the last hidden state a<T>, shape (n_a, m).
+        Also return the last hidden state a<T>, shape (n_a, m), or (1, n_a, m) (as ``a0``).
 
     Returns
     -------
     loss : numpy.float32 or numpy.float64, or ndarray of shape (m,) with ``per_sequence``
         In the parameters' dtype (accumulated in float64).  ``L = mean(per-sequence losses)``
         equals ``loss_and_grads``'s loss to rounding.
-    a_last : ndarray, shape (n_a, m)
+    a_last : ndarray, shape (n_a, m), or (1, n_a, m) (as ``a0``)
         Only with ``return_state=True``.
     """
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x, a0 = _check_inputs(params, x, a0)
+    p, dims, x, a0, layout = _check_sequence_inputs(params, x, a0)
     n_x, m, T = x.shape
     labels = check_targets(y, "y", m, T, dims.n_y)
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     result = _forward_losses(impl, run, x.transpose(2, 1, 0), a0, labels, p, dims, nonlinearity)
-    return _loss_results(result, dims, per_sequence, return_state)
+    return _loss_results(result, dims, per_sequence, return_state, layout)
 
 
 def loss_onehot(
@@ -569,11 +620,11 @@ def loss_onehot(
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x_index, a0, labels = _check_onehot_inputs(params, x_index, a0, y)
+    p, dims, x_index, a0, labels, layout = _check_onehot_inputs(params, x_index, a0, y)
     m, T = x_index.shape
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     result = _forward_losses(impl, run, x_index.T, a0, labels, p, dims, nonlinearity)
-    return _loss_results(result, dims, per_sequence, return_state)
+    return _loss_results(result, dims, per_sequence, return_state, layout)
 
 
 def _forward_losses(impl, run, inputs, a0, labels, p, dims, nonlinearity):
@@ -606,7 +657,7 @@ def _forward_losses(impl, run, inputs, a0, labels, p, dims, nonlinearity):
     return losses, a_last, finite
 
 
-def _loss_results(result, dims, per_sequence, return_state):
+def _loss_results(result, dims, per_sequence, return_state, layout):
     """The public results of ``loss``: non-finite losses reported (in the params' dtype),
     the mean or each sequence's loss, and the state in the seed's layout."""
     losses, a_last, finite = result
@@ -616,7 +667,7 @@ def _loss_results(result, dims, per_sequence, return_state):
         as_returned = np.where(np.abs(losses) > largest, np.inf, losses)  # what the dtype would hold
         report_non_finite_results({"the loss": as_returned}, dims.dtype, "loss")
     value = losses.astype(dims.dtype) if per_sequence else dims.dtype.type(mean)
-    return (value, a_last.T) if return_state else value
+    return (value, layout(a_last.T)) if return_state else value
 
 
 def _run_with_blas_threads(blas_threads, function, *args, **kwargs):
@@ -684,7 +735,9 @@ def _shard_loss_and_grads(
     return loss, grads, a_last, finite
 
 
-def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, return_state, nonlinearity):
+def _sharded_loss_and_grads(
+    impl, run, workspace, inputs, a0, labels, p, dims, return_state, nonlinearity, layout=None
+):
     """``loss_and_grads`` (dense ``x`` (n_x, m, T) or one-hot ``x_index`` (m, T)) cut into
     ``run.shards`` shards of whole sequences, run on ``run.threads`` threads.
 
@@ -742,16 +795,18 @@ def _sharded_loss_and_grads(impl, run, workspace, inputs, a0, labels, p, dims, r
     finite = all(part[2] for part in parts) and all(
         np.isfinite(grads[name]).all() for name in WEIGHT_GRADIENTS
     )
-    return _results((loss, grads, a_last, finite), dims, return_state)
+    return _results((loss, grads, a_last, finite), dims, return_state, layout)
 
 
 WEIGHT_GRADIENTS = tuple("d" + name for name in PARAM_NAMES)
 _LARGEST = {dtype: float(np.finfo(dtype).max) for dtype in FLOAT_DTYPES}
 
 
-def _results(result, dims, return_state):
+def _results(result, dims, return_state, layout=None):
     """The public results of a training step from the backend's: non-finite results
-    reported, arrays laid back out in the seed's layout, the loss in the params' dtype."""
+    reported, arrays laid back out in the seed's layout (``da0`` and the final state in
+    a0's, ``layout``), the loss in the params' dtype."""
+    layout = layout or _as_given
     loss, grads, a_last, finite = result
     # The loss is accumulated in float64: it can be finite there and overflow float32 here,
     # so it is checked against the largest value of its own dtype (in plain Python: cheap).
@@ -762,5 +817,5 @@ def _results(result, dims, return_state):
     loss = dims.dtype.type(loss)
     if "dx" in grads:
         grads["dx"] = _from_time_major(grads["dx"])
-    grads["da0"] = grads["da0"].T
-    return (loss, grads, a_last.T) if return_state else (loss, grads)
+    grads["da0"] = layout(grads["da0"].T)
+    return (loss, grads, layout(a_last.T)) if return_state else (loss, grads)
