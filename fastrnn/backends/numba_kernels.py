@@ -489,7 +489,7 @@ def softmax_cross_entropy_with_bias(logits, b_y, labels, db_y, batch_size):
 def sequence_cross_entropy_with_bias(logits, b_y, labels, losses):
     """``losses[i] = numpy_backend.sequence_cross_entropy(logits + b_y, labels)[i]``.
 
-    ``logits`` (T, m, n_y) is left holding the softmax (``_softmax_row``); ``losses`` (m,)
+    ``logits`` (L, m, n_y), the labelled steps, is left holding the softmax (``_softmax_row``); ``losses`` (m,)
     is float64, and each row's ``logsumexp(z) - z[label]`` is added in float64.
     """
     T, m = labels.shape
