@@ -173,16 +173,25 @@ def softmax_cross_entropy(logits, labels, batch_size=None):
         ``dL/dlogits = (softmax(logits) - onehot(labels)) / m``.
     """
     m = logits.shape[1] if batch_size is None else batch_size
-    t, i = np.indices(labels.shape)  # logits[t, i, labels] picks each row's target class
+    row_losses, e, sum_e, target = _cross_entropy_rows(logits, labels)
+    loss = np.sum(row_losses, dtype=np.float64) / m
+    dlogits = e / sum_e
+    dlogits[target] -= 1
+    dlogits /= m
+    return loss, dlogits
+
+
+def _cross_entropy_rows(logits, labels):
+    """Each row's ``logsumexp(z) - z[label]``, shape (L, m), and what the gradient reuses:
+    ``e = exp(z - max(z))``, its row sums ``sum_e`` (L, m, 1), and the index of each row's
+    target entry in ``logits``."""
+    t, i = np.indices(labels.shape)
+    target = (t, i, labels)  # logits[target] picks each row's target class
     row_max = logits.max(axis=-1, keepdims=True)
     e = np.exp(logits - row_max)
     sum_e = e.sum(axis=-1, keepdims=True)
     log_sum_exp = row_max[..., 0] + np.log(sum_e[..., 0])
-    loss = np.sum(log_sum_exp - logits[t, i, labels], dtype=np.float64) / m
-    dlogits = e / sum_e
-    dlogits[t, i, labels] -= 1
-    dlogits /= m
-    return loss, dlogits
+    return log_sum_exp - logits[target], e, sum_e, target
 
 
 def sequence_cross_entropy(logits, labels):
@@ -200,10 +209,8 @@ def sequence_cross_entropy(logits, labels):
         ``sum_t logsumexp(logits[t, i]) - logits[t, i, labels[t, i]]`` (as in
         ``softmax_cross_entropy``, whose loss is their sum over the batch divided by ``m``).
     """
-    t, i = np.indices(labels.shape)
-    row_max = logits.max(axis=-1, keepdims=True)
-    log_sum_exp = row_max[..., 0] + np.log(np.exp(logits - row_max).sum(axis=-1))
-    return np.sum(log_sum_exp - logits[t, i, labels], axis=0, dtype=np.float64)
+    row_losses = _cross_entropy_rows(logits, labels)[0]
+    return np.sum(row_losses, axis=0, dtype=np.float64)
 
 
 @overflow_reported_by_the_api
