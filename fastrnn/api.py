@@ -82,22 +82,21 @@ def _from_time_major(array):
     return array.transpose(2, 1, 0)
 
 
-def _check_inputs(params, x, a0, names=("x", "a0"), x_axes="(n_x, m, T)", x_rank=3):
-    """Checked params, their Dims, and ``x`` (n_x, m, T) or (n_x, m) and ``a0`` (n_a, m) in
-    the params' dtype; ``names`` name x and a0 in messages.  Finiteness is checked last,
-    for all seven arrays in one pass."""
+def _check_cell_inputs(params, x_t, a_prev):
+    """Checked params, their Dims, and one step's ``x_t`` (n_x, m) and ``a_prev`` (n_a, m) in
+    the params' dtype.  Finiteness is checked last, for all seven arrays in one pass."""
     p, dims = check_params(params, finite=False)
-    x_shape = (dims.n_x,) + (None,) * (x_rank - 1)  # free sizes: m (and T)
-    x = check_array(x, names[0], x_shape, x_axes, dims.dtype, finite=False)
-    a0 = check_array(a0, names[1], (dims.n_a, x.shape[1]), "(n_a, m)", dims.dtype, finite=False)
-    check_finite_together((*p.values(), x, a0), PARAM_LABELS + names)
-    return p, dims, x, a0
+    x_t = check_array(x_t, "x_t", (dims.n_x, None), "(n_x, m)", dims.dtype, finite=False)
+    a_prev = check_array(a_prev, "a_prev", (dims.n_a, x_t.shape[1]), "(n_a, m)", dims.dtype, finite=False)
+    check_finite_together((*p.values(), x_t, a_prev), PARAM_LABELS + ("x_t", "a_prev"))
+    return p, dims, x_t, a_prev
 
 
 def _check_sequence_inputs(params, x, a0):
-    """``_check_inputs`` for a batch of sequences ``x`` (n_x, m, T), whose ``a0`` may also be
-    None or per layer (``_check_initial_state``).  Returns p, dims, x, a0 (n_a, m) and the
-    layout of the states returned (``da0``, the final state)."""
+    """Checked params, their Dims, a batch of sequences ``x`` (n_x, m, T) and ``a0`` (n_a, m)
+    in the params' dtype, ``a0`` given as None, (n_a, m) or per layer
+    (``_check_initial_state``), and the layout of the states returned (``da0``, the final
+    state).  Finiteness is checked last, for all seven arrays in one pass."""
     p, dims = check_params(params, finite=False)
     x = check_array(x, "x", (dims.n_x, None, None), "(n_x, m, T)", dims.dtype, finite=False)
     a0, layout = _check_initial_state(a0, dims, x.shape[1])
@@ -240,7 +239,7 @@ def _cell_step(x_t, a_prev, params, backend, nonlinearity="tanh"):
     the checked params and x_t, ``h`` (2, m, n_a) = (a_prev, a_t) and ``y_hat`` (1, m, n_y)."""
     impl = backends.resolve(backend)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x_t, a_prev = _check_inputs(params, x_t, a_prev, ("x_t", "a_prev"), "(n_x, m)", x_rank=2)
+    p, dims, x_t, a_prev = _check_cell_inputs(params, x_t, a_prev)
     # The cell is the T = 1 case of the forward pass: one code path for both.  a_prev goes
     # in as a view: the backends copy it into h[0].
     h, y_hat, finite = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p, nonlinearity)
