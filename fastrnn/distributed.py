@@ -46,7 +46,7 @@ except ImportError as error:  # pragma: no cover  (the [distributed] extra is no
     ) from error
 
 from . import api, backends, optim, parallel
-from .model import RNN
+from .model import RNN, batch_inputs
 from .validation import PARAM_NAMES, check_int, check_labels, check_real, check_targets
 
 __all__ = ["DataParallel", "score", "StepTimeoutError", "ShardError", "WarmKernels", "threads_per_task"]
@@ -132,11 +132,10 @@ def _shard_step(data, params, step, a0, backend, workers, nonlinearity):
     """
     begin = time.perf_counter()
     inputs, y, reset_state = data.batch(step)
-    inputs = np.asarray(inputs)
+    inputs, one_hot, _ = batch_inputs(inputs)
     n_a, rows = params["W_aa"].shape[0], int(data.rows)
     if reset_state or a0 is None:
         a0 = np.zeros((n_a, rows), dtype=params["W_aa"].dtype)
-    one_hot = inputs.ndim == 2 and inputs.dtype.kind in "iu"
     function = api.loss_and_grads_onehot if one_hot else api.loss_and_grads
     loss, grads, a_last = function(
         inputs, a0, y, params, backend=backend, return_state=True, workers=workers, nonlinearity=nonlinearity

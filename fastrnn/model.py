@@ -16,6 +16,16 @@ from .validation import NONLINEARITIES, PARAM_NAMES, check_nonlinearity, check_p
 CHECKPOINT_FORMAT = "fastrnn.RNN/1"
 
 
+def batch_inputs(inputs):
+    """A batch's ``inputs`` as an array, whether they are one-hot indices (an integer array
+    (m, T)) rather than dense ``x`` (n_x, m, T), and the batch size ``m`` (1 where the rank
+    is wrong, which the API then reports)."""
+    inputs = np.asarray(inputs)
+    one_hot = inputs.ndim == 2 and inputs.dtype.kind in "iu"
+    m = inputs.shape[0] if one_hot else (inputs.shape[1] if inputs.ndim == 3 else 1)
+    return inputs, one_hot, m
+
+
 class CheckpointError(ValueError):
     """A file that is not a readable fastrnn checkpoint, or one that does not fit."""
 
@@ -175,9 +185,7 @@ class RNN:
         loss, grads
             As ``fastrnn.loss_and_grads`` / ``loss_and_grads_onehot``.
         """
-        inputs = np.asarray(inputs)
-        one_hot = inputs.ndim == 2 and inputs.dtype.kind in "iu"
-        m = inputs.shape[0] if one_hot else (inputs.shape[1] if inputs.ndim == 3 else 1)
+        inputs, one_hot, m = batch_inputs(inputs)
         function = api.loss_and_grads_onehot if one_hot else api.loss_and_grads
         loss, grads, a_last = function(
             inputs, self._initial_state(a0, m, carry_state), y, self.params,
@@ -199,9 +207,7 @@ class RNN:
         per_sequence : bool
             Each sequence's loss (summed over its steps), shape (m,), instead of their mean.
         """
-        inputs = np.asarray(inputs)
-        one_hot = inputs.ndim == 2 and inputs.dtype.kind in "iu"
-        m = inputs.shape[0] if one_hot else (inputs.shape[1] if inputs.ndim == 3 else 1)
+        inputs, one_hot, m = batch_inputs(inputs)
         function = api.loss_onehot if one_hot else api.loss
         return function(
             inputs, self._initial_state(a0, m, False), y, self.params,
