@@ -39,18 +39,21 @@ EXPECTED_SHAPES = {
 FLAT = {"dz_buffer", "scratch"}  # one-dimensional buffers, sized by numba_backend
 
 
+ENTRY_POINTS = (
+    "forward_kernel",
+    "backward_kernel",
+    "loss_and_grads_kernel",
+    "loss_and_grads_onehot_kernel",
+    "sequence_losses_kernel",
+    "sequence_losses_onehot_kernel",
+)  # the kernels numba_backend calls
+
+
 def _recording_kernels(calls):
     """A stand-in for the kernels module: each entry point binds its arguments to the real
     kernel's parameter names, records them, then runs the real kernel."""
     fake = types.SimpleNamespace(**vars(numba_kernels))
-    for name in (
-        "forward_kernel",
-        "backward_kernel",
-        "loss_and_grads_kernel",
-        "loss_and_grads_onehot_kernel",
-        "sequence_losses_kernel",
-        "sequence_losses_onehot_kernel",
-    ):
+    for name in ENTRY_POINTS:
         real = getattr(numba_kernels, name)
         signature = inspect.signature(getattr(real, "py_func", real))
 
@@ -74,14 +77,7 @@ def test_kernels_get_each_argument_under_its_own_name(monkeypatch):
     fastrnn.rnn_backward(np.ones(a.shape), cache)
     fastrnn.loss(x, a0, y, params, **relu)
     fastrnn.loss_onehot(x_index, a0, y, params, **relu)
-    assert set(calls) == {
-        "forward_kernel",
-        "backward_kernel",
-        "loss_and_grads_kernel",
-        "loss_and_grads_onehot_kernel",
-        "sequence_losses_kernel",
-        "sequence_losses_onehot_kernel",
-    }
+    assert set(calls) == set(ENTRY_POINTS)  # every entry point was called
     for kernel, arguments in calls.items():
         for name, value in arguments.items():
             if name == "batch_size":
