@@ -2,6 +2,7 @@
 
 import ast
 import codecs
+import hashlib
 import importlib.util
 import itertools
 import time
@@ -13,7 +14,7 @@ import numpy as np
 from . import optim
 from .api import _cell_step
 from .model import RNN
-from .parallel import check_workers
+from .parallel import check_workers, split_batch
 from .validation import check_int, check_real
 from .workspace import Workspace
 
@@ -178,8 +179,6 @@ class TextShards:
         self.batch, self.seq_length, self.n_shards = batch, seq_length, n_shards
 
     def __call__(self, k):
-        from .parallel import split_batch
-
         text = read_text(self.path) if self.path is not None else builtin_corpus()
         if text_digest(text) != self.sha256:
             raise TextError(
@@ -193,8 +192,6 @@ class TextShards:
 
 def text_digest(text):
     """The SHA-256 hex digest of ``text``'s UTF-8 bytes."""
-    import hashlib
-
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
