@@ -16,18 +16,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backends, parallel
+from . import backends, packing, parallel
 from .validation import (
     FLOAT_DTYPES,
-    PARAM_LABELS,
     PARAM_NAMES,
     check_array,
     check_finite_together,
     check_int,
     check_labels,
+    check_lengths,
     check_nonlinearity,
     check_params,
     check_targets,
+    is_seed_network,
+    layer_key,
+    param_labels,
+    param_names,
     report_non_finite_results,
 )
 from .workspace import Workspace, new_array
@@ -86,22 +90,81 @@ def _check_cell_inputs(params, x_t, a_prev):
     """Checked params, their Dims, and one step's ``x_t`` (n_x, m) and ``a_prev`` (n_a, m) in
     the params' dtype.  Finiteness is checked last, for all seven arrays in one pass."""
     p, dims = check_params(params, finite=False)
+    if not is_seed_network(dims):
+        raise ValueError(
+            "params of a cell are one layer's, in one direction (W_ax, W_aa, b_a, W_ya, b_y); "
+            f"these have {dims.num_layers} layer(s) and {dims.directions} direction(s): run the "
+            "whole network with rnn_forward"
+        )
     x_t = check_array(x_t, "x_t", (dims.n_x, None), "(n_x, m)", dims.dtype, finite=False)
     a_prev = check_array(a_prev, "a_prev", (dims.n_a, x_t.shape[1]), "(n_a, m)", dims.dtype, finite=False)
-    check_finite_together((*p.values(), x_t, a_prev), PARAM_LABELS + ("x_t", "a_prev"))
+    check_finite_together((*p.values(), x_t, a_prev), param_labels(p) + ("x_t", "a_prev"))
     return p, dims, x_t, a_prev
 
 
-def _check_sequence_inputs(params, x, a0):
-    """Checked params, their Dims, a batch of sequences ``x`` (n_x, m, T) and ``a0`` (n_a, m)
-    in the params' dtype, ``a0`` given as None, (n_a, m) or per layer
-    (``_check_initial_state``), and the layout of the states returned (``da0``, the final
-    state).  Finiteness is checked last, for all seven arrays in one pass."""
+def _check_sequence_inputs(params, x, a0, lengths=None):
+    """Checked params, their Dims, a batch of sequences ``x`` (n_x, m, T), ``a0`` in the
+    params' dtype and the layout of the states returned (``da0``, the final state), then
+    the checked ``lengths``.  Finiteness is checked last, for all arrays in one pass.
+
+    ``a0`` is (n_a, m) for the seed's network with full-length sequences
+    (``_check_initial_state``), else (num_layers * D, n_a, m) (``_check_network_state``):
+    ``_is_network_call`` says which.
+    """
     p, dims = check_params(params, finite=False)
     x = check_array(x, "x", (dims.n_x, None, None), "(n_x, m, T)", dims.dtype, finite=False)
-    a0, layout = _check_initial_state(a0, dims, x.shape[1])
-    check_finite_together((*p.values(), x, a0), PARAM_LABELS + ("x", "a0"))
-    return p, dims, x, a0, layout
+    _, m, T = x.shape
+    lengths = check_lengths(lengths, m, T)
+    if _is_network_call(dims, lengths):
+        a0, layout = _check_network_state(a0, dims, m)
+    else:
+        a0, layout = _check_initial_state(a0, dims, m)
+    # Padding may hold anything (it is never read): x is checked where it is read.
+    finite_x = x if lengths is None else np.zeros(0, x.dtype)
+    check_finite_together((*p.values(), finite_x, a0), param_labels(p) + ("x", "a0"))
+    if lengths is not None:
+        _check_finite_steps(x.transpose(2, 1, 0), lengths, "x")
+    return p, dims, x, a0, layout, lengths
+
+
+def _is_network_call(dims, lengths):
+    """Whether a call goes the packed way (``fastrnn.packing``): more than one layer or
+    direction, or ``lengths``; else the seed's network over full-length sequences, which
+    has kernels of its own and stays bitwise what it was."""
+    return lengths is not None or not is_seed_network(dims)
+
+
+def _check_finite_steps(time_major, lengths, name):
+    """A ``ValueError`` naming ``name`` for a non-finite entry at a real step; ``time_major``
+    is (T, m, ...).  Padding may hold anything: it is never read."""
+    T, m = time_major.shape[:2]
+    padding = np.arange(T)[:, None] >= lengths[None, :]
+    finite = np.isfinite(time_major).reshape(T, m, -1).all(axis=-1) | padding
+    if not finite.all():
+        t, i = np.argwhere(~finite)[0]
+        raise ValueError(f"{name} must be finite at every real step, got a non-finite value at sequence {i}, step {t}")
+
+
+def _check_network_state(a0, dims, m):
+    """``a0`` of a network call as (num_layers * D, n_a, m) in the params' dtype, and the
+    layout of the states it returns (``da0``, the final state), taking that stack.
+
+    ``a0`` is None (zeros), (num_layers * D, n_a, m) indexed ``layer * D + direction``
+    (PyTorch's order), or (n_a, m) for one layer in one direction; the states come back in
+    the shape given ((num_layers * D, n_a, m) for None).
+    """
+    layers = dims.num_layers * dims.directions
+    if a0 is None:
+        return np.zeros((layers, dims.n_a, m), dtype=dims.dtype), _as_given
+    meaning = f"(num_layers * D, n_a, m), num_layers * D = {layers} for these params"
+    try:
+        per_layer = np.ndim(a0) == 3
+    except (TypeError, ValueError):  # e.g. a ragged list: check_array says what is wrong
+        per_layer = True
+    if per_layer or layers > 1:
+        return check_array(a0, "a0", (layers, dims.n_a, m), meaning, dims.dtype, finite=False), _as_given
+    a0 = check_array(a0, "a0", (dims.n_a, m), "(n_a, m)", dims.dtype, finite=False)
+    return a0[None], _single_layer
 
 
 def _check_initial_state(a0, dims, m):
@@ -134,22 +197,46 @@ def _as_given(state):
     return state
 
 
+def _single_layer(states):
+    """A stack of states (1, n_a, m) in the shape (n_a, m) that ``a0`` was given in."""
+    return states[0]
+
+
 def _time_major_labels(labels):
     """Checked labels as the backends take them: (T, m) for labels (m, T), one class per
     step; (1, m) for labels (m,), one class per sequence (a view either way)."""
     return labels.T if labels.ndim == 2 else labels[None]
 
 
-def _check_onehot_inputs(params, x_index, a0, y):
-    """Checked params, their Dims, one-hot ``x_index`` (m, T), ``a0`` (n_a, m) in the params'
-    dtype (``_check_initial_state``, whose layout comes last) and the labels ``y`` (m, T) or
-    (m,); finiteness of params and a0 checked in one pass."""
+def _check_onehot_inputs(params, x_index, a0, y, lengths=None):
+    """Checked params, their Dims, one-hot ``x_index`` (m, T), ``a0`` in the params' dtype
+    (as ``_check_sequence_inputs``), the labels ``y`` (m, T) or (m,), the layout of the
+    states returned and ``lengths``; finiteness of params and a0 checked in one pass.
+    With ``lengths``, indices and labels at padding steps may be anything."""
     p, dims = check_params(params, finite=False)
-    x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
+    x_index = _as_index_array(x_index)
+    if not isinstance(x_index, np.ndarray) or x_index.ndim != 2:  # check_labels says what is wrong
+        check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
     m, T = x_index.shape
-    a0, layout = _check_initial_state(a0, dims, m)
-    check_finite_together((*p.values(), a0), PARAM_LABELS + ("a0",))
-    return p, dims, x_index, a0, check_targets(y, "y", m, T, dims.n_y), layout
+    lengths = check_lengths(lengths, m, T)
+    x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices", lengths=lengths)
+    if _is_network_call(dims, lengths):
+        a0, layout = _check_network_state(a0, dims, m)
+    else:
+        a0, layout = _check_initial_state(a0, dims, m)
+    check_finite_together((*p.values(), a0), param_labels(p) + ("a0",))
+    return p, dims, x_index, a0, check_targets(y, "y", m, T, dims.n_y, lengths), layout, lengths
+
+
+def _as_index_array(x_index):
+    """``x_index`` as an array whose shape can be read, or as given when it is not one
+    (``check_labels`` then says what is wrong)."""
+    if isinstance(x_index, (dict, str, bytes, np.ma.MaskedArray)) or x_index is None:
+        return x_index
+    try:
+        return np.asarray(x_index)
+    except (TypeError, ValueError):  # ragged lists
+        return x_index
 
 
 def _backend_name(module):
@@ -161,29 +248,42 @@ def available_backends():
     return backends.available_backends()
 
 
-def init_params(n_x, n_a, n_y, *, seed=None, dtype=np.float64):
+def init_params(n_x, n_a, n_y, *, num_layers=1, bidirectional=False, seed=None, dtype=np.float64):
     """Random parameters for an RNN with ``n_x`` inputs, ``n_a`` hidden units, ``n_y`` classes.
 
-    Weights are uniform in ``+-1/sqrt(fan_in)`` (fan_in = n_x for ``W_ax``, n_a for ``W_aa``
-    and ``W_ya``); biases are zero.  They are drawn in float64 and then cast, so the same
-    ``seed`` gives the same parameters (to rounding) in float32 and float64.
+    Weights are uniform in ``+-1/sqrt(fan_in)`` (fan_in = n_x for ``W_ax``, n_a for ``W_aa``,
+    D * n_a for the upper layers' ``W_ax`` and for ``W_ya``); biases are zero.  They are
+    drawn in float64 and then cast, so the same ``seed`` gives the same parameters (to
+    rounding) in float32 and float64; with the defaults, the seed's network is drawn as
+    before version 2.
 
     Parameters
     ----------
     n_x, n_a, n_y : int
         Positive sizes.
+    num_layers : int
+        Stacked layers; layer l >= 1 reads the layer below's states (both directions').
+    bidirectional : bool
+        Give every layer a reverse direction too (D = 2), run from each sequence's end.
     seed : int, numpy.random.Generator or None
     dtype : float32 or float64
 
     Returns
     -------
     dict
-        ``W_ax`` (n_a, n_x), ``W_aa`` (n_a, n_a), ``b_a`` (n_a, 1), ``W_ya`` (n_y, n_a),
-        ``b_y`` (n_y, 1), C-contiguous, of ``dtype``.
+        C-contiguous arrays of ``dtype``: ``W_ax`` (n_a, n_x), ``W_aa`` (n_a, n_a), ``b_a``
+        (n_a, 1) for layer 0; ``W_ax_l1`` (n_a, D * n_a), ``W_aa_l1``, ``b_a_l1`` for
+        layer 1, and so on; the same keys with ``_reverse`` for the reverse directions;
+        ``W_ya`` (n_y, D * n_a), ``b_y`` (n_y, 1).  Keys in this order (layer by layer,
+        forward then reverse, output last).
     """
-    n_x, n_a, n_y = (
-        check_int(size, name, minimum=1) for name, size in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y))
+    n_x, n_a, n_y, num_layers = (
+        check_int(size, name, minimum=1)
+        for name, size in (("n_x", n_x), ("n_a", n_a), ("n_y", n_y), ("num_layers", num_layers))
     )
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"bidirectional must be a bool, got {type(bidirectional).__name__}")
+    directions = 2 if bidirectional else 1
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -196,13 +296,16 @@ def init_params(n_x, n_a, n_y, *, seed=None, dtype=np.float64):
         bound = 1.0 / np.sqrt(fan_in)
         return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
-    return {
-        "W_ax": uniform((n_a, n_x), n_x),
-        "W_aa": uniform((n_a, n_a), n_a),
-        "b_a": np.zeros((n_a, 1), dtype=dtype),
-        "W_ya": uniform((n_y, n_a), n_a),
-        "b_y": np.zeros((n_y, 1), dtype=dtype),
-    }
+    params = {}
+    for layer in range(num_layers):
+        n_in = n_x if layer == 0 else directions * n_a
+        for reverse in (False, True)[:directions]:
+            params[layer_key("W_ax", layer, reverse)] = uniform((n_a, n_in), n_in)
+            params[layer_key("W_aa", layer, reverse)] = uniform((n_a, n_a), n_a)
+            params[layer_key("b_a", layer, reverse)] = np.zeros((n_a, 1), dtype=dtype)
+    params["W_ya"] = uniform((n_y, directions * n_a), directions * n_a)
+    params["b_y"] = np.zeros((n_y, 1), dtype=dtype)
+    return params
 
 
 def rnn_cell_forward(x_t, a_prev, params, *, backend=None, nonlinearity="tanh"):
@@ -317,7 +420,7 @@ def rnn_cell_backward(da_t, cache):
     }
 
 
-def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh"):
+def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh", lengths=None):
     """Forward pass over a batch of sequences.
 
     Parameters
@@ -347,7 +450,9 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x, a0, layout = _check_sequence_inputs(params, x, a0)
+    p, dims, x, a0, layout, lengths = _check_sequence_inputs(params, x, a0, lengths)
+    if _is_network_call(dims, lengths):
+        return _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layout)
     xs = _to_time_major(x)
     T, m, _ = xs.shape
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
@@ -365,6 +470,30 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh
         _read_only(xs), _read_only(h), _owned(p), _backend_name(impl), nonlinearity, layout is _per_layer
     )
     return _from_time_major(cache.h[1:]), _from_time_major(y_hat), cache
+
+
+def _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layout):
+    """``rnn_forward`` of a network (``_is_network_call``): the top layer's states (D * n_a,
+    m, T), the outputs (n_y, m, T), 0 at padding, and a ``NetworkCache``."""
+    n_x, m, T = x.shape
+    run = _network_plan(workers, m, T, n_x, dims, lengths, _backend_name(impl))
+    pk, packed, a0_rows = _packed_call_inputs(x, a0, lengths)
+    # One shard: the threads a sharded plan would use go to BLAS.
+    blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
+    states, y_hat, finite = _run_with_blas_threads(
+        blas_threads, impl.network_forward_outputs,
+        packed, a0_rows, p, dims.num_layers, dims.directions, pk.batch_sizes, pk.offsets, nonlinearity,
+    )  # fmt: skip
+    if not finite:
+        report_non_finite_results({"a": np.concatenate(states[-1], axis=1), "y_hat": y_hat}, dims.dtype, "rnn_forward")
+    top = np.concatenate(states[-1], axis=1) if dims.directions == 2 else states[-1][0]
+    if np.may_share_memory(packed, x):
+        packed = packed.copy()
+    cache = NetworkCache(
+        _read_only(packed), tuple(_read_only(H) for layer in states for H in layer), _read_only(a0_rows),
+        lengths, T, _owned(p), _backend_name(impl), nonlinearity, layout is _single_layer,
+    )  # fmt: skip
+    return _from_time_major(packing.unpack(top, pk)), _from_time_major(packing.unpack(y_hat, pk)), cache
 
 
 def _sharded_forward(impl, run, xs, a0, p, dims, nonlinearity):
@@ -401,6 +530,8 @@ def rnn_backward(da, cache):
         ``dx`` (n_x, m, T), ``da0`` (n_a, m) or, as rnn_forward's a0, (1, n_a, m), ``dW_ax`` (n_a, n_x), ``dW_aa`` (n_a, n_a),
         ``db_a`` (n_a, 1).
     """
+    if isinstance(cache, NetworkCache):
+        return _network_backward(da, cache)
     if not isinstance(cache, ForwardCache):
         raise TypeError(f"cache must be the ForwardCache returned by rnn_forward, got {type(cache).__name__}")
     # Every array of the cache against its params: the kernels trust shapes (Numba does not
@@ -423,9 +554,48 @@ def rnn_backward(da, cache):
     return grads
 
 
+def _network_backward(da, cache):
+    """``rnn_backward`` for a ``NetworkCache``: every array checked against the params and
+    the packing before a kernel reads it."""
+    impl, p, dims = _checked_cache_params(cache, "rnn_forward")
+    if not isinstance(cache.T, int) or isinstance(cache.T, bool) or cache.T < 1:
+        raise ValueError(f"cache.T must be the sequences' padded length, an int >= 1, got {cache.T!r}")
+    a0 = check_array(cache.a0, "cache.a0", (dims.num_layers * dims.directions, None, dims.n_a),
+                     "(num_layers * D, m, n_a)", dims.dtype)  # fmt: skip
+    m = a0.shape[1]
+    lengths = check_lengths(cache.lengths, m, cache.T)
+    pk = packing.make_packing(lengths, m, cache.T)
+    inputs = check_array(cache.inputs, "cache.inputs", (pk.N, dims.n_x), "(N, n_x)", dims.dtype)
+    if not isinstance(cache.states, tuple) or len(cache.states) != a0.shape[0]:
+        raise ValueError(f"cache.states must be a tuple of num_layers * D = {a0.shape[0]} arrays")
+    states = [
+        np.ascontiguousarray(check_array(H, f"cache.states[{k}]", (pk.N, dims.n_a), "(N, n_a)", dims.dtype))
+        for k, H in enumerate(cache.states)
+    ]
+    width = dims.directions * dims.n_a
+    da = check_array(da, "da", (width, m, cache.T), "(D * n_a, m, T)", dims.dtype, finite=False)
+    if lengths is None:
+        check_finite_together([da], ["da"])
+    else:
+        _check_finite_steps(da.transpose(2, 1, 0), lengths, "da")
+    d_top = packing.pack(da.transpose(2, 1, 0), pk)
+    grads, finite = impl.network_backward_grads(
+        d_top, np.ascontiguousarray(inputs), np.ascontiguousarray(a0), _nested(states, dims.directions), p,
+        pk.batch_sizes, pk.offsets, cache.nonlinearity,
+    )  # fmt: skip
+    if not finite:
+        report_non_finite_results(grads, dims.dtype, "rnn_backward")
+    grads["dx"] = _from_time_major(packing.unpack(grads["dx"], pk))
+    grads["da0"] = _states_back(grads["da0"], pk)
+    if cache.a0_single:
+        grads["da0"] = grads["da0"][0]
+    return grads
+
+
 def loss_and_grads(
-    x, a0, y, params, *, backend=None, workspace=None, return_state=False, workers=None, nonlinearity="tanh"
-):
+    x, a0, y, params, *, backend=None, workspace=None, return_state=False, workers=None, nonlinearity="tanh",
+    lengths=None,
+):  # fmt: skip
     """Cross-entropy loss of a batch of sequences and the gradient of every input.
 
     ``L = -(1/m) sum_{i,t} log y_hat[y[i, t], i, t]``: summed over time, averaged over the
@@ -477,9 +647,13 @@ def loss_and_grads(
     impl, empty, workspace = _resolve(backend, workspace)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x, a0, layout = _check_sequence_inputs(params, x, a0)
+    p, dims, x, a0, layout, lengths = _check_sequence_inputs(params, x, a0, lengths)
     n_x, m, T = x.shape
-    labels = check_targets(y, "y", m, T, dims.n_y)
+    labels = check_targets(y, "y", m, T, dims.n_y, lengths)
+    if _is_network_call(dims, lengths):
+        run = _network_plan(workers, m, T, n_x, dims, lengths, _backend_name(impl))
+        result = _network_loss_and_grads(impl, run, x, a0, labels, lengths, p, dims, nonlinearity)
+        return _in_workspace(_network_results(result, dims, return_state, layout), workspace)
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
         return _sharded_loss_and_grads(
@@ -506,6 +680,7 @@ def loss_and_grads_onehot(
     return_state=False,
     workers=None,
     nonlinearity="tanh",
+    lengths=None,
 ):
     """``loss_and_grads`` for one-hot inputs given by the index of their 1 (text, tokens).
 
@@ -528,8 +703,12 @@ def loss_and_grads_onehot(
     impl, empty, workspace = _resolve(backend, workspace)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x_index, a0, labels, layout = _check_onehot_inputs(params, x_index, a0, y)
+    p, dims, x_index, a0, labels, layout, lengths = _check_onehot_inputs(params, x_index, a0, y, lengths)
     m, T = x_index.shape
+    if _is_network_call(dims, lengths):
+        run = _network_plan(workers, m, T, 0, dims, lengths, _backend_name(impl))
+        result = _network_loss_and_grads(impl, run, x_index, a0, labels, lengths, p, dims, nonlinearity)
+        return _in_workspace(_network_results(result, dims, return_state, layout), workspace)
     # n_x = 0: the input layer of one-hot inputs is a lookup, no matrix product.
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     if run.shards > 1:
@@ -562,6 +741,7 @@ def loss(
     return_state=False,
     workers=None,
     nonlinearity="tanh",
+    lengths=None,
 ):
     """The loss of ``loss_and_grads``, without gradients: for validation and scoring.
 
@@ -588,9 +768,13 @@ def loss(
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x, a0, layout = _check_sequence_inputs(params, x, a0)
+    p, dims, x, a0, layout, lengths = _check_sequence_inputs(params, x, a0, lengths)
     n_x, m, T = x.shape
-    labels = check_targets(y, "y", m, T, dims.n_y)
+    labels = check_targets(y, "y", m, T, dims.n_y, lengths)
+    if _is_network_call(dims, lengths):
+        run = _network_plan(workers, m, T, n_x, dims, lengths, _backend_name(impl))
+        result = _network_forward_losses(impl, run, x, a0, labels, lengths, p, dims, nonlinearity)
+        return _loss_results(result, dims, per_sequence, return_state, layout, stacked=True)
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
     result = _forward_losses(impl, run, x.transpose(2, 1, 0), a0, labels, p, dims, nonlinearity)
     return _loss_results(result, dims, per_sequence, return_state, layout)
@@ -607,6 +791,7 @@ def loss_onehot(
     return_state=False,
     workers=None,
     nonlinearity="tanh",
+    lengths=None,
 ):
     """``loss`` for one-hot inputs given by the index of their 1 (as ``loss_and_grads_onehot``).
 
@@ -619,8 +804,12 @@ def loss_onehot(
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
-    p, dims, x_index, a0, labels, layout = _check_onehot_inputs(params, x_index, a0, y)
+    p, dims, x_index, a0, labels, layout, lengths = _check_onehot_inputs(params, x_index, a0, y, lengths)
     m, T = x_index.shape
+    if _is_network_call(dims, lengths):
+        run = _network_plan(workers, m, T, 0, dims, lengths, _backend_name(impl))
+        result = _network_forward_losses(impl, run, x_index, a0, labels, lengths, p, dims, nonlinearity)
+        return _loss_results(result, dims, per_sequence, return_state, layout, stacked=True)
     run = parallel.plan(workers, m, T, 0, dims.n_a, dims.n_y, _backend_name(impl))
     result = _forward_losses(impl, run, x_index.T, a0, labels, p, dims, nonlinearity)
     return _loss_results(result, dims, per_sequence, return_state, layout)
@@ -656,7 +845,7 @@ def _forward_losses(impl, run, inputs, a0, labels, p, dims, nonlinearity):
     return losses, a_last, finite
 
 
-def _loss_results(result, dims, per_sequence, return_state, layout):
+def _loss_results(result, dims, per_sequence, return_state, layout, stacked=False):
     """The public results of ``loss``: non-finite losses reported (in the params' dtype),
     the mean or each sequence's loss, and the state in the seed's layout."""
     losses, a_last, finite = result
@@ -666,7 +855,9 @@ def _loss_results(result, dims, per_sequence, return_state, layout):
         as_returned = np.where(np.abs(losses) > largest, np.inf, losses)  # what the dtype would hold
         report_non_finite_results({"the loss": as_returned}, dims.dtype, "loss")
     value = losses.astype(dims.dtype) if per_sequence else dims.dtype.type(mean)
-    return (value, layout(a_last.T)) if return_state else value
+    if not return_state:
+        return value
+    return value, layout(a_last if stacked else a_last.T)  # stacked: a network's (num_layers * D, n_a, m)
 
 
 def _run_with_blas_threads(blas_threads, function, *args, **kwargs):
@@ -796,6 +987,178 @@ def _sharded_loss_and_grads(
     )
     return _results((loss, grads, a_last, finite), dims, return_state, layout)
 
+
+# -- networks: several layers, two directions, variable lengths -------------------------
+#
+# These calls go the packed way (``fastrnn.packing``): the batch sorted by length, one row
+# per real step.  Each function below takes the caller's layout and returns it: ``x`` (n_x,
+# m, T) or ``x_index`` (m, T), ``a0`` and the states (num_layers * D, n_a, m), results at
+# padding steps 0.
+
+
+class NetworkCache(NamedTuple):
+    """What ``rnn_backward`` needs from ``rnn_forward`` of a network with more than one
+    layer or direction, or with ``lengths``: packed arrays (``fastrnn.packing``), which it
+    owns (changing the inputs or params in place after the forward pass changes nothing)."""
+
+    inputs: np.ndarray  # (N, n_x), packed x
+    states: tuple  # num_layers * D arrays (N, n_a), index layer * D + direction
+    a0: np.ndarray  # (num_layers * D, m, n_a), rows in the packing's sorted order
+    lengths: object  # (m,) intp, or None for every sequence T steps long
+    T: int
+    params: dict
+    backend: str
+    nonlinearity: str = "tanh"
+    a0_single: bool = False  # a0 was (n_a, m): da0 comes back so
+
+
+def _nested(flat, directions):
+    """``states[layer][direction]`` from a flat sequence indexed ``layer * D + direction``."""
+    return [list(flat[k : k + directions]) for k in range(0, len(flat), directions)]
+
+
+def _packed_call_inputs(inputs, a0, lengths):
+    """The packing of a call and its packed inputs and sorted ``a0`` rows.
+
+    ``inputs`` is dense ``x`` (n_x, m, T) or one-hot ``x_index`` (m, T); ``a0`` is
+    (num_layers * D, n_a, m).  Returns ``(packing, packed_inputs, a0_rows)``: (N, n_x)
+    or (N,), and (num_layers * D, m, n_a).
+    """
+    dense = inputs.ndim == 3
+    m, T = inputs.shape[-2:]
+    pk = packing.make_packing(lengths, m, T)
+    packed = packing.pack(inputs.transpose(2, 1, 0) if dense else inputs.T, pk)
+    return pk, packed, packing.sort_rows(a0.transpose(0, 2, 1), pk)
+
+
+def _packed_labels(labels, pk):
+    """Labels as the backends' network functions take them: (N,) one per packed row, or
+    (1, m) one per sorted sequence."""
+    if labels.ndim == 2:
+        return packing.pack(labels.T, pk)
+    return labels[pk.order][None]
+
+
+def _states_back(sorted_states, pk):
+    """(num_layers * D, m, n_a) in sorted rows -> (num_layers * D, n_a, m) in the caller's."""
+    return packing.unsort_rows(sorted_states, pk).transpose(0, 2, 1)
+
+
+def _network_step(impl, inputs, a0, labels, lengths, p, dims, batch_size, nonlinearity):
+    """A training step of a network on a batch or a shard of one, caller's layout in and
+    out: ``loss``, ``grads`` (``dx`` time-major (T, m, n_x), ``da0`` (num_layers * D, n_a,
+    m)), ``final`` (num_layers * D, n_a, m) and ``finite``."""
+    pk, packed, a0_rows = _packed_call_inputs(inputs, a0, lengths)
+    loss, grads, final, finite = impl.network_loss_and_grads(
+        packed, a0_rows, _packed_labels(labels, pk), p, dims.num_layers, dims.directions,
+        pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=batch_size, nonlinearity=nonlinearity,
+    )  # fmt: skip
+    if "dx" in grads:
+        grads["dx"] = packing.unpack(grads["dx"], pk)
+    grads["da0"] = _states_back(grads["da0"], pk)
+    return loss, grads, _states_back(final, pk), finite
+
+
+def _network_losses(impl, inputs, a0, labels, lengths, p, dims, nonlinearity):
+    """``loss`` of a network on a batch or a shard: each sequence's loss (m,) float64 in
+    the caller's order, ``final`` (num_layers * D, n_a, m), ``finite``."""
+    pk, packed, a0_rows = _packed_call_inputs(inputs, a0, lengths)
+    sorted_losses, final, finite = impl.network_sequence_losses(
+        packed, a0_rows, _packed_labels(labels, pk), p, dims.num_layers, dims.directions,
+        pk.batch_sizes, pk.offsets, pk.last_rows, nonlinearity,
+    )  # fmt: skip
+    losses = np.empty_like(sorted_losses)
+    losses[pk.order] = sorted_losses
+    return losses, _states_back(final, pk), finite
+
+
+def _network_shards(run, m, lengths):
+    """The shards of a network call: whole sequences, balanced by their lengths."""
+    return parallel.split_batch(m, run.shards, lengths)
+
+
+def _network_loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
+    """``_network_step`` on the whole batch, cut into ``run.shards`` shards (each its own
+    packing) run on ``run.threads`` threads; the weight gradients added in shard order."""
+    m = inputs.shape[-2]
+    if run.shards == 1:
+        return _run_with_blas_threads(
+            run.blas_threads, _network_step, impl, inputs, a0, labels, lengths, p, dims, m, nonlinearity
+        )
+    shards = _network_shards(run, m, lengths)
+
+    def run_shard(k):
+        rows = shards[k]
+        return _network_step(
+            impl, inputs[..., rows, :], a0[:, :, rows], labels[rows], None if lengths is None else lengths[rows],
+            p, dims, m, nonlinearity,
+        )  # fmt: skip
+
+    with parallel.blas_threads(run.blas_threads):
+        parts = parallel.run_shards(run_shard, run.shards, run.threads)
+    names = ["d" + name for name in param_names(dims.num_layers, dims.directions)]
+    grads = parallel.sum_in_order([part[1] for part in parts], names)
+    grads["da0"] = np.concatenate([part[1]["da0"] for part in parts], axis=2)
+    if "dx" in grads:
+        grads["dx"] = np.concatenate([part[1]["dx"] for part in parts], axis=1)
+    final = np.concatenate([part[2] for part in parts], axis=2)
+    loss = sum(part[0] for part in parts)  # in shard order
+    finite = all(part[3] for part in parts) and all(np.isfinite(grads[name]).all() for name in names)
+    return loss, grads, final, finite
+
+
+def _network_forward_losses(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
+    """``_network_losses`` shard by shard (``run``)."""
+    m = inputs.shape[-2]
+    shards = _network_shards(run, m, lengths)
+
+    def run_shard(k):
+        rows = shards[k]
+        return _network_losses(
+            impl, inputs[..., rows, :], a0[:, :, rows], labels[rows], None if lengths is None else lengths[rows],
+            p, dims, nonlinearity,
+        )  # fmt: skip
+
+    with parallel.blas_threads(run.blas_threads):
+        parts = parallel.run_shards(run_shard, run.shards, run.threads)
+    losses = np.concatenate([part[0] for part in parts])
+    final = np.concatenate([part[1] for part in parts], axis=2)
+    return losses, final, all(part[2] for part in parts)
+
+
+def _network_results(result, dims, return_state, layout):
+    """The public results of a network's training step: as ``_results``, with ``da0`` and
+    the final state stacks (num_layers * D, n_a, m) in a0's layout."""
+    loss, grads, final, finite = result
+    largest = _LARGEST[dims.dtype]
+    if not (finite and abs(loss) <= largest):
+        as_returned = math.inf if abs(loss) > largest else loss
+        report_non_finite_results({"the loss": as_returned, **grads}, dims.dtype, "loss_and_grads")
+    if "dx" in grads:
+        grads["dx"] = _from_time_major(grads["dx"])
+    grads["da0"] = layout(grads["da0"])
+    loss = dims.dtype.type(loss)
+    return (loss, grads, layout(final)) if return_state else (loss, grads)
+
+
+def _in_workspace(results, workspace):
+    """A network step's results with its gradients copied into ``workspace`` (when one is
+    given): they are then its views, overwritten by its next use, as for the seed's network."""
+    if workspace is None:
+        return results
+    grads = results[1]
+    for name, value in grads.items():
+        grads[name] = workspace.empty(name, value.shape, value.dtype)
+        np.copyto(grads[name], value)
+    return results
+
+
+def _network_plan(workers, m, T, n_x, dims, lengths, backend):
+    """``parallel.plan`` for a network: its products are those of ``num_layers * D``
+    one-layer networks over the real steps (the upper layers' inputs are D * n_a wide)."""
+    steps = T if lengths is None else max(1, int(np.sum(lengths)) // m)
+    layers = dims.num_layers * dims.directions
+    return parallel.plan(workers, m, steps * layers, n_x, dims.n_a, dims.n_y, backend)
 
 WEIGHT_GRADIENTS = tuple("d" + name for name in PARAM_NAMES)
 _LARGEST = {dtype: float(np.finfo(dtype).max) for dtype in FLOAT_DTYPES}

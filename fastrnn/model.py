@@ -11,9 +11,22 @@ import zlib
 import numpy as np
 
 from . import api, backends, optim
-from .validation import NONLINEARITIES, PARAM_NAMES, check_nonlinearity, check_params
+from .validation import (
+    NONLINEARITIES,
+    HIDDEN_NAMES,
+    architecture,
+    check_nonlinearity,
+    check_params,
+    is_param_name,
+    is_seed_network,
+    layer_key,
+)
 
-CHECKPOINT_FORMAT = "fastrnn.RNN/1"
+CHECKPOINT_FORMAT = "fastrnn.RNN/1"  # the seed's network: what every version reads
+# Several layers or directions: a format of its own, so that a version before them says
+# "not a fastrnn checkpoint (expected format ...)" instead of misreading the parameters.
+NETWORK_CHECKPOINT_FORMAT = "fastrnn.RNN/2"
+CHECKPOINT_FORMATS = (CHECKPOINT_FORMAT, NETWORK_CHECKPOINT_FORMAT)
 
 
 def batch_inputs(inputs):
@@ -31,21 +44,26 @@ class CheckpointError(ValueError):
 
 
 class RNN:
-    """A vanilla (Elman) RNN, tanh or ReLU, with a softmax output layer.
+    """A vanilla (Elman) RNN, tanh or ReLU, of one or more layers, in one direction or
+    both, with a softmax output layer.
 
     Parameters
     ----------
     n_x, n_a, n_y : int
         Input, hidden and output sizes.
+    num_layers : int
+        Stacked layers (``fastrnn.init_params``).
+    bidirectional : bool
+        Every layer also runs each sequence backwards (D = 2).
     dtype : float32 or float64
     backend : {"numba", "numpy"} or None
         Used by every computation of this model (None: automatic, see ``loss_and_grads``).
     seed : int or None
         For ``init_params``.
     params : dict, optional
-        Start from these parameters (copied, checked) instead of random ones: their sizes
-        must be ``n_x, n_a, n_y`` and their dtype ``dtype``.  ``RNN.from_params(params)``
-        reads the sizes and dtype from them.
+        Start from these parameters (copied, checked) instead of random ones: their sizes,
+        layers and directions must be the ones given, and their dtype ``dtype``.
+        ``RNN.from_params(params)`` reads all of these from them.
     nonlinearity : {"tanh", "relu"}
         The hidden layer's ``f`` in ``a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)``; kept in
         checkpoints (those written before it existed load as tanh).
@@ -53,12 +71,13 @@ class RNN:
     Attributes
     ----------
     params : dict of ndarray
-        The five parameters, updated in place by ``train_step``.
+        The parameters (``fastrnn.init_params``), updated in place by ``train_step``.
     optimizer_state : dict or None
         After ``load``: the optimizer state the checkpoint carried (``Optimizer.state_dict``;
         ``fastrnn.optim.from_state_dict`` makes the optimizer back), or None.
-    state : ndarray of shape (n_a, m) or None
-        The hidden state carried from one chunk of a stream to the next (truncated BPTT).
+    state : ndarray of shape (n_a, m), (num_layers, n_a, m) for several layers, or None
+        The hidden state carried from one chunk of a stream to the next (truncated BPTT;
+        for networks in one direction only).
     vocab : str or None
         For character models: the characters, in index order.
     settings : dict
@@ -66,18 +85,23 @@ class RNN:
     """
 
     def __init__(
-        self, n_x, n_a, n_y, *, dtype=np.float64, backend=None, seed=None, params=None, nonlinearity="tanh"
-    ):
+        self, n_x, n_a, n_y, *, num_layers=1, bidirectional=False, dtype=np.float64, backend=None, seed=None,
+        params=None, nonlinearity="tanh",
+    ):  # fmt: skip
         backends.resolve(backend)  # fail early on an unknown backend
         self.nonlinearity = check_nonlinearity(nonlinearity)
         if params is None:
-            self.params = api.init_params(n_x, n_a, n_y, seed=seed, dtype=dtype)
+            self.params = api.init_params(
+                n_x, n_a, n_y, num_layers=num_layers, bidirectional=bidirectional, seed=seed, dtype=dtype
+            )
         else:
             checked, dims = check_params(params)
-            if (dims.n_x, dims.n_a, dims.n_y, dims.dtype) != (n_x, n_a, n_y, np.dtype(dtype)):
+            wanted = (n_x, n_a, n_y, np.dtype(dtype), num_layers, 2 if bidirectional else 1)
+            if (dims.n_x, dims.n_a, dims.n_y, dims.dtype, dims.num_layers, dims.directions) != wanted:
                 raise ValueError(
-                    f"params are of sizes (n_x, n_a, n_y) = {dims[:3]} and dtype {dims.dtype}, "
-                    f"not ({n_x}, {n_a}, {n_y}) and {np.dtype(dtype)}"
+                    f"params are of sizes (n_x, n_a, n_y) = {dims[:3]}, dtype {dims.dtype}, "
+                    f"{dims.num_layers} layer(s) and {dims.directions} direction(s), not "
+                    f"({n_x}, {n_a}, {n_y}), {np.dtype(dtype)}, {num_layers} and {wanted[-1]}"
                 )
             self.params = {name: np.array(value, order="C") for name, value in checked.items()}
         self.backend = backend
@@ -95,6 +119,8 @@ class RNN:
             dims.n_x,
             dims.n_a,
             dims.n_y,
+            num_layers=dims.num_layers,
+            bidirectional=dims.directions == 2,
             dtype=dims.dtype,
             backend=backend,
             params=params,
@@ -117,53 +143,83 @@ class RNN:
     def dtype(self):
         return self.params["W_aa"].dtype
 
+    @property
+    def num_layers(self):
+        return architecture(self.params.keys())[0]
+
+    @property
+    def bidirectional(self):
+        return "W_aa_reverse" in self.params
+
+    def _state_shape(self, m):
+        """The shape of a carried state: the seed's (n_a, m) for one layer, else per layer."""
+        layers = self.num_layers
+        return (self.n_a, m) if layers == 1 else (layers, self.n_a, m)
+
     def reset_state(self):
         """Forget the carried hidden state (the next chunk starts from zeros)."""
         self.state = None
 
     def _initial_state(self, a0, m, carry_state):
+        if carry_state and self.bidirectional:
+            raise ValueError(
+                "carry_state=True is for networks in one direction: a bidirectional network's reverse "
+                "direction starts at each sequence's end, so no state carries over to the next chunk; "
+                "pass carry_state=False"
+            )
         if a0 is not None:
             return a0
-        if carry_state and self.state is not None and self.state.shape == (self.n_a, m):
+        if carry_state and self.state is not None and self.state.shape == self._state_shape(m):
             return self.state
+        if not is_seed_network(check_params(self.params)[1]):
+            return None  # zeros, per layer and direction
         return np.zeros((self.n_a, m), dtype=self.dtype)
 
-    def forward(self, x, a0=None, *, workers=None, logits=False):
+    def forward(self, x, a0=None, *, workers=None, logits=False, lengths=None):
         """Run the model: hidden states and outputs for dense ``x`` (n_x, m, T).
 
         Parameters
         ----------
         x : array_like, shape (n_x, m, T)
-        a0 : array_like, shape (n_a, m), optional
+        a0 : array_like, shape (n_a, m) or (num_layers * D, n_a, m), optional
             Zeros by default (the carried state is neither read nor changed).
         workers : int or None
             Threads, as in ``fastrnn.loss_and_grads``.
+        lengths : array_like of int, shape (m,), optional
+            Each sequence's length (``fastrnn.rnn_forward``); results are 0 at padding.
         logits : bool
             Return the logits ``W_ya a<t> + b_y`` instead of the softmax outputs (what
             PyTorch's ``nn.Linear`` returns, for a loss of your own).
 
         Returns
         -------
-        a : ndarray, shape (n_a, m, T)
+        a : ndarray, shape (D * n_a, m, T)
+            The top layer's states (both directions', forward first).
         y_hat or logits : ndarray, shape (n_y, m, T)
         """
         x = np.asarray(x)
         m = x.shape[1] if x.ndim == 3 else 1  # a wrong rank is reported by rnn_forward
         a0 = self._initial_state(a0, m, False)
         a, y_hat, _ = api.rnn_forward(
-            x, a0, self.params, backend=self.backend, workers=workers, nonlinearity=self.nonlinearity
-        )
+            x, a0, self.params, backend=self.backend, workers=workers, nonlinearity=self.nonlinearity,
+            lengths=lengths,
+        )  # fmt: skip
         if not logits:
             return a, y_hat
-        states = a.transpose(2, 1, 0)  # (T, m, n_a), C-contiguous: one product for all steps
-        rows = states.reshape(-1, self.n_a) @ self.params["W_ya"].T + self.params["b_y"].T
-        return a, rows.reshape(states.shape[:2] + (self.n_y,)).transpose(2, 1, 0)
+        states = np.ascontiguousarray(a.transpose(2, 1, 0))  # (T, m, D * n_a): one product for all steps
+        rows = states.reshape(-1, states.shape[-1]) @ self.params["W_ya"].T + self.params["b_y"].T
+        out = rows.reshape(states.shape[:2] + (self.n_y,))
+        if lengths is not None:  # 0 at padding, as the outputs
+            out[np.arange(out.shape[0])[:, None] >= np.asarray(lengths)[None, :]] = 0
+        return a, out.transpose(2, 1, 0)
 
-    def __call__(self, x, a0=None, *, workers=None, logits=False):
+    def __call__(self, x, a0=None, *, workers=None, logits=False, lengths=None):
         """``model(x)`` is ``model.forward(x)``."""
-        return self.forward(x, a0, workers=workers, logits=logits)
+        return self.forward(x, a0, workers=workers, logits=logits, lengths=lengths)
 
-    def loss_and_grads(self, inputs, y, *, a0=None, carry_state=False, workspace=None, workers=None):
+    def loss_and_grads(
+        self, inputs, y, *, a0=None, carry_state=False, workspace=None, workers=None, lengths=None
+    ):
         """Loss and gradients for one chunk.
 
         Parameters
@@ -172,13 +228,16 @@ class RNN:
             Dense ``x`` (n_x, m, T), or integer indices (m, T) of one-hot inputs.
         y : array_like of int, shape (m, T) or (m,)
             A class per step, or one per sequence (``fastrnn.loss_and_grads``).
-        a0 : array_like of shape (n_a, m), optional
+        a0 : array_like of shape (n_a, m) or (num_layers * D, n_a, m), optional
             Initial state; by default the carried state (with ``carry_state``) or zeros.
         carry_state : bool
-            Start from the carried state and keep the last state for the next chunk.
+            Start from the carried state and keep the last state for the next chunk
+            (one direction only: a ``ValueError`` for a bidirectional model).
         workspace : Workspace, optional
         workers : int or None
             Threads, as in ``fastrnn.loss_and_grads`` (None: fastrnn chooses).
+        lengths : array_like of int, shape (m,), optional
+            Each sequence's length; padding is never read (``fastrnn.loss_and_grads``).
 
         Returns
         -------
@@ -190,18 +249,18 @@ class RNN:
         loss, grads, a_last = function(
             inputs, self._initial_state(a0, m, carry_state), y, self.params,
             backend=self.backend, workspace=workspace, return_state=True, workers=workers,
-            nonlinearity=self.nonlinearity,
+            nonlinearity=self.nonlinearity, lengths=lengths,
         )  # fmt: skip
         if carry_state:
             self.state = np.array(a_last)  # a copy: a workspace reuses a_last's memory
         return loss, grads
 
-    def evaluate(self, inputs, y, *, a0=None, per_sequence=False, workers=None):
+    def evaluate(self, inputs, y, *, a0=None, per_sequence=False, workers=None, lengths=None):
         """The loss without gradients (``fastrnn.loss`` / ``loss_onehot``): for validation.
 
         Parameters
         ----------
-        inputs, y, a0, workers
+        inputs, y, a0, workers, lengths
             As in ``loss_and_grads`` (``a0`` defaults to zeros; the carried state is
             neither read nor changed).
         per_sequence : bool
@@ -212,6 +271,7 @@ class RNN:
         return function(
             inputs, self._initial_state(a0, m, False), y, self.params,
             backend=self.backend, per_sequence=per_sequence, workers=workers, nonlinearity=self.nonlinearity,
+            lengths=lengths,
         )  # fmt: skip
 
     def train_step(
@@ -222,9 +282,10 @@ class RNN:
         *,
         clip_norm=None,
         clip_value=None,
-        carry_state=True,
+        carry_state=None,
         workspace=None,
         workers=None,
+        lengths=None,
     ):
         """One step of training: loss and gradients, clipping, an optimizer update.
 
@@ -236,9 +297,11 @@ class RNN:
             Clip the gradients by global L2 norm first.
         clip_value : float, optional
             Clip every gradient entry to ``[-clip_value, clip_value]`` first.
-        carry_state : bool
+        carry_state : bool or None
             Truncated BPTT: start from the state the previous step left and keep the new one.
-        workspace, workers
+            None (the default): True for a network in one direction, False for a
+            bidirectional one (which carries nothing).
+        workspace, workers, lengths
             As in ``loss_and_grads``.
 
         Returns
@@ -248,8 +311,10 @@ class RNN:
         """
         if not isinstance(optimizer, optim.Optimizer):
             raise TypeError(f"optimizer must be a fastrnn.optim.Optimizer, got {type(optimizer).__name__}")
+        if carry_state is None:
+            carry_state = not self.bidirectional
         loss, grads = self.loss_and_grads(
-            inputs, y, carry_state=carry_state, workspace=workspace, workers=workers
+            inputs, y, carry_state=carry_state, workspace=workspace, workers=workers, lengths=lengths
         )
         if clip_norm is not None:
             optim.clip_by_global_norm(grads, clip_norm, backend=self.backend)
@@ -278,7 +343,7 @@ class RNN:
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         members = dict(
-            format=np.array(CHECKPOINT_FORMAT),
+            format=np.array(CHECKPOINT_FORMAT if len(self.params) == 5 else NETWORK_CHECKPOINT_FORMAT),
             # Code points keep every character (a NUL in a <U1 array reads back as "");
             # "vocab" is kept for readers of the first checkpoints.
             vocab_codepoints=np.array([ord(c) for c in self.vocab or ""], dtype=np.int32),
@@ -408,6 +473,14 @@ class _Members:
         self.file_size = os.path.getsize(path) if isinstance(path, (str, os.PathLike)) else None
         self._layout = {}  # name -> where its data lies, once its header is checked
 
+    def param_names(self):
+        """The names of the members that are parameters (``validation.is_param_name``)."""
+        return [
+            name[: -len(".npy")]
+            for name in self.archive.namelist()
+            if name.endswith(".npy") and is_param_name(name[: -len(".npy")])
+        ]
+
     def refuse(self, name, why):
         raise CheckpointError(f"{self.path}: member {name!r} {why}")
 
@@ -466,24 +539,33 @@ class _Members:
 
 def _read_checkpoint(members):
     """The checked contents of a checkpoint: params, settings (JSON text) and vocabulary."""
-    if members.text("format", optional=True, limit=64) != CHECKPOINT_FORMAT:
+    if members.text("format", optional=True, limit=64) not in CHECKPOINT_FORMATS:
         raise CheckpointError(
-            f"{members.path}: not a fastrnn checkpoint (expected format {CHECKPOINT_FORMAT!r})"
+            f"{members.path}: not a fastrnn checkpoint (expected format {' or '.join(map(repr, CHECKPOINT_FORMATS))})"
         )
-    headers = {name: members.header(name) for name in PARAM_NAMES}
+    try:
+        num_layers, directions, names = architecture(members.param_names())
+    except ValueError as error:
+        raise CheckpointError(f"{members.path}: {error}") from None
+    headers = {name: members.header(name) for name in names}
     for name, (shape, dtype) in headers.items():
         if len(shape) != 2 or dtype.kind != "f":
             members.refuse(name, f"must be a 2-dimensional float array, got shape {shape} of {dtype}")
     n_a, n_x = headers["W_ax"][0]
     n_y = headers["W_ya"][0][0]
-    expected = {"W_ax": (n_a, n_x), "W_aa": (n_a, n_a), "b_a": (n_a, 1), "W_ya": (n_y, n_a), "b_y": (n_y, 1)}
+    expected = {"W_ya": (n_y, directions * n_a), "b_y": (n_y, 1)}
+    for layer in range(num_layers):
+        for reverse in (False, True)[:directions]:
+            n_in = n_x if layer == 0 else directions * n_a
+            shapes = ((n_a, n_in), (n_a, n_a), (n_a, 1))
+            expected.update((layer_key(name, layer, reverse), shape) for name, shape in zip(HIDDEN_NAMES, shapes))
     for name, shape in expected.items():
         if headers[name][0] != shape:
             members.refuse(
                 name,
                 f"must have shape {shape} to fit W_ax {headers['W_ax'][0]} and W_ya {headers['W_ya'][0]}, got {headers[name][0]}",
             )
-    params = {name: members.data(name) for name in PARAM_NAMES}
+    params = {name: members.data(name) for name in names}
     has_vocab = members.header("has_vocab")
     if has_vocab != ((), np.dtype(bool)):
         members.refuse("has_vocab", f"must be one bool, got shape {has_vocab[0]} of {has_vocab[1]}")
@@ -509,10 +591,16 @@ def _read_checkpoint(members):
     header = members.header("carried_state", optional=True)
     if header is not None:
         shape, dtype = header
-        if len(shape) != 2 or shape[0] != n_a or shape[1] < 1 or dtype != headers["W_aa"][1]:
+        expected_state = (n_a,) if num_layers == 1 else (num_layers, n_a)
+        meaning = "(n_a, m)" if num_layers == 1 else "(num_layers, n_a, m)"
+        if (
+            shape[:-1] != expected_state or len(shape) < 2 or shape[-1] < 1
+            or dtype != headers["W_aa"][1] or directions != 1
+        ):  # fmt: skip
             members.refuse(
                 "carried_state",
-                f"must be (n_a, m) = ({n_a}, m) of {headers['W_aa'][1]}, got shape {shape} of {dtype}",
+                f"must be {meaning} = {expected_state + ('m',)} of {headers['W_aa'][1]} (and the network "
+                f"in one direction), got shape {shape} of {dtype}",
             )
         carried_state = members.data("carried_state")
         if not np.isfinite(carried_state).all():
@@ -538,7 +626,7 @@ def _optimizer_state(members, text, params):
     except (ValueError, RecursionError) as error:
         raise CheckpointError(f"{members.path}: bad optimizer state: {str(error)[:200]}") from None
     arrays = saved.pop("arrays", None) if isinstance(saved, dict) else None
-    if not isinstance(arrays, dict) or not set(arrays) <= set(PARAM_NAMES):
+    if not isinstance(arrays, dict) or not set(arrays) <= set(params):
         raise CheckpointError(f"{members.path}: bad optimizer state: no arrays by parameter name")
     state = {}
     for name, slots in arrays.items():

@@ -18,19 +18,30 @@ import weakref
 import numpy as np
 
 from . import backends
-from .validation import FLOAT_DTYPES, PARAM_NAMES, NonFiniteResultError, check_finite_together, check_real
+from .validation import (
+    FLOAT_DTYPES,
+    NonFiniteResultError,
+    architecture,
+    check_finite_together,
+    check_real,
+    is_param_name,
+)
+
+# Keys of a grads dict that are not parameter gradients.
+_INPUT_GRADIENTS = ("dx", "da0")
 
 
 def _checked_pairs(params, grads):
-    """(name, param, grad) for the five parameters, after the checks the kernels rely on:
-    a writeable C-contiguous float param, and a float grad of its shape (``_param_grads``),
-    cast to the param's dtype."""
+    """(name, param, grad) for every parameter (any network's keys,
+    ``validation.architecture``), after the checks the kernels rely on: a writeable
+    C-contiguous float param, and a float grad of its shape (``_param_grads``), cast to
+    the param's dtype."""
     if not hasattr(params, "keys"):
         raise TypeError(f"params must be a dict, got {type(params).__name__}")
+    names = architecture(params.keys())[2]
+    grad_list = _param_grads(grads, names)
     pairs = []
-    for name, grad in zip(PARAM_NAMES, _param_grads(grads)):
-        if name not in params:
-            raise ValueError(f"params is missing {name}")
+    for name, grad in zip(names, grad_list):
         param = params[name]
         if not isinstance(param, np.ndarray) or param.dtype not in FLOAT_DTYPES:
             raise TypeError(
@@ -210,9 +221,10 @@ class Optimizer:
             raise ValueError(f"state_dict settings must be {sorted(self.settings)}, got {settings!r}")
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
             raise ValueError(f"state_dict steps must be an int >= 0, got {steps!r}")
-        if not isinstance(state, dict) or not set(state) <= set(PARAM_NAMES):
+        if not isinstance(state, dict) or not all(is_param_name(name) for name in state):
             raise ValueError(
-                f"state_dict state must map parameter names ({', '.join(PARAM_NAMES)}) to arrays"
+                "state_dict state must map parameter names (W_ax, W_aa, b_a, W_ya, b_y, W_ax_l1, "
+                "W_aa_reverse, ...) to arrays"
             )
         loaded = {}
         for name, arrays in state.items():
@@ -306,13 +318,20 @@ def from_state_dict(state_dict, *, backend=None):
     return optimizer
 
 
-def _param_grads(grads):
-    """The five parameter gradients of ``grads`` as C-contiguous float arrays; any that had
-    to be copied to be so is put back into ``grads``, so that in-place clipping shows."""
+def _param_grads(grads, names=None):
+    """The parameter gradients of ``grads`` as C-contiguous float arrays, in the order of
+    ``names`` (by default, the network that ``grads``' own keys describe); any that had to
+    be copied to be so is put back into ``grads``, so that in-place clipping shows."""
     if not hasattr(grads, "keys"):
         raise TypeError(f"grads must be a dict, got {type(grads).__name__}")
+    if names is None:
+        keys = [key for key in grads.keys() if key not in _INPUT_GRADIENTS]
+        bad = [key for key in keys if not (isinstance(key, str) and key.startswith("d"))]
+        if bad:
+            raise ValueError(f"grads has a key that is no parameter's gradient: {bad[0]!r}")
+        names = architecture([key[1:] for key in keys], owner="grads", prefix="d")[2]
     result = []
-    for name in PARAM_NAMES:
+    for name in names:
         key = "d" + name
         if key not in grads:
             raise ValueError(f"grads is missing {key}")

@@ -8,19 +8,97 @@ names the argument, what was expected and what was given.  Nothing here modifies
 conversions make new arrays.
 """
 
+import functools
 import math
 import numbers
+import re
 from collections import namedtuple
 
 import numpy as np
 
-PARAM_NAMES = ("W_ax", "W_aa", "b_a", "W_ya", "b_y")
+PARAM_NAMES = ("W_ax", "W_aa", "b_a", "W_ya", "b_y")  # the seed's network: one layer, one direction
 PARAM_LABELS = tuple(f"params['{name}']" for name in PARAM_NAMES)  # as messages name them
+HIDDEN_NAMES = ("W_ax", "W_aa", "b_a")  # each layer and direction has these, suffixed (layer_key)
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NONLINEARITIES = ("tanh", "relu")  # the hidden layer's f in a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)
 
-Dims = namedtuple("Dims", "n_x n_a n_y dtype")
-Dims.__doc__ = "Sizes and dtype fixed by the parameters."
+Dims = namedtuple("Dims", "n_x n_a n_y dtype num_layers directions", defaults=(1, 1))
+Dims.__doc__ = """Sizes and dtype fixed by the parameters, and the architecture their keys
+describe: ``num_layers`` stacked layers, ``directions`` 1 or 2 (bidirectional)."""
+
+
+def layer_key(name, layer, reverse):
+    """The key of a hidden-layer parameter: ``layer_key("W_ax", 1, True)`` is
+    ``"W_ax_l1_reverse"``, ``layer_key("W_ax", 0, False)`` the seed's ``"W_ax"`` (PyTorch's
+    ``weight_ih_l1_reverse``)."""
+    return name + (f"_l{layer}" if layer else "") + ("_reverse" if reverse else "")
+
+
+def param_names(num_layers=1, directions=1):
+    """Every parameter key of a network, in their canonical order: layer by layer, each
+    layer's forward direction then its reverse one, then the output layer."""
+    return tuple(
+        layer_key(name, layer, direction == 1)
+        for layer in range(num_layers)
+        for direction in range(directions)
+        for name in HIDDEN_NAMES
+    ) + ("W_ya", "b_y")
+
+
+def is_seed_network(dims):
+    """One layer, one direction: the seed's network, which has kernels of its own."""
+    return dims.num_layers == 1 and dims.directions == 1
+
+
+_LAYER_SUFFIX = re.compile(r"_l([1-9][0-9]*)(?:_reverse)?$")
+
+
+_PARAM_NAME = re.compile(r"^(?:(?:W_ax|W_aa|b_a)(?:_l[1-9][0-9]*)?(?:_reverse)?|W_ya|b_y)$")
+
+
+def is_param_name(name):
+    """Whether ``name`` is a parameter key of some network (``layer_key``, ``W_ya``, ``b_y``)."""
+    return isinstance(name, str) and _PARAM_NAME.match(name) is not None
+
+
+def architecture(keys, owner="params", prefix=""):
+    """``(num_layers, directions)`` read from a params dict's ``keys``, and their names in
+    canonical order; a ``ValueError`` naming the key when they are not one complete set.
+    ``owner`` and ``prefix`` say whose keys they are for messages (``"grads"``, ``"d"``).
+
+    The layers are the ``W_aa`` keys without ``_reverse`` (a skipped layer shows as a
+    missing key); the network is bidirectional when ``W_aa_reverse`` is present.
+    """
+    keys = [key for key in keys]
+    not_str = [key for key in keys if not isinstance(key, str)]
+    if not_str:
+        raise ValueError(f"{owner} has a key that is not a parameter name: {not_str[0]!r}")
+    num_layers = 1
+    for key in keys:
+        match = _LAYER_SUFFIX.search(key)
+        if match and key.startswith(HIDDEN_NAMES):
+            num_layers = max(num_layers, int(match.group(1)) + 1)
+    directions = 2 if "W_aa_reverse" in keys else 1
+    names = param_names(num_layers, directions)
+    kind = f"a network of {num_layers} layer(s), {'bidirectional' if directions == 2 else 'one direction'},"
+    missing = [name for name in names if name not in keys]
+    if missing:
+        raise ValueError(
+            f"{owner} is missing {prefix}{missing[0]}: {kind} needs {', '.join(prefix + name for name in names)} "
+            f"(see fastrnn.init_params)"
+        )
+    unexpected = [key for key in keys if key not in names]
+    if unexpected:
+        raise ValueError(
+            f"{owner} has an unexpected key {prefix + unexpected[0]!r}: {kind} has exactly "
+            f"{', '.join(prefix + name for name in names)}"
+        )
+    return num_layers, directions, names
+
+
+def param_labels(p):
+    """The names of the arrays of a params dict, as messages name them."""
+    return PARAM_LABELS if len(p) == len(PARAM_NAMES) else tuple(f"params['{name}']" for name in p)
 
 
 def _describe(value):
@@ -40,7 +118,7 @@ def _as_array(value, name, what):
     if isinstance(value, np.ma.MaskedArray):  # np.asarray would drop the mask and use what is under it
         raise TypeError(
             f"{name} is a masked array, and fastrnn has no missing values: pass {name}.filled(value) "
-            f"with the value you mean (for sequences of different lengths, give each batch its own T)"
+            f"with the value you mean (for sequences of different lengths, pass lengths=: padding is never read)"
         )
     try:
         return np.asarray(value)
@@ -212,16 +290,19 @@ def check_params(params, *, finite=True):
     Parameters
     ----------
     params : dict
-        ``W_ax`` (n_a, n_x), ``W_aa`` (n_a, n_a), ``b_a`` (n_a, 1), ``W_ya`` (n_y, n_a),
-        ``b_y`` (n_y, 1), all float32 or all float64.
+        The seed's ``W_ax`` (n_a, n_x), ``W_aa`` (n_a, n_a), ``b_a`` (n_a, 1), ``W_ya``
+        (n_y, D * n_a), ``b_y`` (n_y, 1); for more layers and the reverse direction, the
+        same hidden-layer keys suffixed (``layer_key``, ``architecture``), where layer
+        ``l >= 1`` has ``W_ax_l{l}`` of shape (n_a, D * n_a).  All float32 or all float64.
     finite : bool
         Also check that every entry is finite.  False: the caller does it, with
-        ``check_finite_together`` (names in ``PARAM_LABELS``).
+        ``check_finite_together`` (names in ``param_labels``).
 
     Returns
     -------
     p : dict of ndarray
-        The five arrays, C-contiguous (the caller's own arrays where they already are).
+        The arrays in canonical order (``param_names``), C-contiguous (the caller's own
+        arrays where they already are).
     dims : Dims
     """
     return _params_if_plainly_valid(params, finite) or _check_params_thoroughly(params, finite)
@@ -229,13 +310,13 @@ def check_params(params, *, finite=True):
 
 def _params_if_plainly_valid(params, finite):
     """``check_params``'s result for the common case, in a few attribute reads: a dict of
-    five C-contiguous float arrays of one dtype with consistent, non-empty shapes (and
-    finite entries, with ``finite``).
+    the seed's five C-contiguous float arrays of one dtype with consistent, non-empty
+    shapes (and finite entries, with ``finite``).
 
     None when anything differs; ``_check_params_thoroughly`` then converts what it can and
     says what is wrong.
     """
-    if type(params) is not dict:
+    if type(params) is not dict or len(params) != len(PARAM_NAMES):
         return None
     arrays = tuple(params.get(name) for name in PARAM_NAMES)
     if not all(type(array) is np.ndarray and array.flags.c_contiguous for array in arrays):
@@ -260,18 +341,15 @@ def _check_params_thoroughly(params, finite):
     mapping, array-likes and non-contiguous arrays (copied)."""
     if not hasattr(params, "keys") or not hasattr(params, "__getitem__"):
         raise TypeError(
-            f"params must be a dict with keys {', '.join(PARAM_NAMES)}, got {type(params).__name__}"
+            f"params must be a dict with keys {', '.join(PARAM_NAMES)} (more for more layers or "
+            f"directions, see fastrnn.init_params), got {type(params).__name__}"
         )
-    missing = [name for name in PARAM_NAMES if name not in params]
-    if missing:
-        raise ValueError(
-            f"params is missing {', '.join(missing)}; it needs {', '.join(PARAM_NAMES)} (see fastrnn.init_params)"
-        )
-    arrays = {name: _as_real_array(params[name], f"params['{name}']") for name in PARAM_NAMES}
+    num_layers, directions, names = architecture(params.keys())
+    arrays = {name: _as_real_array(params[name], f"params['{name}']") for name in names}
     for name, array in arrays.items():
         if array.dtype not in FLOAT_DTYPES:
             raise TypeError(
-                f"params['{name}'] must be float32 or float64, got {_describe(array)}; convert all five with .astype()"
+                f"params['{name}'] must be float32 or float64, got {_describe(array)}; convert them all with .astype()"
             )
     dtypes = {array.dtype for array in arrays.values()}
     if len(dtypes) > 1:
@@ -285,16 +363,46 @@ def _check_params_thoroughly(params, finite):
     n_a, n_x = W_ax.shape
     n_y = W_ya.shape[0]
     _check_nonempty(W_ax, "params['W_ax']", "(n_a, n_x)")
-    _check_shape(arrays["W_aa"], "params['W_aa']", (n_a, n_a), "(n_a, n_a) with n_a from W_ax")
-    _check_shape(arrays["b_a"], "params['b_a']", (n_a, 1), "(n_a, 1) with n_a from W_ax")
-    _check_shape(W_ya, "params['W_ya']", (n_y, n_a), "(n_y, n_a) with n_a from W_ax")
+    concatenated = "D * n_a" if directions == 2 else "n_a"
+    for layer in range(num_layers):
+        for reverse in range(directions):
+            key = functools.partial(layer_key, layer=layer, reverse=bool(reverse))
+            if layer:
+                _check_shape(
+                    arrays[key("W_ax")], f"params['{key('W_ax')}']", (n_a, directions * n_a),
+                    f"(n_a, {concatenated}) with n_a from W_ax (it reads the layer below)",
+                )  # fmt: skip
+            elif reverse:
+                _check_shape(arrays[key("W_ax")], f"params['{key('W_ax')}']", (n_a, n_x), "(n_a, n_x) as W_ax")
+            _check_shape(arrays[key("W_aa")], f"params['{key('W_aa')}']", (n_a, n_a), "(n_a, n_a) with n_a from W_ax")
+            _check_shape(arrays[key("b_a")], f"params['{key('b_a')}']", (n_a, 1), "(n_a, 1) with n_a from W_ax")
+    _check_shape(W_ya, "params['W_ya']", (n_y, directions * n_a), f"(n_y, {concatenated}) with n_a from W_ax")
     _check_nonempty(W_ya, "params['W_ya']", "(n_y, n_a)")
     _check_shape(arrays["b_y"], "params['b_y']", (n_y, 1), "(n_y, 1) with n_y from W_ya")
     if finite:
         for name, array in arrays.items():
             _check_finite(array, f"params['{name}']")
     p = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
-    return p, Dims(n_x, n_a, n_y, dtype)
+    return p, Dims(n_x, n_a, n_y, dtype, num_layers, directions)
+
+
+def check_lengths(lengths, m, T):
+    """Sequence lengths: None (every sequence T steps long), or integers of shape (m,) in
+    ``[1, T]``, returned as intp (a new array where the dtype differs)."""
+    if lengths is None:
+        return None
+    array = _as_array(lengths, "lengths", "None or an integer array of shape (m,)")
+    if array.dtype.kind not in "iu":
+        raise TypeError(
+            f"lengths must hold integers (each sequence's number of steps), got {_describe(array)}"
+        )
+    _check_shape(array, "lengths", (m,), "(m,), one length per sequence")
+    low, high = int(array.min()), int(array.max())
+    if low < 1 or high > T:
+        bad_value = low if low < 1 else high
+        bad = int(np.argwhere(array == bad_value)[0, 0])
+        raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got {bad_value} at index {bad}")
+    return array.astype(np.intp, copy=False)
 
 
 def check_array(value, name, expected, meaning, dtype, *, finite=True):
@@ -340,18 +448,20 @@ def check_array(value, name, expected, meaning, dtype, *, finite=True):
     return converted
 
 
-def check_targets(value, name, m, T, n_classes):
+def check_targets(value, name, m, T, n_classes, lengths=None):
     """Training targets: class labels of shape (m, T), one per step, or (m,), one per
-    sequence (the class of the whole sequence, predicted from its last state)."""
+    sequence (the class of the whole sequence, predicted from its last state).  With
+    ``lengths``, labels at padding steps may be anything and come back as 0."""
     array = _as_array(value, name, "an integer array of class labels")
     if array.ndim == 1:
         return check_labels(array, name, (m,), n_classes, meaning="(m,), one class per sequence")
     return check_labels(
-        array, name, (m, T), n_classes, meaning="(m, T), one class per step, or (m,), one class per sequence"
-    )
+        array, name, (m, T), n_classes, meaning="(m, T), one class per step, or (m,), one class per sequence",
+        lengths=lengths,
+    )  # fmt: skip
 
 
-def check_labels(value, name, expected, n_classes, what="class labels", meaning="(m, T)"):
+def check_labels(value, name, expected, n_classes, what="class labels", meaning="(m, T)", lengths=None):
     """Check integer labels (or indices) of shape ``expected``, each in ``[0, n_classes)``.
 
     Parameters
@@ -360,6 +470,9 @@ def check_labels(value, name, expected, n_classes, what="class labels", meaning=
         The required shape, e.g. (m, T); None entries are free sizes (at least 1).
     what : str
         What the integers are, for messages ("class labels", "one-hot indices").
+    lengths : ndarray of shape (m,) or None
+        For (m, T) labels of sequences of these lengths: the padding steps are not
+        checked, and come back as 0.
     meaning : str
         What the axes of ``expected`` are, for messages.
 
@@ -375,6 +488,9 @@ def check_labels(value, name, expected, n_classes, what="class labels", meaning=
             f"convert with .astype(int) if the values are whole numbers"
         )
     _check_dims(array, name, expected, meaning)
+    if lengths is not None:  # (m, T) with padding, never read: its values do not matter
+        padding = np.arange(array.shape[1])[None, :] >= lengths[:, None]
+        array = np.where(padding, 0, array)
     # One reduction: seen as unsigned, a negative label is larger than any class.
     if array.view(array.dtype.str.replace("i", "u")).max() >= n_classes:
         low, high = array.min(), array.max()

@@ -10,11 +10,15 @@ Importing this module imports Numba (and SciPy, whose BLAS Numba's ``np.dot`` ca
 kernels compile on first use per dtype, or load from Numba's on-disk cache.
 """
 
+import math
+
 import numpy as np
 from numba import config
 
+from ..validation import HIDDEN_NAMES, layer_key
 from ..workspace import new_array
 from . import numba_kernels as kernels
+from . import numpy_backend as reference  # the layout helpers, shared
 from . import overflow_reported_by_the_api
 
 NAME = "numba"  # what ``backend=`` calls this backend
@@ -148,9 +152,191 @@ def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     return losses, h[-1], finite
 
 
+# -- networks: stacked layers, two directions, variable lengths (packed rows) -------------
+# numpy_backend's functions of the same names, over its arrays (see there); each layer and
+# direction is a few kernel calls.
+
+
+def _transposed(W):
+    """``W.T`` C-contiguous, for the products that multiply by it from the right."""
+    return np.ascontiguousarray(W.T)
+
+
+def _scratch_rows(a0):
+    return np.empty(a0.shape[-2:], dtype=a0.dtype)
+
+
+def packed_projection(layer_input, W_ax):
+    z = np.empty((layer_input.shape[0], W_ax.shape[0]), dtype=W_ax.dtype)
+    if layer_input.ndim == 1:
+        kernels.packed_lookup_into(layer_input, _transposed(W_ax), z)
+    else:
+        kernels.matmul_into(layer_input, _transposed(W_ax), z)
+    return z
+
+
+def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity):
+    """The states (N, n_a), computed in ``z``'s memory."""
+    kernels.direction_forward_in_place(
+        _transposed(W_aa), b_a.reshape(-1), a0, z, batch_sizes, offsets, reverse, _scratch_rows(a0),
+        kernels.NONLINEARITY[nonlinearity],
+    )  # fmt: skip
+    return z
+
+
+def direction_backward(
+    dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity, dH_is_scratch=False, H_is_scratch=False
+):
+    """As the reference's.  ``dH_is_scratch``: ``dH`` is a C-contiguous array of the
+    caller's own, which becomes ``dz``; ``H_is_scratch``: ``H`` is not needed after this
+    call and becomes ``previous_states`` (no copy, no fresh memory either way)."""
+    dz = dH if dH_is_scratch else np.array(dH, order="C")  # the kernel turns it into dz in place
+    da0 = np.empty_like(a0)
+    db_a = np.empty((W_aa.shape[0], 1), dtype=W_aa.dtype)
+    kernels.direction_backward_in_place(
+        dz, H, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a.reshape(-1), _scratch_rows(a0),
+        kernels.NONLINEARITY[nonlinearity],
+    )  # fmt: skip
+    prev = H if H_is_scratch else np.empty_like(H)
+    kernels.previous_states_into(H, a0, batch_sizes, offsets, reverse, prev)
+    dW_aa = np.empty_like(W_aa)
+    kernels.matmul_transposed_into(dz, prev, dW_aa)
+    return dz, da0, dW_aa, db_a
+
+
+def packed_input_backward(dz, layer_input, W_ax):
+    dW_ax = np.empty_like(W_ax)
+    if layer_input.ndim == 1:
+        kernels.packed_lookup_backward_into(dz, layer_input, np.empty(W_ax.T.shape, W_ax.dtype), dW_ax)
+        return dW_ax, None
+    kernels.matmul_transposed_into(dz, layer_input, dW_ax)
+    d_input = np.empty(layer_input.shape, dtype=dz.dtype)
+    kernels.matmul_into(dz, W_ax, d_input)
+    return dW_ax, d_input
+
+
+def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+    states = []
+    layer_input = inputs
+    for layer in range(num_layers):
+        layer_states = []
+        for direction in range(directions):
+            W_ax, W_aa, b_a = reference.direction_params(p, layer, direction == 1)
+            z = packed_projection(layer_input, W_ax)
+            initial = a0[layer * directions + direction]
+            layer_states.append(
+                direction_forward(z, initial, W_aa, b_a, batch_sizes, offsets, direction == 1, nonlinearity)
+            )
+        states.append(layer_states)
+        layer_input = reference.layer_output(layer_states)
+    return states
+
+
+def network_backward(
+    d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False, states_are_scratch=False
+):
+    """As the reference's.  ``d_top_is_scratch``: ``d_top`` may be overwritten;
+    ``states_are_scratch``: so may ``states``, each after its last read (a layer's
+    states are read by the layer above's gradients first, then by its own)."""
+    num_layers, directions = len(states), len(states[0])
+    n_a = a0.shape[-1]
+    grads = {}
+    da0 = np.empty_like(a0)
+    d_output = d_top
+    for layer in range(num_layers - 1, -1, -1):
+        layer_input = inputs if layer == 0 else reference.layer_output(states[layer - 1])
+        d_input = None
+        for direction in range(directions):
+            reverse = direction == 1
+            W_ax, W_aa, _ = reference.direction_params(p, layer, reverse)
+            d_states = d_output[:, direction * n_a : (direction + 1) * n_a]
+            index = layer * directions + direction
+            # One direction: d_output is this function's own array (d_top is the caller's, made for the call)
+            dz, da0[index], dW_aa, db_a = direction_backward(
+                d_states, states[layer][direction], a0[index], W_aa, batch_sizes, offsets, reverse, nonlinearity,
+                dH_is_scratch=directions == 1 and d_top_is_scratch, H_is_scratch=states_are_scratch,
+            )  # fmt: skip
+            d_top_is_scratch = True
+            dW_ax, d_part = packed_input_backward(dz, layer_input, W_ax)
+            grads.update(zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a)))
+            if d_part is not None:
+                d_input = d_part if d_input is None else np.add(d_input, d_part, out=d_input)
+        d_output = d_input
+    grads["da0"] = da0
+    if d_output is not None:
+        grads["dx"] = d_output
+    return grads
+
+
+def _output_logits(top, p):
+    """``top @ W_ya.T`` (R, n_y), without ``b_y`` (the softmax kernels add it)."""
+    logits = np.empty((top.shape[0], p["W_ya"].shape[0]), dtype=top.dtype)
+    kernels.matmul_into(np.ascontiguousarray(top), _transposed(p["W_ya"]), logits)
+    return logits
+
+
+def network_forward_outputs(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+    top = reference.layer_output(states[-1])
+    y_hat = _output_logits(top, p)
+    finite = kernels.softmax_rows_with_bias(y_hat, p["b_y"].reshape(-1)) and kernels.all_finite(top)
+    return states, y_hat, finite
+
+
+def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity):
+    grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity)
+    return grads, all(kernels.all_finite(np.ascontiguousarray(g)) for g in grads.values())
+
+
+def network_loss_and_grads(
+    inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, *, batch_size, nonlinearity
+):
+    sequence_labels = labels.ndim == 2
+    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+    top = np.ascontiguousarray(reference.network_top(states, last_rows, sequence_labels))
+    dlogits = _output_logits(top, p)
+    db_y = np.empty_like(p["b_y"])
+    loss = kernels.cross_entropy_rows_with_bias(
+        dlogits, p["b_y"].reshape(-1), np.ascontiguousarray(labels.reshape(-1)), db_y.reshape(-1), batch_size
+    )
+    d_top_read = np.empty(top.shape, dtype=top.dtype)
+    kernels.matmul_into(dlogits, p["W_ya"], d_top_read)
+    d_top = reference.scatter_top(d_top_read, states, last_rows, sequence_labels)
+    grads = {"dW_ya": np.empty_like(p["W_ya"]), "db_y": db_y}
+    kernels.matmul_transposed_into(dlogits, top, grads["dW_ya"])
+    final = reference.final_states(states, last_rows)  # before the backward pass reuses the states
+    grads.update(
+        network_backward(
+            d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity,
+            d_top_is_scratch=True, states_are_scratch=True,
+        )  # fmt: skip
+    )
+    finite = math.isfinite(loss) and all(kernels.all_finite(np.ascontiguousarray(g)) for g in grads.values())
+    return loss, grads, final, finite
+
+
+def network_sequence_losses(inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity):
+    sequence_labels = labels.ndim == 2
+    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+    top = np.ascontiguousarray(reference.network_top(states, last_rows, sequence_labels))
+    logits = _output_logits(top, p)
+    m = last_rows.size
+    losses = np.empty(m, dtype=np.float64)
+    if sequence_labels:  # one row per sequence: one "step" of m rows
+        batch_sizes, offsets = np.array([m], dtype=np.intp), np.array([0, m], dtype=np.intp)
+    finite = kernels.sequence_cross_entropy_rows_with_bias(
+        logits, p["b_y"].reshape(-1), np.ascontiguousarray(labels.reshape(-1)), batch_sizes, offsets, losses
+    )
+    return losses, reference.final_states(states, last_rows), finite
+
+
 if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where compiled code is silent
     forward, backward, loss_and_grads, sequence_losses = map(
         overflow_reported_by_the_api, (forward, backward, loss_and_grads, sequence_losses)
+    )
+    network_forward_outputs, network_backward_grads, network_loss_and_grads, network_sequence_losses = map(
+        overflow_reported_by_the_api,
+        (network_forward_outputs, network_backward_grads, network_loss_and_grads, network_sequence_losses),
     )
 
 

@@ -857,3 +857,174 @@ def sum_of_squares(grad, inv_scale):
 def scale(grad, factor):
     for k in range(grad.size):
         grad[k] *= factor
+
+
+# =======================================================================================
+# 6. Networks of several layers, two directions or variable lengths, over packed rows
+# (``fastrnn.packing``; the NumPy reference's functions of the same names, in
+# numpy_backend's last section).  ``numba_backend`` runs the layers and directions in
+# Python, a few calls each; these kernels run what loops over steps or rows.
+# =======================================================================================
+
+
+@kernel
+def matmul_into(a, b, out):
+    """``out = a @ b`` through SciPy's BLAS (section 3 says why not NumPy's)."""
+    np.dot(a, b, out)
+
+
+@kernel
+def matmul_transposed_into(a, b, out):
+    """``out = a.T @ b``: a weight gradient, one product over all packed rows."""
+    np.dot(a.T, b, out)
+
+
+@kernel
+def packed_lookup_into(index, W_ax_T, out):
+    """``out[r] = W_ax[:, index[r]]``: the projection of one-hot inputs (N,), a lookup.
+    ``index`` is checked by the caller to lie in ``[0, n_x)``."""
+    for r in range(index.size):
+        out[r] = W_ax_T[index[r]]
+
+
+@kernel
+def packed_lookup_backward_into(dz, index, dW_ax_T, dW_ax):
+    """``dW_ax`` for one-hot inputs: each row of ``dz`` (N, n_a) added to the column its
+    input selected, accumulated in ``dW_ax_T`` and transposed into ``dW_ax``."""
+    dW_ax_T[:] = 0
+    n_a = dz.shape[1]
+    for r in range(index.size):
+        row = dW_ax_T[index[r]]
+        dz_r = dz[r]
+        for j in range(n_a):
+            row[j] += dz_r[j]
+    transpose_into(dW_ax_T, dW_ax)
+
+
+@kernel
+def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse, rec, relu):
+    """``numpy_backend.direction_forward``: ``h`` (N, n_a) holds the input projection on
+    entry and the states on exit; ``rec`` (m, n_a) is the recurrent products' scratch.
+
+    Each step's rows are a prefix of the batch, and so are the rows it reads (a block of
+    the step before, or after in ``reverse``, and ``a0`` for the sequences that start
+    there): the products shrink with the running sequences, on contiguous blocks.
+    """
+    n_steps = batch_sizes.size
+    for s in range(n_steps):
+        t = n_steps - 1 - s if reverse else s
+        n = batch_sizes[t]
+        start = offsets[t]
+        block = h[start : start + n]
+        if not reverse:
+            previous = a0[:n] if t == 0 else h[offsets[t - 1] : offsets[t - 1] + n]
+            add_matmul_into(previous, W_aa_T, block, rec[:n])
+        else:
+            n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
+            if n_next > 0:
+                add_matmul_into(h[offsets[t + 1] : offsets[t + 1] + n_next], W_aa_T, block[:n_next], rec[:n_next])
+            if n_next < n:  # sequences whose last step is t start from a0
+                add_matmul_into(a0[n_next:n], W_aa_T, block[n_next:], rec[n_next:n])
+        if relu is None:  # pruned at compile time (NONLINEARITY)
+            _tanh_with_bias_in_place(block, b_a)
+        else:
+            _relu_with_bias_in_place(block, b_a)
+
+
+@kernel
+def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a, rec, relu):
+    """``numpy_backend.direction_backward`` less ``dW_aa`` (``previous_states_into``):
+    ``dz`` (N, n_a) holds dL/dH from outside on entry and dL/dz on exit; what a step's
+    recurrence sends back is added into the rows it read (``da0`` for ``a0``), as
+    ``hidden_backward_in_place`` does.  ``rec`` (m, n_a) is scratch."""
+    n_steps = batch_sizes.size
+    da0[:] = 0
+    db_a[:] = 0
+    for s in range(n_steps):
+        t = s if reverse else n_steps - 1 - s  # the forward pass's order, reversed
+        n = batch_sizes[t]
+        start = offsets[t]
+        block = dz[start : start + n]
+        if relu is None:  # pruned at compile time (NONLINEARITY)
+            _tanh_gradient_in_place(block, h[start : start + n], db_a)
+        else:
+            _relu_gradient_in_place(block, h[start : start + n], db_a)
+        if not reverse:
+            target = da0[:n] if t == 0 else dz[offsets[t - 1] : offsets[t - 1] + n]
+            add_matmul_into(block, W_aa, target, rec[:n])
+        else:
+            n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
+            if n_next > 0:
+                add_matmul_into(block[:n_next], W_aa, dz[offsets[t + 1] : offsets[t + 1] + n_next], rec[:n_next])
+            if n_next < n:
+                add_matmul_into(block[n_next:], W_aa, da0[n_next:n], rec[n_next:n])
+
+
+@inline_kernel
+def _copy_rows(source, source_row, target, target_row, n):
+    """``target[target_row : target_row + n] = source[source_row : source_row + n]``, row by
+    row (each inner loop vectorises)."""
+    for i in range(n):
+        from_row = source[source_row + i]
+        to_row = target[target_row + i]
+        for j in range(from_row.size):
+            to_row[j] = from_row[j]
+
+
+@kernel
+def previous_states_into(h, a0, batch_sizes, offsets, reverse, prev):
+    """``numpy_backend.previous_states``: the states each step read, row for row with
+    ``h`` (N, n_a), into ``prev``, which may be ``h`` itself when its states are no longer
+    needed (a training step's): the blocks are then moved in an order that reads each
+    block before it is overwritten (from the last step for the forward direction, from
+    the first for the reverse one), and a block never overlaps the one it moves to."""
+    n_steps = batch_sizes.size
+    for s in range(n_steps):
+        t = s if reverse else n_steps - 1 - s
+        n = batch_sizes[t]
+        start = offsets[t]
+        if not reverse:
+            if t == 0:
+                _copy_rows(a0, 0, prev, start, n)
+            else:
+                _copy_rows(h, offsets[t - 1], prev, start, n)
+        else:
+            n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
+            _copy_rows(h, offsets[t + 1], prev, start, n_next)
+            _copy_rows(a0, n_next, prev, start + n_next, n - n_next)
+
+
+@kernel
+def softmax_rows_with_bias(logits, b_y):
+    """``softmax_with_bias`` over the rows of ``logits`` (R, n_y), in place; returns whether
+    every output is finite."""
+    for r in range(logits.shape[0]):
+        _softmax_row(logits[r], b_y)
+    return all_finite(logits)
+
+
+@kernel
+def cross_entropy_rows_with_bias(logits, b_y, labels, db_y, batch_size):
+    """``softmax_cross_entropy_with_bias`` over the rows of ``logits`` (R, n_y) with
+    ``labels`` (R,): the loss, ``logits`` turned into dL/dlogits and ``db_y`` filled."""
+    R, n_y = logits.shape
+    return softmax_cross_entropy_with_bias(
+        logits.reshape((1, R, n_y)), b_y, labels.reshape((1, R)), db_y, batch_size
+    )
+
+
+@kernel
+def sequence_cross_entropy_rows_with_bias(logits, b_y, labels, batch_sizes, offsets, losses):
+    """Each sorted sequence's loss (m,) float64 from packed ``logits`` (N, n_y) and
+    ``labels`` (N,): row ``offsets[t] + j`` belongs to sequence j (the NumPy reference's
+    ``bincount``); or, for one label per sequence, ``logits`` (m, n_y) with
+    ``batch_sizes`` of one step of m.  Returns whether every loss is finite."""
+    losses[:] = 0.0
+    for t in range(batch_sizes.size):
+        for j in range(batch_sizes[t]):
+            z = logits[offsets[t] + j]
+            label = labels[offsets[t] + j]
+            label_logit = np.float64(z[label] + b_y[label])
+            z_max, sum_e = _softmax_row(z, b_y)
+            losses[j] += np.float64(z_max) + math.log(np.float64(sum_e)) - label_logit
+    return all_finite(losses)

@@ -34,6 +34,7 @@ lookup and ``dW_ax`` a scatter-add, and no dense one-hot array is ever built.  T
 
 import numpy as np
 
+from ..validation import HIDDEN_NAMES, layer_key
 from ..workspace import new_array
 from . import overflow_reported_by_the_api
 
@@ -368,6 +369,305 @@ def loss_and_grads(
     grads["db_y"] = db_y
     finite = bool(np.isfinite(loss)) and _all_finite(*grads.values())
     return loss, grads, h[-1], finite
+
+
+# -- networks: stacked layers, two directions, variable lengths (packed rows) -------------
+#
+# The layout is ``fastrnn.packing``'s: each array holds one row per real step, step after
+# step, (N, n); step t's rows are ``offsets[t] : offsets[t] + batch_sizes[t]``, the
+# sequences still running, always a prefix of the batch (sorted by length).  ``a0`` is
+# (num_layers * D, m, n_a), indexed ``layer * D + direction``.  ``states[layer][direction]``
+# is that direction's (N, n_a) hidden states; a layer's output, what the layer above (or
+# the output layer) reads, is its directions' states side by side, (N, D * n_a).  The seed's
+# network with full-length sequences does not come here: it has the functions above.
+
+
+def direction_params(p, layer, reverse):
+    """``W_ax``, ``W_aa``, ``b_a`` of one layer and direction (``validation.layer_key``)."""
+    return tuple(p[layer_key(name, layer, reverse)] for name in HIDDEN_NAMES)
+
+
+def time_order(T, reverse):
+    """The steps in the order a direction computes them."""
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def step_rows(batch_sizes, offsets, t):
+    """The packed rows of step ``t``."""
+    return slice(offsets[t], offsets[t] + batch_sizes[t])
+
+
+def previous_block(H, a0, batch_sizes, offsets, t, reverse):
+    """The states step ``t`` reads, (batch_sizes[t], n_a): a<t-1> for the forward
+    direction (``a0`` at t = 0); for the reverse one a<t+1> of the sequences that have a
+    step t + 1, and ``a0`` for those whose last step is t."""
+    n = batch_sizes[t]
+    if not reverse:
+        return a0[:n] if t == 0 else H[offsets[t - 1] : offsets[t - 1] + n]
+    n_next = batch_sizes[t + 1] if t + 1 < batch_sizes.size else 0
+    return np.concatenate([H[offsets[t + 1] : offsets[t + 1] + n_next], a0[n_next:n]])
+
+
+def previous_states(H, a0, batch_sizes, offsets, reverse):
+    """``previous_block`` of every step as one (N, n_a) matrix, row for row with ``H``:
+    what ``dW_aa`` multiplies."""
+    prev = np.empty_like(H)
+    for t in range(batch_sizes.size):
+        prev[step_rows(batch_sizes, offsets, t)] = previous_block(H, a0, batch_sizes, offsets, t, reverse)
+    return prev
+
+
+def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity):
+    """One direction of one layer: ``hidden_forward`` over packed rows.
+
+    Parameters
+    ----------
+    z : ndarray, shape (N, n_a)
+        The input projection of every step (``packed_projection``).
+    a0 : ndarray, shape (m, n_a)
+    reverse : bool
+        Run each sequence from its last step to its first.
+
+    Returns
+    -------
+    H : ndarray, shape (N, n_a)
+    """
+    H = np.empty_like(z)
+    for t in time_order(batch_sizes.size, reverse):
+        rows = step_rows(batch_sizes, offsets, t)
+        # The only sequential part: the product with the state the step reads.
+        recurrent = previous_block(H, a0, batch_sizes, offsets, t, reverse) @ W_aa.T
+        H[rows] = activation(z[rows] + recurrent + b_a.T, nonlinearity)
+    return H
+
+
+def direction_backward(dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity):
+    """``hidden_backward`` of one direction over packed rows.
+
+    Parameters
+    ----------
+    dH : ndarray, shape (N, n_a)
+        dL/dH from outside the recurrence (the output layer, or the layer above).
+
+    Returns
+    -------
+    dz : ndarray, shape (N, n_a)
+    da0 : ndarray, shape (m, n_a)
+    dW_aa : ndarray, shape (n_a, n_a)
+    db_a : ndarray, shape (n_a, 1)
+    """
+    g = dH.copy()  # dL/da of each row: from outside, plus what the step that read it adds
+    dz = np.empty_like(dH)
+    da0 = np.zeros_like(a0)
+    n_steps = batch_sizes.size
+    for t in reversed(time_order(n_steps, reverse)):
+        rows = step_rows(batch_sizes, offsets, t)
+        n = batch_sizes[t]
+        dz[rows] = g[rows] * activation_derivative(H[rows], nonlinearity)
+        d_previous = dz[rows] @ W_aa  # dL/d(the states step t read)
+        if not reverse:
+            if t == 0:
+                da0[:n] += d_previous
+            else:
+                g[offsets[t - 1] : offsets[t - 1] + n] += d_previous
+        else:
+            n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
+            g[offsets[t + 1] : offsets[t + 1] + n_next] += d_previous[:n_next]
+            da0[n_next:n] += d_previous[n_next:]
+    prev = previous_states(H, a0, batch_sizes, offsets, reverse)
+    return dz, da0, dz.T @ prev, dz.sum(axis=0)[:, None]
+
+
+def packed_projection(layer_input, W_ax):
+    """``W_ax x`` of every packed row, (N, n_a): a product, or a lookup of ``W_ax``'s
+    columns for one-hot indices (N,) (``input_projection``)."""
+    if layer_input.ndim == 1:
+        return W_ax.T[layer_input]
+    return layer_input @ W_ax.T
+
+
+def packed_input_backward(dz, layer_input, W_ax):
+    """``dW_ax`` and ``dL/d(layer_input)`` (None for one-hot indices), as ``input_backward``."""
+    if layer_input.ndim == 1:
+        dW_ax_T = np.zeros(W_ax.T.shape, dtype=dz.dtype)
+        np.add.at(dW_ax_T, layer_input, dz)
+        return np.ascontiguousarray(dW_ax_T.T), None
+    return dz.T @ layer_input, dz @ W_ax
+
+
+def layer_output(layer_states):
+    """A layer's directions' states side by side, (N, D * n_a): what the next layer reads."""
+    return layer_states[0] if len(layer_states) == 1 else np.concatenate(layer_states, axis=1)
+
+
+def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+    """Every layer and direction of a network over packed rows.
+
+    Parameters
+    ----------
+    inputs : ndarray
+        Packed dense inputs (N, n_x), or one-hot indices (N,).
+    a0 : ndarray, shape (num_layers * D, m, n_a)
+
+    Returns
+    -------
+    states : list of lists of ndarray
+        ``states[layer][direction]``, (N, n_a) each.
+    """
+    states = []
+    layer_input = inputs
+    for layer in range(num_layers):
+        layer_states = []
+        for direction in range(directions):
+            W_ax, W_aa, b_a = direction_params(p, layer, direction == 1)
+            z = packed_projection(layer_input, W_ax)
+            initial = a0[layer * directions + direction]
+            layer_states.append(
+                direction_forward(z, initial, W_aa, b_a, batch_sizes, offsets, direction == 1, nonlinearity)
+            )
+        states.append(layer_states)
+        layer_input = layer_output(layer_states)
+    return states
+
+
+def final_states(states, last_rows):
+    """The state each direction ends in, (num_layers * D, m, n_a): forward at each
+    sequence's last step, reverse at step 0 (PyTorch's ``h_n``)."""
+    m = last_rows.size
+    return np.stack(
+        [H[last_rows] if direction == 0 else H[:m] for layer in states for direction, H in enumerate(layer)]
+    )
+
+
+def network_top(states, last_rows, sequence_labels):
+    """What the output layer reads: the top layer's output at every step (N, D * n_a), or
+    for one label per sequence its final states side by side (m, D * n_a)."""
+    if not sequence_labels:
+        return layer_output(states[-1])
+    top = final_states(states[-1:], last_rows)
+    return np.concatenate(list(top), axis=1)
+
+
+def network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity):
+    """Backpropagation through every layer and direction, from ``d_top`` (N, D * n_a),
+    dL/d(the top layer's output) from outside the recurrences.
+
+    Returns
+    -------
+    grads : dict
+        ``"d" + key`` of every hidden-layer parameter, ``da0`` (num_layers * D, m, n_a),
+        and ``dx`` (N, n_x) for dense inputs.
+    """
+    num_layers, directions = len(states), len(states[0])
+    n_a = a0.shape[-1]
+    grads = {}
+    da0 = np.empty_like(a0)
+    d_output = d_top
+    for layer in range(num_layers - 1, -1, -1):
+        layer_input = inputs if layer == 0 else layer_output(states[layer - 1])
+        d_input = None
+        for direction in range(directions):
+            reverse = direction == 1
+            W_ax, W_aa, _ = direction_params(p, layer, reverse)
+            d_states = d_output[:, direction * n_a : (direction + 1) * n_a]
+            index = layer * directions + direction
+            dz, da0[index], dW_aa, db_a = direction_backward(
+                d_states, states[layer][direction], a0[index], W_aa, batch_sizes, offsets, reverse, nonlinearity
+            )
+            dW_ax, d_part = packed_input_backward(dz, layer_input, W_ax)
+            grads.update(zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a)))
+            if d_part is not None:
+                d_input = d_part if d_input is None else d_input + d_part
+        d_output = d_input
+    grads["da0"] = da0
+    if d_output is not None:
+        grads["dx"] = d_output
+    return grads
+
+
+def scatter_top(d_top_read, states, last_rows, sequence_labels):
+    """dL/d(the top layer's output) (N, D * n_a) from dL/d(what ``network_top`` read):
+    itself at every step, or the final states' rows for one label per sequence."""
+    if not sequence_labels:
+        return d_top_read
+    n_a = states[-1][0].shape[1]
+    m = last_rows.size
+    d_top = np.zeros((states[-1][0].shape[0], d_top_read.shape[1]), dtype=d_top_read.dtype)
+    d_top[last_rows, :n_a] = d_top_read[:, :n_a]  # the forward direction's last steps
+    d_top[:m, n_a:] = d_top_read[:, n_a:]  # the reverse direction's step 0
+    return d_top
+
+
+@overflow_reported_by_the_api
+def network_forward_outputs(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+    """``forward`` of a network over packed rows: ``states``, softmax outputs (N, n_y) of
+    every step, and whether both are finite."""
+    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+    top = layer_output(states[-1])
+    y_hat = softmax(top @ p["W_ya"].T + p["b_y"].T)
+    return states, y_hat, _all_finite(top, y_hat)
+
+
+@overflow_reported_by_the_api
+def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity):
+    """``backward`` of a network over packed rows: ``network_backward`` and whether every
+    gradient is finite."""
+    grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity)
+    return grads, _all_finite(*grads.values())
+
+
+@overflow_reported_by_the_api
+def network_loss_and_grads(
+    inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, *, batch_size, nonlinearity
+):
+    """``loss_and_grads`` of a network over packed rows.
+
+    Parameters
+    ----------
+    inputs : ndarray
+        Packed dense inputs (N, n_x) or one-hot indices (N,).
+    a0 : ndarray, shape (num_layers * D, m, n_a)
+    labels : ndarray of intp
+        (N,): a class per packed row (per step); or (1, m): one class per sequence, of
+        its final states (``network_top``).
+    batch_size : int
+        The ``m`` the loss is averaged over (``softmax_cross_entropy``).
+
+    Returns
+    -------
+    loss, grads, final, finite
+        ``grads`` holds ``"d" + key`` of every parameter, ``da0`` and, for dense inputs,
+        ``dx`` (N, n_x); ``final`` is ``final_states`` (num_layers * D, m, n_a).
+    """
+    sequence_labels = labels.ndim == 2
+    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+    top = network_top(states, last_rows, sequence_labels)
+    logits = top @ p["W_ya"].T + p["b_y"].T
+    loss, dlogits = softmax_cross_entropy(logits[None], labels.reshape(1, -1), batch_size)
+    dlogits = dlogits[0]
+    d_top = scatter_top(dlogits @ p["W_ya"], states, last_rows, sequence_labels)
+    grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity)
+    grads["dW_ya"] = dlogits.T @ top
+    grads["db_y"] = dlogits.sum(axis=0)[:, None]
+    finite = bool(np.isfinite(loss)) and _all_finite(*grads.values())
+    return loss, grads, final_states(states, last_rows), finite
+
+
+@overflow_reported_by_the_api
+def network_sequence_losses(inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity):
+    """``sequence_losses`` of a network over packed rows: each sorted sequence's loss
+    (m,) float64, the ``final_states``, and whether every loss is finite."""
+    sequence_labels = labels.ndim == 2
+    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+    top = network_top(states, last_rows, sequence_labels)
+    row_losses = _cross_entropy_rows((top @ p["W_ya"].T + p["b_y"].T)[None], labels.reshape(1, -1))[0][0]
+    m = last_rows.size
+    if sequence_labels:
+        losses = row_losses.astype(np.float64)
+    else:  # add each packed row's loss to its sequence's (row offsets[t] + j is sequence j)
+        sequence = np.arange(row_losses.size) - np.repeat(offsets[:-1], batch_sizes)
+        losses = np.bincount(sequence, weights=row_losses.astype(np.float64), minlength=m)
+    return losses, final_states(states, last_rows), _all_finite(losses)
 
 
 # -- optimizers: in-place parameter updates (fastrnn.optim) ------------------------------

@@ -1,0 +1,110 @@
+"""Packed sequences: the layout of networks with several layers, two directions or
+variable lengths (``lengths=``), in both backends.
+
+The batch is sorted by length, longest first (stably, so equal lengths keep their order),
+and the steps of all sequences are stored as rows of one (N, n) matrix, N the sum of the
+lengths, step by step: the rows of step t are ``offsets[t] : offsets[t] + batch_sizes[t]``,
+one per sequence still running at step t, and since the batch is sorted these are always
+the first ``batch_sizes[t]`` sequences.  This is PyTorch's ``PackedSequence`` layout.  So:
+
+- padding is never stored, hence never read: a row exists only for a real step;
+- each step's products shrink with the number of running sequences, and every product
+  outside the recurrence (input projection, output layer, weight gradients) is one
+  product over the N rows: the cost follows the sum of the lengths, not m * T;
+- with every sequence T steps long the packed rows are the time-major (T * m, n) rows
+  that the seed's kernels use.
+
+=================  ===========  =====================================================
+name               shape        meaning
+=================  ===========  =====================================================
+``order``          (m,)         sorted row j is the caller's sequence ``order[j]``
+``lengths``        (m,)         the sorted lengths, non-increasing
+``batch_sizes``    (T_run,)     sequences running at step t (T_run = the longest length)
+``offsets``        (T_run + 1,) first packed row of step t; ``offsets[-1]`` is N
+``last_rows``      (m,)         packed row of each sorted sequence's last step
+=================  ===========  =====================================================
+
+The reverse direction of a bidirectional layer runs each sequence from its last step down
+to its first (``pack_padded_sequence`` semantics): at step t it reads the state its sequence
+had at step t + 1, or ``a0`` for a sequence whose last step is t.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Packing(NamedTuple):
+    """How a batch of ``m`` sequences of ``T`` steps (padded) is packed; see the module."""
+
+    order: np.ndarray
+    lengths: np.ndarray
+    batch_sizes: np.ndarray
+    offsets: np.ndarray
+    last_rows: np.ndarray
+    steps: np.ndarray  # (N,) the step of each packed row
+    sequences: np.ndarray  # (N,) the caller's sequence of each packed row
+    T: int  # the padded length of the caller's arrays
+    full: bool  # every sequence is T steps long and none is moved: packed rows = time-major rows
+
+    @property
+    def m(self):
+        return self.order.size
+
+    @property
+    def N(self):
+        return int(self.offsets[-1])
+
+
+def make_packing(lengths, m, T):
+    """The ``Packing`` of ``m`` sequences of the checked ``lengths`` (None: all ``T``)."""
+    if lengths is None:
+        order = np.arange(m)
+        sorted_lengths = np.full(m, T, dtype=np.intp)
+    else:
+        order = np.argsort(-lengths, kind="stable")
+        sorted_lengths = lengths[order]
+    T_run = int(sorted_lengths[0])
+    # batch_sizes[t]: the number of sequences longer than t
+    batch_sizes = np.count_nonzero(sorted_lengths[None, :] > np.arange(T_run)[:, None], axis=1).astype(np.intp)
+    offsets = np.zeros(T_run + 1, dtype=np.intp)
+    np.cumsum(batch_sizes, out=offsets[1:])
+    rows = np.arange(m)
+    last_rows = offsets[sorted_lengths - 1] + rows
+    steps = np.repeat(np.arange(T_run), batch_sizes)
+    sequences = order[np.arange(offsets[-1]) - offsets[steps]]
+    full = lengths is None
+    return Packing(order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences, T, full)
+
+
+def pack(time_major, packing):
+    """(T, m, ...) -> the (N, ...) packed rows, C-contiguous; padding is not read."""
+    if packing.full:
+        return np.ascontiguousarray(time_major).reshape((-1,) + time_major.shape[2:])
+    return time_major[packing.steps, packing.sequences]
+
+
+def unpack(packed, packing):
+    """(N, ...) packed rows -> (T, m, ...) time-major, zeros at the padding."""
+    if packing.full:
+        return packed.reshape((packing.T, packing.m) + packed.shape[1:])
+    out = np.zeros((packing.T, packing.m) + packed.shape[1:], dtype=packed.dtype)
+    out[packing.steps, packing.sequences] = packed
+    return out
+
+
+def sort_rows(per_sequence, packing):
+    """An array whose axis 1 runs over the caller's sequences (e.g. a0 (L * D, m, n_a)),
+    in the packing's sorted order, C-contiguous."""
+    if packing.full:
+        return np.ascontiguousarray(per_sequence)
+    return np.ascontiguousarray(per_sequence[:, packing.order])
+
+
+def unsort_rows(sorted_rows, packing):
+    """``sort_rows`` undone: axis 1 back in the caller's order."""
+    if packing.full:
+        return sorted_rows
+    out = np.empty_like(sorted_rows)
+    out[:, packing.order] = sorted_rows
+    return out
