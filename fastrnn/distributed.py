@@ -47,11 +47,15 @@ except ImportError as error:  # pragma: no cover  (the [distributed] extra is no
 
 from . import api, backends, optim, parallel
 from .model import RNN, batch_inputs
-from .validation import PARAM_NAMES, check_int, check_labels, check_real, check_targets
+from .validation import check_int, check_labels, check_lengths, check_real, check_targets
 
 __all__ = ["DataParallel", "score", "StepTimeoutError", "ShardError", "WarmKernels", "threads_per_task"]
 
-WEIGHT_GRADIENTS = tuple("d" + name for name in PARAM_NAMES)
+
+
+def _weight_gradients(params):
+    """The keys of the weight gradients of a network with these params."""
+    return tuple("d" + name for name in params)
 DEFAULT_TIMEOUT = 600.0  # seconds: a cold worker compiles its kernels (10-30 s) on its first step
 
 
@@ -70,14 +74,14 @@ class ShardError(RuntimeError):
 
 class _ArrayShard:
     """A shard that is the same batch at every step: ``inputs`` (dense x in Fortran order, so
-    that its time-major view needs no copy, or one-hot indices) and ``y``."""
+    that its time-major view needs no copy, or one-hot indices), ``y`` and ``lengths``."""
 
-    def __init__(self, inputs, y):
-        self.inputs, self.y = inputs, y
+    def __init__(self, inputs, y, lengths=None):
+        self.inputs, self.y, self.lengths = inputs, y, lengths
         self.rows = y.shape[0]
 
     def batch(self, step):
-        return self.inputs, self.y, True
+        return self.inputs, self.y, True, self.lengths
 
 
 def _load_shard(loader, k, n_x, n_y, dtype):
@@ -87,27 +91,26 @@ def _load_shard(loader, k, n_x, n_y, dtype):
         return data  # a stream of batches (e.g. fastrnn.text.TextShard), checked at each step by the API
     if not isinstance(data, tuple) or len(data) not in (2, 3):
         raise TypeError(
-            f"loader({k}) must return (x or x_index, y), or an object with .batch(step) and .rows; "
-            f"got {type(data).__name__}"
+            f"loader({k}) must return (x or x_index, y[, lengths]), or an object with .batch(step) "
+            f"and .rows; got {type(data).__name__}"
         )
-    if len(data) == 3:
-        raise NotImplementedError(
-            f"loader({k}) returned lengths: variable-length sequences are not supported by this "
-            "version of fastrnn; pad the sequences to one length, or return (inputs, y)"
-        )
-    inputs, y = (np.asarray(value) for value in data)
-    if inputs.ndim == 2 and inputs.dtype.kind in "iu":
-        inputs = check_labels(inputs, f"loader({k})'s x_index", (None, None), n_x, what="one-hot indices")
-    elif inputs.ndim == 3 and inputs.shape[0] == n_x:
-        inputs = np.asfortranarray(inputs, dtype=dtype)
-    else:
+    inputs, y = (np.asarray(value) for value in data[:2])
+    one_hot = inputs.ndim == 2 and inputs.dtype.kind in "iu"
+    if not (one_hot or (inputs.ndim == 3 and inputs.shape[0] == n_x)):
         raise ValueError(
             f"loader({k})'s inputs must be dense x (n_x={n_x}, m, T) or integer x_index (m, T); "
             f"got shape {inputs.shape} and dtype {inputs.dtype}"
         )
     m, T = inputs.shape[-2:]
-    y = check_targets(y, f"loader({k})'s y", m, T, n_y)  # a class per step, or per sequence
-    return _ArrayShard(inputs, y)
+    lengths = check_lengths(data[2], m, T).copy() if len(data) == 3 else None  # the shard's own
+    if one_hot:
+        inputs = check_labels(
+            inputs, f"loader({k})'s x_index", (None, None), n_x, what="one-hot indices", lengths=lengths
+        )
+    else:
+        inputs = np.asfortranarray(inputs, dtype=dtype)
+    y = check_targets(y, f"loader({k})'s y", m, T, n_y, lengths)  # a class per step, or per sequence
+    return _ArrayShard(inputs, y, lengths)
 
 
 def _shard_rows(data):
@@ -131,19 +134,25 @@ def _shard_step(data, params, step, a0, backend, workers, nonlinearity):
         The time this took here (``DataParallel.last_step``).
     """
     begin = time.perf_counter()
-    inputs, y, reset_state = data.batch(step)
+    batch = data.batch(step)  # (inputs, y, reset_state[, lengths])
+    inputs, y, reset_state = batch[:3]
+    lengths = batch[3] if len(batch) > 3 else None
     inputs, one_hot, _ = batch_inputs(inputs)
     n_a, rows = params["W_aa"].shape[0], int(data.rows)
-    if reset_state or a0 is None:
-        a0 = np.zeros((n_a, rows), dtype=params["W_aa"].dtype)
+    # A bidirectional network carries no state (its reverse direction starts at the end).
+    carries = not isinstance(data, _ArrayShard) and "W_aa_reverse" not in params
+    if reset_state or a0 is None or not carries:
+        layers = sum(1 for name in params if name.startswith("W_aa"))
+        shape = (n_a, rows) if layers == 1 else (layers, n_a, rows)
+        a0 = np.zeros(shape, dtype=params["W_aa"].dtype)
     function = api.loss_and_grads_onehot if one_hot else api.loss_and_grads
     loss, grads, a_last = function(
-        inputs, a0, y, params, backend=backend, return_state=True, workers=workers, nonlinearity=nonlinearity
-    )
-    carries = not isinstance(data, _ArrayShard)
+        inputs, a0, y, params, backend=backend, return_state=True, workers=workers, nonlinearity=nonlinearity,
+        lengths=lengths,
+    )  # fmt: skip
     return (
         float(loss),
-        {name: np.ascontiguousarray(grads[name]) for name in WEIGHT_GRADIENTS},
+        {name: np.ascontiguousarray(grads[name]) for name in _weight_gradients(params)},
         rows,
         np.array(a_last) if carries else None,
         time.perf_counter() - begin,
@@ -389,7 +398,7 @@ class DataParallel:
         """
         if self._shards is None:
             raise RuntimeError("call set_data(loader, n_shards) before step()")
-        params = {name: self.model.params[name] for name in PARAM_NAMES}
+        params = dict(self.model.params)
         index, prefix = self.steps_done, next(self._keys)
         futures = [
             self.client.submit(
@@ -411,14 +420,14 @@ class DataParallel:
         seconds = time.perf_counter() - begin
         m = sum(part[2] for part in parts)
         weights = [part[2] / m for part in parts]
-        grads = parallel.sum_in_order([part[1] for part in parts], WEIGHT_GRADIENTS, weights)
+        grads = parallel.sum_in_order([part[1] for part in parts], _weight_gradients(params), weights)
         loss = self.model.dtype.type(sum(weight * part[0] for weight, part in zip(weights, parts)))
         if self.clip_norm is not None:
             optim.clip_by_global_norm(grads, self.clip_norm, backend=self.backend)
         self.optimizer.step(self.model.params, grads)
         self._states = [part[3] for part in parts]
         if all(state is not None for state in self._states):
-            self.model.state = np.concatenate(self._states, axis=1)
+            self.model.state = np.concatenate(self._states, axis=-1)  # along the sequences
         self.steps_done += 1
         slowest = max(part[4] for part in parts)
         self.last_step = dict(
@@ -475,15 +484,22 @@ class DataParallel:
 # -- scoring -----------------------------------------------------------------------------
 
 
-def _score_block(inputs, y, params, backend, workers, nonlinearity):
-    """Each sequence's loss in one block of sequences, on a worker."""
+def _score_block(inputs, y, lengths, params, backend, workers, nonlinearity):
+    """Each sequence's loss in one block of sequences, on a worker (``a0`` zeros)."""
     inputs = np.asarray(inputs)
-    n_a, rows = params["W_aa"].shape[0], y.shape[0]
-    a0 = np.zeros((n_a, rows), dtype=params["W_aa"].dtype)
     function = api.loss_onehot if inputs.ndim == 2 else api.loss
     return function(
-        inputs, a0, y, params, backend=backend, per_sequence=True, workers=workers, nonlinearity=nonlinearity
-    )
+        inputs, None, y, params, backend=backend, per_sequence=True, workers=workers, nonlinearity=nonlinearity,
+        lengths=lengths,
+    )  # fmt: skip
+
+
+def _checked_lengths(lengths, N, T):
+    """``lengths`` of ``score`` as a NumPy array (N,) in [1, T] (a dask array is computed:
+    N integers)."""
+    if isinstance(lengths, dask_array.Array):
+        lengths = lengths.compute()
+    return check_lengths(lengths, N, T)
 
 
 def score(client, model, inputs, y=None, *, lengths=None, workers=None):
@@ -501,8 +517,10 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
         ``inputs``.  None: ``inputs`` are indices and each
         step's label is the next index, so each sequence is scored over its first ``T - 1``
         steps (a language model's score).
-    lengths : None
-        Variable-length sequences are not supported by this version of fastrnn.
+    lengths : dask.array.Array or array_like of int, shape (N,), optional
+        Each sequence's length (``fastrnn.loss``; padding is never read); rechunked like
+        ``inputs``.  With ``y=None`` a sequence of length L is scored over its first
+        ``L - 1`` steps, so every length must be at least 2.
     workers : int or None
         Threads per block task (``DataParallel``'s ``workers``).
 
@@ -516,10 +534,6 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
     _check_client(client)
     if not isinstance(model, RNN):
         raise TypeError(f"model must be a fastrnn.RNN, got {type(model).__name__}")
-    if lengths is not None:
-        raise NotImplementedError(
-            "lengths: variable-length sequences are not supported by this version of fastrnn"
-        )
     workers = parallel.check_workers(workers)
     workers = threads_per_task(client) if workers is None else workers  # bounded by DEFAULT_TIMEOUT
     if not isinstance(inputs, dask_array.Array):
@@ -540,6 +554,10 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
         if inputs.shape[1] < 2:
             raise ValueError(f"y=None needs sequences of at least 2 indices, got T={inputs.shape[1]}")
         inputs, y = inputs[:, :-1], inputs[:, 1:]
+        if lengths is not None:
+            lengths = _checked_lengths(lengths, inputs.shape[0], inputs.shape[1] + 1) - 1
+            if lengths.min() < 1:
+                raise ValueError("lengths must be at least 2 with y=None (each step predicts the next index)")
     sequence_axis = 0 if one_hot else 1
     N, T = inputs.shape[sequence_axis], inputs.shape[-1]
     inputs = inputs.rechunk(
@@ -553,7 +571,12 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
             f"y must have shape (N, T) = {(N, T)}, or (N,) for one class per sequence; got {y.shape}"
         )
     y = y.rechunk((chunks, -1)[: y.ndim])
-    params = dask.delayed({name: np.array(model.params[name]) for name in PARAM_NAMES}, pure=True)
+    if lengths is not None:
+        lengths = dask_array.from_array(_checked_lengths(lengths, N, T), chunks=(chunks,))
+        length_blocks = lengths.to_delayed().ravel()
+    else:
+        length_blocks = [None] * len(chunks)
+    params = dask.delayed({name: np.array(value) for name, value in model.params.items()}, pure=True)
     input_blocks = inputs.to_delayed().ravel()
     label_blocks = y.to_delayed().ravel()
     backend = backends.resolve(model.backend).NAME
@@ -561,11 +584,11 @@ def score(client, model, inputs, y=None, *, lengths=None, workers=None):
         dask_array.from_delayed(
             # pure=False: computed at every call (no result of an earlier call is reused)
             dask.delayed(_score_block, pure=False)(
-                block, labels, params, backend, workers, model.nonlinearity
+                block, labels, block_lengths, params, backend, workers, model.nonlinearity
             ),
             shape=(rows,),
             dtype=model.dtype,
         )
-        for block, labels, rows in zip(input_blocks, label_blocks, chunks)
+        for block, labels, block_lengths, rows in zip(input_blocks, label_blocks, length_blocks, chunks)
     ]
     return client.persist(dask_array.concatenate(blocks))

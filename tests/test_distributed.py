@@ -186,6 +186,39 @@ def test_sequence_labels_score_as_in_one_process(client):
     assert_agree(scores, model.evaluate(inputs, y, per_sequence=True), np.float64, "scores")
 
 
+def variable_length_loader(k):
+    """``array_loader``'s shards with lengths in [1, T], and -1 (never read) at padding."""
+    inputs, y = array_loader(k)
+    lengths = np.random.default_rng([9, k]).integers(1, T + 1, inputs.shape[0])
+    padding = np.arange(T)[None, :] >= lengths[:, None]
+    inputs[padding], y[padding] = -1, -1
+    return inputs, y, lengths
+
+
+def test_stacked_bidirectional_variable_length_training_and_scoring_equal_one_process(client):
+    import dask.array as da
+
+    def model():
+        return fastrnn.RNN(N_X, N_A, N_Y, num_layers=2, bidirectional=True, seed=7)
+
+    distributed = model()
+    trainer = DataParallel(client, distributed, optim.Adam(lr=0.01), clip_norm=0.05, timeout=120)
+    trainer.set_data(variable_length_loader, len(SIZES))
+    losses = trainer.fit(2)
+    expected, expected_optimizer = model(), optim.Adam(lr=0.01)
+    parts = [variable_length_loader(k) for k in range(len(SIZES))]
+    inputs, y, lengths = (np.concatenate([part[i] for part in parts]) for i in range(3))
+    expected_losses = [
+        expected.train_step(inputs, y, expected_optimizer, clip_norm=0.05, lengths=lengths) for _ in range(2)
+    ]
+    assert_agree(np.array(losses), np.array(expected_losses), np.float64, "losses")
+    for name in expected.params:
+        assert_agree(distributed.params[name], expected.params[name], np.float64, name)
+    assert distributed.state is None  # a bidirectional network carries no state
+    scores = score(client, distributed, da.from_array(inputs, chunks=(3, T)), y, lengths=lengths).compute()
+    assert_agree(scores, distributed.evaluate(inputs, y, per_sequence=True, lengths=lengths), np.float64, "scores")
+
+
 def test_clipping_is_applied_once_to_the_whole_batch(client):
     # The whole batch's gradient is longer than clip_norm, so clipping acts at every step;
     # per-shard clipping (or none) would not give the one-process parameters.
@@ -387,11 +420,8 @@ def test_a_failing_loader_names_its_shard(client):
         ),
         (lambda k: (np.full((2, 3), N_X), np.zeros((2, 3), dtype=int)), "ValueError", "x_index"),
         (lambda k: (np.zeros((N_X + 1, 2, 3)), np.zeros((2, 3), dtype=int)), "ValueError", "dense x"),
-        (
-            lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.ones(2),),
-            "NotImplementedError",
-            "variable-length",
-        ),
+        (lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.ones(2),), "TypeError", "lengths must hold integers"),
+        (lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.array([1, 4]),), "ValueError", r"lengths must lie in \[1, T\]"),
     ],
 )
 def test_bad_shards_are_named(client, loader, error, match):
@@ -460,8 +490,10 @@ def test_bad_score_arguments(client):
 
     model = fastrnn.RNN(N_X, N_A, N_Y)
     sequences = da.zeros((4, 5), dtype=int, chunks=2)
-    with pytest.raises(NotImplementedError, match="lengths"):
+    with pytest.raises(TypeError, match="lengths must hold integers"):
         score(client, model, sequences, np.zeros((4, 5), dtype=int), lengths=np.ones(4))
+    with pytest.raises(ValueError, match="lengths must be at least 2 with y=None"):
+        score(client, fastrnn.RNN(N_X, N_A, N_X), sequences, lengths=np.array([5, 1, 2, 3]))
     with pytest.raises(ValueError, match="n_x"):
         score(client, model, da.zeros((N_X + 1, 4, 5), chunks=2), np.zeros((4, 5), dtype=int))
     with pytest.raises(ValueError, match=r"y must have shape \(N, T\) = \(4, 5\), or \(N,\)"):
