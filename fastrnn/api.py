@@ -420,15 +420,18 @@ def rnn_cell_backward(da_t, cache):
     }
 
 
-def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh", lengths=None):
-    """Forward pass over a batch of sequences.
+def rnn_forward(
+    x, a0, params, *, backend=None, workers=None, nonlinearity="tanh", lengths=None, return_state=False
+):
+    """Forward pass over a batch of sequences, through every layer and direction.
 
     Parameters
     ----------
     x : array_like, shape (n_x, m, T)
-    a0 : array_like of shape (n_a, m) or (num_layers * D, n_a, m) = (1, n_a, m), or None
-        The initial state; None: zeros.  Given per layer, or None, ``da0`` and the
-        final state come back per layer too, (1, n_a, m).
+    a0 : array_like of shape (num_layers * D, n_a, m), or (n_a, m) for one layer in one direction, or None
+        The initial state of each layer and direction, indexed ``layer * D + direction``
+        (PyTorch's order); None: zeros.  ``da0`` and the final state come back in the
+        shape given ((num_layers * D, n_a, m) for None).
     params : dict
         As from ``init_params``; its dtype is the dtype of the results.
     backend : {"numba", "numpy"} or None
@@ -437,22 +440,33 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh
         Threads, as in ``loss_and_grads``.
     nonlinearity : {"tanh", "relu"}
         The hidden layer's ``f`` in ``a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)``.
+    lengths : array_like of int, shape (m,), optional
+        Each sequence's length, in ``[1, T]``: its steps from ``lengths[i]`` on are
+        padding, never read (any value, NaN included), and its results there are 0.  The
+        reverse direction runs from each sequence's own last step.  None: all ``T``.
+    return_state : bool
+        Also return the final state: the forward direction's at each sequence's last step,
+        the reverse direction's at step 0 (PyTorch's ``h_n``), in a0's shape.
 
     Returns
     -------
-    a : ndarray, shape (n_a, m, T)
-        Hidden states a<1..T>: a read-only view of the cache's (copy it to change it).
+    a : ndarray, shape (D * n_a, m, T)
+        The top layer's hidden states a<1..T> (forward direction first); for the seed's
+        network a read-only view of the cache's (copy it to change it).
     y_hat : ndarray, shape (n_y, m, T)
         Softmax outputs (over axis 0).
-    cache : ForwardCache
+    cache : ForwardCache or NetworkCache
         For ``rnn_backward``.
+    a_last : ndarray
+        Only with ``return_state=True``.
     """
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x, a0, layout, lengths = _check_sequence_inputs(params, x, a0, lengths)
     if _is_network_call(dims, lengths):
-        return _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layout)
+        a, y_hat, cache, final = _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layout)
+        return (a, y_hat, cache, layout(final)) if return_state else (a, y_hat, cache)
     xs = _to_time_major(x)
     T, m, _ = xs.shape
     run = parallel.plan(workers, m, T, dims.n_x, dims.n_a, dims.n_y, _backend_name(impl))
@@ -469,7 +483,8 @@ def rnn_forward(x, a0, params, *, backend=None, workers=None, nonlinearity="tanh
     cache = ForwardCache(
         _read_only(xs), _read_only(h), _owned(p), _backend_name(impl), nonlinearity, layout is _per_layer
     )
-    return _from_time_major(cache.h[1:]), _from_time_major(y_hat), cache
+    a, y_hat = _from_time_major(cache.h[1:]), _from_time_major(y_hat)
+    return (a, y_hat, cache, layout(h[-1].T.copy())) if return_state else (a, y_hat, cache)
 
 
 def _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layout):
@@ -493,7 +508,9 @@ def _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layou
         _read_only(packed), tuple(_read_only(H) for layer in states for H in layer), _read_only(a0_rows),
         lengths, T, _owned(p), _backend_name(impl), nonlinearity, layout is _single_layer,
     )  # fmt: skip
-    return _from_time_major(packing.unpack(top, pk)), _from_time_major(packing.unpack(y_hat, pk)), cache
+    final = _states_back(packing.final_states(states, pk.last_rows), pk)
+    return _from_time_major(packing.unpack(top, pk)), _from_time_major(packing.unpack(y_hat, pk)), cache, final
+
 
 
 def _sharded_forward(impl, run, xs, a0, p, dims, nonlinearity):

@@ -134,6 +134,8 @@ def build_parser():
     )
     train.add_argument("--nonlinearity", choices=NONLINEARITIES, default="tanh",
                        help="the hidden layer's activation (default: %(default)s)")  # fmt: skip
+    train.add_argument("--layers", type=_number(int, minimum=1), default=1,
+                       help="stacked hidden layers, each of --hidden units (default: %(default)s)")  # fmt: skip
     train.add_argument("--backend", choices=("numba", "numpy"), default=None, help="(default: automatic)")
     train.add_argument("--workers", type=_workers, default=None,
                        help="threads per step: N >= 1, or -1 for every core (default: fastrnn chooses from the sizes and cores)")  # fmt: skip
@@ -252,16 +254,17 @@ def run_train(args):
     messages = sys.stderr if args.json else sys.stdout  # keep stdout pure JSON with --json
     vocab_size = len(set(text))
     # What runs: the flags, or a resumed run's own settings.
-    hidden, optimizer, lr, dtype, nonlinearity = (
+    hidden, optimizer, lr, dtype, nonlinearity, layers = (
         (
             resume.n_a,
             resume.settings.get("optimizer"),
             resume.settings.get("lr"),
             resume.dtype.name,
             resume.nonlinearity,
+            resume.num_layers,
         )
         if resume
-        else (args.hidden, args.optimizer, args.lr, args.dtype, args.nonlinearity)
+        else (args.hidden, args.optimizer, args.lr, args.dtype, args.nonlinearity, args.layers)
     )
     if args.shards is not None and args.dask is None:
         raise UsageError("--shards is for --dask runs")
@@ -269,7 +272,7 @@ def run_train(args):
         threads = describe_threads(args, resume, len(text), vocab_size, client)
         print(
             f"fastrnn train: {corpus}: {len(text)} characters, {vocab_size} distinct; "
-            f"hidden {hidden} ({nonlinearity}), {optimizer} lr {lr}, {dtype}, backend {args.backend or 'automatic'}; {threads}"
+            f"hidden {hidden}{f' x {layers} layers' if layers > 1 else ''} ({nonlinearity}), {optimizer} lr {lr}, {dtype}, backend {args.backend or 'automatic'}; {threads}"
             + (f"; resuming {args.resume} at step {resume.settings.get('steps_done')}" if resume else ""),
             file=messages,
         )
@@ -399,7 +402,7 @@ def _train_with_progress(args, text, resume, interrupted, messages, client=None)
             optimizer=args.optimizer, clip_norm=args.clip or None, dtype=np.dtype(args.dtype).type,
             backend=args.backend, seed=args.seed, callback=on_step, workers=args.workers, resume=resume,
             client=client, text_path=os.path.abspath(args.text_file) if args.text_file else None,
-            shards=args.shards, timeout=args.dask_timeout, nonlinearity=args.nonlinearity,
+            shards=args.shards, timeout=args.dask_timeout, nonlinearity=args.nonlinearity, num_layers=args.layers,
         )  # fmt: skip
     finally:
         bar.close()
@@ -437,6 +440,7 @@ def _summary(args, run, corpus, text, vocab_size, threads, plot):
         "seq_length": run.model.settings["seq_length"],
         "dtype": run.model.dtype.name,
         "nonlinearity": run.model.nonlinearity,
+        "layers": run.model.num_layers,
         "backend": args.backend or "automatic",
         "workers": "automatic" if args.workers is None else args.workers,
         "threads": threads,

@@ -459,15 +459,17 @@ class DataParallel:
         return 0 if self._shards is None else len(self._shards)
 
     def carry_state_from(self, state):
-        """Start the shards that carry state from ``state`` (n_a, m): the rows of each shard,
-        in shard order (a resumed run's ``model.state``)."""
+        """Start the shards that carry state from ``state`` (n_a, m), or (num_layers, n_a, m)
+        for several layers: the rows of each shard, in shard order (a resumed run's
+        ``model.state``)."""
         if self._shards is None:
             raise RuntimeError("call set_data(loader, n_shards) before carry_state_from()")
         state = np.asarray(state, dtype=self.model.dtype)
         bounds = np.cumsum([0, *self._rows])
-        if state.shape != (self.model.n_a, bounds[-1]):
-            raise ValueError(f"state must have shape {(self.model.n_a, int(bounds[-1]))}, got {state.shape}")
-        self._states = [np.array(state[:, bounds[k] : bounds[k + 1]]) for k in range(len(self._rows))]
+        expected = self.model._state_shape(int(bounds[-1]))
+        if state.shape != expected:
+            raise ValueError(f"state must have shape {expected}, got {state.shape}")
+        self._states = [np.array(state[..., bounds[k] : bounds[k + 1]]) for k in range(len(self._rows))]
 
     def fit(self, steps, callback=None):
         """``steps`` steps; ``callback(step, loss, self)`` after each, where a true return

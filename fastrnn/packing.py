@@ -108,3 +108,12 @@ def unsort_rows(sorted_rows, packing):
     out = np.empty_like(sorted_rows)
     out[:, packing.order] = sorted_rows
     return out
+
+
+def final_states(states, last_rows):
+    """The state each direction ends in, (num_layers * D, m, n_a): forward at each
+    sequence's last step, reverse at step 0 (PyTorch's ``h_n``)."""
+    m = last_rows.size
+    return np.stack(
+        [H[last_rows] if direction == 0 else H[:m] for layer in states for direction, H in enumerate(layer)]
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import optim
-from .api import _cell_step
+from .api import _cell_step, rnn_forward
 from .model import RNN
 from .parallel import check_workers, split_batch
 from .validation import check_int, check_real
@@ -232,7 +232,7 @@ class TrainingRun:
 def train_char_rnn(
     text, *, hidden=128, seq_length=32, batch=16, steps=1000, lr=0.002, optimizer="adam",
     clip_norm=5.0, dtype=np.float32, backend=None, seed=0, callback=None, workers=None, resume=None,
-    client=None, text_path=None, shards=None, timeout=None, nonlinearity="tanh",
+    client=None, text_path=None, shards=None, timeout=None, nonlinearity="tanh", num_layers=1,
 ):  # fmt: skip
     """Train a character-level RNN on ``text`` with truncated BPTT.
 
@@ -246,9 +246,9 @@ def train_char_rnn(
     optimizer : {"adagrad", "adam", "sgd"}
     clip_norm : float or None
         Clip gradients by global norm.
-    dtype, backend, seed, nonlinearity
+    dtype, backend, seed, nonlinearity, num_layers
         For the model (``seed`` also fixes the initial parameters; ``nonlinearity``: "tanh"
-        or "relu").
+        or "relu"; ``num_layers``: stacked layers, whose states all carry over).
     callback : callable, optional
         ``callback(step, loss_per_char, run)`` after every step; a true return value stops
         training after that step (``run.stopped_early``).
@@ -259,7 +259,8 @@ def train_char_rnn(
         its optimizer).  Training continues where it stopped: its parameters, carried state,
         optimizer state and step count, and its settings (which replace ``hidden``,
         ``seq_length``, ``batch``, ``lr``, ``optimizer``, ``clip_norm``, ``dtype``,
-        ``seed`` and ``nonlinearity``), so that the losses continue those of an uninterrupted run.
+        ``seed``, ``nonlinearity`` and ``num_layers``), so that the losses continue those of an
+        uninterrupted run.
     client : dask.distributed.Client, optional
         Train on this Dask cluster (``fastrnn.distributed.DataParallel``): the streams are
         cut into ``shards`` shards of rows, which the workers read from ``text_path``
@@ -296,8 +297,9 @@ def train_char_rnn(
         if optimizer not in optim.OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(optim.OPTIMIZERS)}, got {optimizer!r}")
         model = RNN(
-            len(vocab), hidden, len(vocab), dtype=dtype, backend=backend, seed=seed, nonlinearity=nonlinearity
-        )
+            len(vocab), hidden, len(vocab), num_layers=num_layers, dtype=dtype, backend=backend, seed=seed,
+            nonlinearity=nonlinearity,
+        )  # fmt: skip
         model.vocab = vocab.chars
         model.settings = dict(hidden=hidden, seq_length=seq_length, batch=batch, steps=steps, lr=lr,
                               optimizer=optimizer, clip_norm=clip_norm, dtype=np.dtype(dtype).name, seed=seed)  # fmt: skip
@@ -408,6 +410,8 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
     """
     if model.vocab is None:
         raise ValueError("this model has no vocabulary: it was not trained on text")
+    if model.bidirectional:
+        raise ValueError("a bidirectional model reads each sequence from its end too: it cannot generate text")
     temperature = check_real(temperature, "temperature", above=0)
     n_chars = check_int(n_chars, "n_chars", minimum=0)
     vocab = CharVocab(model.vocab)
@@ -419,16 +423,29 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
     else:
         first = int(rng.integers(len(vocab)))
         context, generated = [first], [first]
-    a = np.zeros((model.n_a, 1), dtype=model.dtype)
     x = np.zeros((model.n_x, 1), dtype=model.dtype)
+    if model.num_layers == 1:
+        a = np.zeros((model.n_a, 1), dtype=model.dtype)
 
-    def advance(index):
-        x[:] = 0
-        x[index] = 1
-        *_, h, y_hat = _cell_step(
-            x, a, model.params, model.backend, model.nonlinearity
-        )  # no cache: nothing goes back
-        return h[1].T, y_hat[0].T
+        def advance(index):
+            x[:] = 0
+            x[index] = 1
+            *_, h, y_hat = _cell_step(
+                x, a, model.params, model.backend, model.nonlinearity
+            )  # no cache: nothing goes back
+            return h[1].T, y_hat[0].T
+
+    else:  # one step of every layer: a is (num_layers, n_a, 1)
+        a = np.zeros((model.num_layers, model.n_a, 1), dtype=model.dtype)
+
+        def advance(index):
+            x[:] = 0
+            x[index] = 1
+            _, y_hat, _, a_last = rnn_forward(
+                x[:, :, None], a, model.params, backend=model.backend, nonlinearity=model.nonlinearity,
+                return_state=True,
+            )  # fmt: skip
+            return a_last, y_hat[:, :, 0]
 
     for index in context:  # run the prime (or the first character) through the network
         a, y_hat = advance(index)

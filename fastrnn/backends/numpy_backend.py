@@ -34,6 +34,7 @@ lookup and ``dW_ax`` a scatter-add, and no dense one-hot array is ever built.  T
 
 import numpy as np
 
+from ..packing import final_states
 from ..validation import HIDDEN_NAMES, layer_key
 from ..workspace import new_array
 from . import overflow_reported_by_the_api
@@ -528,15 +529,6 @@ def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets,
         states.append(layer_states)
         layer_input = layer_output(layer_states)
     return states
-
-
-def final_states(states, last_rows):
-    """The state each direction ends in, (num_layers * D, m, n_a): forward at each
-    sequence's last step, reverse at step 0 (PyTorch's ``h_n``)."""
-    m = last_rows.size
-    return np.stack(
-        [H[last_rows] if direction == 0 else H[:m] for layer in states for direction, H in enumerate(layer)]
-    )
 
 
 def network_top(states, last_rows, sequence_labels):
