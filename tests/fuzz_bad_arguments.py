@@ -22,7 +22,13 @@ GOOD = {
     "y": np.random.default_rng(1).integers(0, N_Y, (M, T)),
     "x_index": np.random.default_rng(2).integers(0, N_X, (M, T)),
     "params": fastrnn.init_params(N_X, N_A, N_Y, seed=3),
+    "network": fastrnn.init_params(N_X, N_A, N_Y, num_layers=2, bidirectional=True, seed=4),
+    "lengths": np.array([T, 2]),
 }
+bad_lengths = st.sampled_from(
+    [np.array([0, 1]), np.array([1, T + 1]), np.array([1.0, 2.0]), np.array([1, 2, 3]), np.array([[1, 2]]),
+     np.array([-1, 2]), np.array([True, True]), np.array(["1", "2"])]
+)  # fmt: skip
 
 garbage = st.one_of(
     st.none(),
@@ -71,6 +77,21 @@ def calls(draw):
         options["nonlinearity"] = draw(
             st.one_of(st.sampled_from(["tanh", "relu", "sigmoid", "ReLU", ""]), garbage)
         )
+    if function != "rnn_cell_forward" and draw(st.booleans()):
+        options["lengths"] = draw(st.one_of(st.just(GOOD["lengths"]), bad_lengths, garbage))
+    if draw(st.booleans()):  # a network of two layers, both directions: a0 (N_A, M) has the wrong layer count
+        network = dict(GOOD["network"])
+        change = draw(st.sampled_from(["none", "drop", "add", "garbage"]))
+        key = draw(st.sampled_from(sorted(network)))
+        if change == "drop":
+            del network[key]
+        elif change == "add":
+            network[draw(st.sampled_from(["W_aa_l2", "W_ax_l5_reverse", "extra", "b_a_reverse2"]))] = network[key]
+        elif change == "garbage":
+            network[key] = draw(garbage)
+        args["params"] = network
+        if draw(st.booleans()):
+            args["a0"] = np.zeros((4, N_A, M))
     if function == "rnn_cell_forward":
         args["x"] = GOOD["x"][:, :, 0]
     for name in draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True)):

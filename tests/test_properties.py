@@ -155,6 +155,52 @@ def test_backends_agree_with_every_option(problem, nonlinearity, one_label_per_s
     assert_losses_agree(np.mean(losses, dtype=np.float64), loss_np, a_np, params, y, dtype)
 
 
+@st.composite
+def networks(draw):
+    """A problem of ``problems`` with a network drawn over it: layers, directions, lengths
+    (or none), the label kind; its params rescaled as the drawn problem's."""
+    x, _, y, seed_params, dtype = draw(problems())
+    num_layers, bidirectional = draw(st.sampled_from([1, 2, 3])), draw(st.booleans())
+    n_a, n_x = seed_params["W_ax"].shape
+    m, T = np.shape(y)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = float(np.max(np.abs(seed_params["W_aa"]))) * np.sqrt(n_a)  # the drawn problem's weight scale
+    params = {
+        name: (value * scale).astype(dtype)
+        for name, value in fastrnn.init_params(
+            n_x, n_a, seed_params["W_ya"].shape[0], num_layers=num_layers, bidirectional=bidirectional, seed=rng
+        ).items()
+    }  # fmt: skip
+    D = 2 if bidirectional else 1
+    a0 = np.tanh(rng.standard_normal((num_layers * D, n_a, m))).astype(dtype)
+    lengths = rng.integers(1, T + 1, size=m) if draw(st.booleans()) else None
+    if draw(st.booleans()):
+        y = np.asarray(y)[:, 0]
+    return x, a0, y, params, dtype, lengths
+
+
+@SETTINGS
+@given(networks(), st.sampled_from(["tanh", "relu"]), st.sampled_from([1, 2]))
+def test_networks_agree_on_any_problem(problem, nonlinearity, workers):
+    x, a0, y, params, dtype, lengths = problem
+    options = dict(nonlinearity=nonlinearity, lengths=lengths)
+    loss_np, grads_np = fastrnn.loss_and_grads(x, a0, y, params, backend="numpy", **options)
+    loss_nb, grads_nb = fastrnn.loss_and_grads(x, a0, y, params, backend="numba", workers=workers, **options)
+    a_np, y_hat_np, _ = fastrnn.rnn_forward(x, a0, params, backend="numpy", **options)
+    a_nb, y_hat_nb, _ = fastrnn.rnn_forward(x, a0, params, backend="numba", workers=workers, **options)
+    tolerance = AGREEMENT[np.dtype(dtype)]
+    assert relative_error(y_hat_nb, y_hat_np) <= tolerance
+    # Each layer's units near +-1 widen the bound (gradient_tolerance); relu's do not saturate.
+    bound = gradient_tolerance(a_np, dtype) if nonlinearity == "tanh" else tolerance
+    assert relative_error(a_nb, a_np) <= max(bound, tolerance)
+    # The loss: relative, or to the rounding of logits of the size the outputs allow (a
+    # probability p >= tiny needs logits spread by at most -log(p)).
+    spread = -np.log(max(float(np.min(y_hat_np[y_hat_np > 0])), np.finfo(dtype).tiny))
+    rounding = 16 * np.finfo(dtype).eps * (spread + 1) * (np.size(y) / np.shape(y)[0])
+    assert abs(float(loss_nb) - float(loss_np)) <= max(tolerance * abs(float(loss_np)), rounding)
+    assert_gradients_agree(grads_nb, grads_np, (x, a0, y, params), dtype, bound, **options)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(dtypes=(np.float64,)), st.sampled_from(["numpy", "numba"]))
 def test_gradients_match_finite_differences_on_any_problem(problem, backend):
