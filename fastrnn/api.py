@@ -492,7 +492,7 @@ def _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layou
     m, T), the outputs (n_y, m, T), 0 at padding, and a ``NetworkCache``."""
     n_x, m, T = x.shape
     run = _network_plan(workers, m, T, n_x, dims, lengths, _backend_name(impl))
-    pk, packed, a0_rows = _packed_call_inputs(x, a0, lengths)
+    pk, packed, a0_rows = _packed_call_inputs(impl, x, a0, lengths)
     # One shard: the threads a sharded plan would use go to BLAS.
     blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
     states, y_hat, finite = _run_with_blas_threads(
@@ -1034,17 +1034,22 @@ def _nested(flat, directions):
     return [list(flat[k : k + directions]) for k in range(0, len(flat), directions)]
 
 
-def _packed_call_inputs(inputs, a0, lengths):
-    """The packing of a call and its packed inputs and sorted ``a0`` rows.
+def _packed_call_inputs(impl, inputs, a0, lengths, rows=slice(None)):
+    """The packing of a call's sequences ``rows`` (a shard, or all), their packed inputs
+    and sorted ``a0`` rows.
 
-    ``inputs`` is dense ``x`` (n_x, m, T) or one-hot ``x_index`` (m, T); ``a0`` is
-    (num_layers * D, n_a, m).  Returns ``(packing, packed_inputs, a0_rows)``: (N, n_x)
-    or (N,), and (num_layers * D, m, n_a).
+    ``inputs`` is the whole batch's dense ``x`` (n_x, m, T) or one-hot ``x_index`` (m,
+    T); ``a0`` (num_layers * D, n_a, m) and ``lengths`` (m,) are the shard's.  Returns
+    ``(packing, packed_inputs, a0_rows)``: (N, n_x) or (N,), and (num_layers * D, m_k,
+    n_a); the packing's ``sequences`` count from the shard's first row.
     """
-    dense = inputs.ndim == 3
-    m, T = inputs.shape[-2:]
-    pk = packing.make_packing(lengths, m, T)
-    packed = packing.pack(inputs.transpose(2, 1, 0) if dense else inputs.T, pk)
+    m_k, T = a0.shape[-1], inputs.shape[-1]
+    pk = packing.make_packing(lengths, m_k, T)
+    first = rows.start or 0
+    if inputs.ndim == 3:  # the backend gathers the rows (a kernel in Numba's)
+        packed = impl.pack_rows(inputs, pk.sequences + first, pk.steps)
+    else:
+        packed = inputs[pk.sequences + first, pk.steps]
     return pk, packed, packing.sort_rows(a0.transpose(0, 2, 1), pk)
 
 
@@ -1061,25 +1066,28 @@ def _states_back(sorted_states, pk):
     return packing.unsort_rows(sorted_states, pk).transpose(0, 2, 1)
 
 
-def _network_step(impl, inputs, a0, labels, lengths, p, dims, batch_size, nonlinearity):
-    """A training step of a network on a batch or a shard of one, caller's layout in and
-    out: ``loss``, ``grads`` (``dx`` time-major (T, m, n_x), ``da0`` (num_layers * D, n_a,
-    m)), ``final`` (num_layers * D, n_a, m) and ``finite``."""
-    pk, packed, a0_rows = _packed_call_inputs(inputs, a0, lengths)
+def _network_step(impl, inputs, a0, labels, lengths, p, dims, batch_size, nonlinearity, rows=slice(None), dx=None):
+    """A training step of a network on a batch or a shard of one (``rows`` of the whole
+    batch's ``inputs``; ``a0``, ``labels`` and ``lengths`` are the shard's), caller's layout
+    in and out: ``loss``, ``grads`` (``da0`` (num_layers * D, n_a, m_k)), ``final``
+    (num_layers * D, n_a, m_k) and ``finite``.  Dense inputs' ``dx`` is written into the
+    shard's rows of ``dx``, the whole batch's (T, m, n_x), zeros at padding."""
+    pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0, lengths, rows)
     loss, grads, final, finite = impl.network_loss_and_grads(
         packed, a0_rows, _packed_labels(labels, pk), p, dims.num_layers, dims.directions,
         pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=batch_size, nonlinearity=nonlinearity,
     )  # fmt: skip
     if "dx" in grads:
-        grads["dx"] = packing.unpack(grads["dx"], pk)
+        dx[pk.steps, pk.sequences + (rows.start or 0)] = grads.pop("dx")
     grads["da0"] = _states_back(grads["da0"], pk)
     return loss, grads, _states_back(final, pk), finite
 
 
-def _network_losses(impl, inputs, a0, labels, lengths, p, dims, nonlinearity):
-    """``loss`` of a network on a batch or a shard: each sequence's loss (m,) float64 in
-    the caller's order, ``final`` (num_layers * D, n_a, m), ``finite``."""
-    pk, packed, a0_rows = _packed_call_inputs(inputs, a0, lengths)
+def _network_losses(impl, inputs, a0, labels, lengths, p, dims, nonlinearity, rows=slice(None)):
+    """``loss`` of a network on a batch or a shard (as ``_network_step``): each sequence's
+    loss (m_k,) float64 in the caller's order, ``final`` (num_layers * D, n_a, m_k),
+    ``finite``."""
+    pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0, lengths, rows)
     sorted_losses, final, finite = impl.network_sequence_losses(
         packed, a0_rows, _packed_labels(labels, pk), p, dims.num_layers, dims.directions,
         pk.batch_sizes, pk.offsets, pk.last_rows, nonlinearity,
@@ -1097,18 +1105,23 @@ def _network_shards(run, m, lengths):
 def _network_loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
     """``_network_step`` on the whole batch, cut into ``run.shards`` shards (each its own
     packing) run on ``run.threads`` threads; the weight gradients added in shard order."""
-    m = inputs.shape[-2]
+    m, T = inputs.shape[-2:]
+    # dx of dense inputs, (T, m, n_x): each shard writes its real steps; padding stays 0.
+    dx = np.zeros((T, m, dims.n_x), dtype=dims.dtype) if inputs.ndim == 3 else None
     if run.shards == 1:
-        return _run_with_blas_threads(
-            run.blas_threads, _network_step, impl, inputs, a0, labels, lengths, p, dims, m, nonlinearity
+        loss, grads, final, finite = _run_with_blas_threads(
+            run.blas_threads, _network_step, impl, inputs, a0, labels, lengths, p, dims, m, nonlinearity, dx=dx
         )
+        if dx is not None:
+            grads["dx"] = dx
+        return loss, grads, final, finite
     shards = _network_shards(run, m, lengths)
 
     def run_shard(k):
         rows = shards[k]
         return _network_step(
-            impl, inputs[..., rows, :], a0[:, :, rows], labels[rows], None if lengths is None else lengths[rows],
-            p, dims, m, nonlinearity,
+            impl, inputs, a0[:, :, rows], labels[rows], None if lengths is None else lengths[rows],
+            p, dims, m, nonlinearity, rows=rows, dx=dx,
         )  # fmt: skip
 
     with parallel.blas_threads(run.blas_threads):
@@ -1116,8 +1129,8 @@ def _network_loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, non
     names = ["d" + name for name in param_names(dims.num_layers, dims.directions)]
     grads = parallel.sum_in_order([part[1] for part in parts], names)
     grads["da0"] = np.concatenate([part[1]["da0"] for part in parts], axis=2)
-    if "dx" in grads:
-        grads["dx"] = np.concatenate([part[1]["dx"] for part in parts], axis=1)
+    if dx is not None:
+        grads["dx"] = dx
     final = np.concatenate([part[2] for part in parts], axis=2)
     loss = sum(part[0] for part in parts)  # in shard order
     finite = all(part[3] for part in parts) and all(np.isfinite(grads[name]).all() for name in names)
@@ -1132,8 +1145,8 @@ def _network_forward_losses(impl, run, inputs, a0, labels, lengths, p, dims, non
     def run_shard(k):
         rows = shards[k]
         return _network_losses(
-            impl, inputs[..., rows, :], a0[:, :, rows], labels[rows], None if lengths is None else lengths[rows],
-            p, dims, nonlinearity,
+            impl, inputs, a0[:, :, rows], labels[rows], None if lengths is None else lengths[rows],
+            p, dims, nonlinearity, rows=rows,
         )  # fmt: skip
 
     with parallel.blas_threads(run.blas_threads):

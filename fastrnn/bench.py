@@ -134,44 +134,66 @@ def blas_peak_flops(dtype, *, rows=3200, inner=512, cols=512):
 
 
 def torch_modules(params, nonlinearity="tanh"):
-    """``torch.nn.RNN`` and ``torch.nn.Linear`` holding fastrnn's ``params`` (PyTorch's names:
-    ``weight_ih_l0 = W_ax``, ``weight_hh_l0 = W_aa``, ``bias_ih_l0 = b_a``, ``bias_hh_l0 = 0``),
-    in the params' dtype.  Needs torch."""
+    """``torch.nn.RNN`` and ``torch.nn.Linear`` holding fastrnn's ``params``, in the params'
+    dtype, mapped by name (``weight_ih_l1_reverse = W_ax_l1_reverse``, ``weight_hh = W_aa``,
+    ``bias_ih = b_a``, ``bias_hh = 0``; layers and directions read from the keys).  Needs
+    torch."""
     import torch
 
-    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[params["W_aa"].dtype]
-    n_a, n_x = params["W_ax"].shape
-    rnn = torch.nn.RNN(n_x, n_a, nonlinearity=nonlinearity).to(dtype)
-    linear = torch.nn.Linear(n_a, params["W_ya"].shape[0]).to(dtype)
+    from .validation import check_params, layer_key
+
+    dims = check_params(params)[1]
+    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[dims.dtype]
+    D = dims.directions
+    rnn = torch.nn.RNN(
+        dims.n_x, dims.n_a, num_layers=dims.num_layers, nonlinearity=nonlinearity, bidirectional=D == 2
+    ).to(dtype)
+    linear = torch.nn.Linear(D * dims.n_a, dims.n_y).to(dtype)
     with torch.no_grad():
-        rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_ax"]))
-        rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_aa"]))
-        rnn.bias_ih_l0.copy_(torch.from_numpy(params["b_a"][:, 0]))
-        rnn.bias_hh_l0.zero_()
+        for layer in range(dims.num_layers):
+            for reverse in (False, True)[:D]:
+                theirs = f"_l{layer}" + ("_reverse" if reverse else "")
+                getattr(rnn, "weight_ih" + theirs).copy_(torch.from_numpy(params[layer_key("W_ax", layer, reverse)]))
+                getattr(rnn, "weight_hh" + theirs).copy_(torch.from_numpy(params[layer_key("W_aa", layer, reverse)]))
+                getattr(rnn, "bias_ih" + theirs).copy_(torch.from_numpy(params[layer_key("b_a", layer, reverse)][:, 0]))
+                getattr(rnn, "bias_hh" + theirs).zero_()
         linear.weight.copy_(torch.from_numpy(params["W_ya"]))
         linear.bias.copy_(torch.from_numpy(params["b_y"][:, 0]))
     return rnn, linear
 
 
-def torch_step(x, a0, y, params):
-    """A closure running one PyTorch training step on the same problem, or None without torch."""
+def torch_step(x, a0, y, params, lengths=None):
+    """A closure running one PyTorch training step on the same problem, or None without torch.
+
+    ``a0`` is (n_a, m) or (num_layers * D, n_a, m); with ``lengths`` the inputs and targets
+    are packed (``pack_padded_sequence``, ``enforce_sorted=False``) inside the step, as a
+    training loop over variable-length batches does.
+    """
     try:
         import torch
+        from torch.nn.utils.rnn import pack_padded_sequence
     except ImportError:
         return None
     n_x, m, T = x.shape
     n_y = params["W_ya"].shape[0]
     rnn, linear = torch_modules(params)
     inputs = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 1, 0))).requires_grad_(True)  # (T, m, n_x)
-    h0 = torch.from_numpy(np.ascontiguousarray(a0.T))[None].requires_grad_(True)  # (1, m, n_a)
-    targets = torch.from_numpy(np.ascontiguousarray(y.T).reshape(-1))  # (T*m,)
+    states = a0 if a0.ndim == 3 else a0[None]
+    h0 = torch.from_numpy(np.ascontiguousarray(states.transpose(0, 2, 1))).requires_grad_(True)  # (L * D, m, n_a)
+    targets = torch.from_numpy(np.ascontiguousarray(y.T))  # (T, m)
+    sizes = None if lengths is None else torch.from_numpy(np.asarray(lengths, dtype=np.int64))
 
     def step():
         for parameter in (*rnn.parameters(), *linear.parameters(), inputs, h0):
             parameter.grad = None
-        hidden, _ = rnn(inputs, h0)
-        logits = linear(hidden).reshape(T * m, n_y)
-        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / m
+        if sizes is None:
+            hidden, _ = rnn(inputs, h0)
+            logits, labels = linear(hidden).reshape(T * m, n_y), targets.reshape(-1)
+        else:
+            hidden, _ = rnn(pack_padded_sequence(inputs, sizes, enforce_sorted=False), h0)
+            logits = linear(hidden.data)  # the packed steps only
+            labels = pack_padded_sequence(targets, sizes, enforce_sorted=False).data
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum") / m
         loss.backward()
         return loss
 
@@ -252,6 +274,95 @@ def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
     print(
         "numba ms: the Numba backend with the default workers (threads: what it chose); 1 worker: with workers=1;\n"
         "vs 1 wkr, vs numpy, vs torch: how many times faster the default is; of peak: its GFLOP/s over the BLAS peak"
+    )
+    if any(size[0] == NETWORK_SIZE[0] for size in sizes):
+        results += run_networks(dtypes, repeat)
+    return results
+
+
+# -- networks: stacked layers, both directions, variable lengths ---------------------------
+
+#: The size of the network rows: char-rnn's (n_x, n_a, n_y, m, T).
+NETWORK_SIZE = ("char-rnn", 65, 128, 65, 32, 64)
+
+
+def network_problem(kind, n_x, n_a, n_y, m, T, *, dtype=np.float64, seed=0):
+    """``make_problem``'s batch for a network row: ``(x, y, params, lengths)``.
+
+    ``kind`` is "1 layer", "2 layers", "bidirectional" or "variable length" (one layer,
+    lengths drawn uniformly from 1..T with ``seed``; padding holds NaN, never read)."""
+    x, _, y, _ = make_problem(n_x, n_a, n_y, m, T, dtype=dtype, seed=seed)
+    layers, bidirectional = {"2 layers": (2, False), "bidirectional": (1, True)}.get(kind, (1, False))
+    params = api.init_params(n_x, n_a, n_y, num_layers=layers, bidirectional=bidirectional, seed=seed, dtype=dtype)
+    lengths = None
+    if kind == "variable length":
+        lengths = np.random.default_rng(seed).integers(1, T + 1, size=m)
+        x = x.copy()
+        x[:, np.arange(T)[None, :] >= lengths[:, None]] = np.nan
+    return x, y, params, lengths
+
+
+def network_flops(kind, n_x, n_a, n_y, m, T, lengths=None):
+    """Floating-point operations of a network row's matrix products (``training_step_flops``
+    per layer and direction, over the real steps)."""
+    rows = m * T if lengths is None else int(np.sum(lengths))
+    layers, directions = {"2 layers": (2, 1), "bidirectional": (1, 2)}.get(kind, (1, 1))
+    per_row = 0
+    for layer in range(layers):
+        n_in = n_x if layer == 0 else directions * n_a
+        per_row += directions * 3 * n_a * (n_in + n_a)
+    return 2 * rows * (per_row + 3 * directions * n_a * n_y)
+
+
+def run_networks(dtypes=(np.float64, np.float32), repeat=7, size=NETWORK_SIZE):
+    """The network rows: fastrnn (default ``workers``) against PyTorch on 2 layers, both
+    directions and a variable-length batch; returns them as dicts.
+
+    Besides the times: ``per layer`` is a row's time over the 1-layer row's against its
+    products' over the 1-layer row's (an extra layer should cost its products, no more);
+    ``vs full`` is the variable-length batch's time over the same batch at full length
+    (the seed's kernels), against the fraction of real steps.
+    """
+    name, *shape = size
+    n_x, n_a, n_y, m, T = shape
+    print(f"\nnetworks at {name} size {tuple(shape)}: one training step, medians of {repeat}")
+    header = (
+        f"{'network':<16} {'dtype':<7} {'fastrnn ms':>10} {'torch ms':>9} {'vs torch':>8} {'GFLOP/s':>8}  relative cost"
+    )
+    print(header)
+    print("-" * len(header))
+    results = []
+    for dtype in dtypes:
+        seconds = {}
+        for kind in ("1 layer", "2 layers", "bidirectional", "variable length"):
+            x, y, params, lengths = network_problem(kind, *shape, dtype=dtype)
+            step = functools.partial(api.loss_and_grads, x, None, y, params, lengths=lengths)
+            step()
+            seconds[kind] = median_seconds(step, repeat=repeat)
+            layers = 2 if kind == "2 layers" else 1
+            states = np.zeros((layers * (2 if kind == "bidirectional" else 1), n_a, m), dtype=dtype)
+            torch_run = torch_step(np.nan_to_num(x), states, y, params, lengths)
+            torch_seconds = None
+            if torch_run is not None:
+                torch_run()
+                torch_seconds = median_seconds(torch_run, repeat=repeat)
+            flops = network_flops(kind, *shape, lengths=lengths)
+            if kind == "1 layer":
+                note, baseline_flops = "", flops
+            elif kind == "variable length":
+                full = seconds["1 layer"]  # the same batch at full length
+                note = f"{seconds[kind] / full:.2f}x the full-length batch; {np.sum(lengths) / (m * T):.2f} of its steps are real"
+            else:
+                note = f"{seconds[kind] / seconds['1 layer']:.2f}x the 1-layer step for {flops / baseline_flops:.2f}x its products"
+            row = dict(network=kind, dtype=np.dtype(dtype).name, seconds=seconds[kind], torch_seconds=torch_seconds,
+                       gflops=flops / seconds[kind] / 1e9, note=note)  # fmt: skip
+            results.append(row)
+            torch_ms = f"{torch_seconds * 1e3:>9.3f}" if torch_seconds else f"{'-':>9}"
+            vs_torch = f"{torch_seconds / seconds[kind]:>7.2f}x" if torch_seconds else f"{'-':>8}"
+            print(f"{kind:<16} {row['dtype']:<7} {seconds[kind] * 1e3:>10.3f} {torch_ms} {vs_torch} {row['gflops']:>8.1f}  {note}")
+    print(
+        "torch: nn.RNN(num_layers=2), nn.RNN(bidirectional=True), and pack_padded_sequence(enforce_sorted=False) of\n"
+        "inputs and targets for the variable-length batch (lengths uniform in 1..T), + nn.Linear + cross_entropy"
     )
     return results
 

@@ -157,6 +157,16 @@ def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
 # direction is a few kernel calls.
 
 
+def pack_rows(x, sequences, steps):
+    """As the reference's; a kernel for C-contiguous ``x`` (from each plane of ``x``, one
+    contiguous (m, T) block at a time), the reference's gather otherwise."""
+    if not x.flags.c_contiguous:
+        return reference.pack_rows(x, sequences, steps)
+    packed = np.empty((sequences.size, x.shape[0]), dtype=x.dtype)
+    kernels.pack_rows_into(x, sequences * x.shape[2] + steps, packed)
+    return packed
+
+
 def _transposed(W):
     """``W.T`` C-contiguous, for the products that multiply by it from the right."""
     return np.ascontiguousarray(W.T)
@@ -291,6 +301,10 @@ def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, n
 def network_loss_and_grads(
     inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, *, batch_size, nonlinearity
 ):
+    if num_layers == 1 and directions == 1:  # e.g. variable lengths: one kernel call
+        return _one_direction_loss_and_grads(
+            inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity
+        )
     sequence_labels = labels.ndim == 2
     states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
     top = np.ascontiguousarray(reference.network_top(states, last_rows, sequence_labels))
@@ -313,6 +327,38 @@ def network_loss_and_grads(
     )
     finite = math.isfinite(loss) and all(kernels.all_finite(np.ascontiguousarray(g)) for g in grads.values())
     return loss, grads, final, finite
+
+
+def _one_direction_loss_and_grads(inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity):
+    """``network_loss_and_grads`` of one layer in one direction: the whole step in one
+    kernel (``numba_kernels.packed_loss_and_grads_kernel``), as the seed's network has."""
+    N, m = inputs.shape[0], last_rows.size
+    n_x, n_a, n_y = p["W_ax"].shape[1], p["W_aa"].shape[0], p["b_y"].size
+    dtype = p["W_aa"].dtype
+    one_per_sequence = labels.ndim == 2
+    grads = {"d" + name: np.empty_like(p[name]) for name in ("W_ax", "W_aa", "b_a", "W_ya", "b_y")}
+    da0 = np.empty((m, n_a), dtype=dtype)
+    final = np.empty((m, n_a), dtype=dtype)
+    arrays = (
+        labels.reshape(-1), one_per_sequence, last_rows, batch_size,
+        p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], a0[0], batch_sizes, offsets,
+        _transposed(p["W_ax"]), _transposed(p["W_aa"]), _transposed(p["W_ya"]), np.empty((m, n_a), dtype),
+        np.empty((N, n_a), dtype), final, np.empty((m, n_a), dtype), np.empty((labels.size, n_y), dtype),
+        np.empty((N, n_a), dtype), da0,
+    )  # fmt: skip
+    weight_grads = (grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
+    relu = kernels.NONLINEARITY[nonlinearity]
+    if inputs.ndim == 1:
+        loss, finite = kernels.packed_loss_and_grads_onehot_kernel(
+            inputs, *arrays, np.empty((n_x, n_a), dtype), grads["dW_ax"], *weight_grads, relu
+        )
+    else:
+        grads["dx"] = np.empty((N, n_x), dtype)
+        loss, finite = kernels.packed_loss_and_grads_kernel(
+            inputs, *arrays, grads["dx"], grads["dW_ax"], *weight_grads, relu
+        )
+    grads["da0"] = da0[None]
+    return loss, grads, final[None], finite
 
 
 def network_sequence_losses(inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity):

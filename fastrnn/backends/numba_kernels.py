@@ -868,6 +868,19 @@ def scale(grad, factor):
 
 
 @kernel
+def pack_rows_into(x, positions, out):
+    """``out[r, k] = x[k].flat[positions[r]]``: the packed rows (N, n_x) of dense inputs
+    ``x`` (n_x, m, T), ``positions`` = sequence * T + step (``numpy_backend.pack_rows``).
+    Feature by feature, so that the reads stay within one (m, T) plane of ``x``."""
+    n_x = x.shape[0]
+    planes = x.reshape((n_x, x.shape[1] * x.shape[2]))
+    for k in range(n_x):
+        plane = planes[k]
+        for r in range(positions.size):
+            out[r, k] = plane[positions[r]]
+
+
+@kernel
 def matmul_into(a, b, out):
     """``out = a @ b`` through SciPy's BLAS (section 3 says why not NumPy's)."""
     np.dot(a, b, out)
@@ -1028,3 +1041,76 @@ def sequence_cross_entropy_rows_with_bias(logits, b_y, labels, batch_sizes, offs
             z_max, sum_e = _softmax_row(z, b_y)
             losses[j] += np.float64(z_max) + math.log(np.float64(sum_e)) - label_logit
     return all_finite(losses)
+
+
+@inline_kernel
+def _packed_after_the_input_layer(
+    labels, one_per_sequence, last_rows, batch_size, a0, W_aa, b_a, W_ya, b_y, W_aa_T, W_ya_T,
+    batch_sizes, offsets, rec, h, final, top, logits, dz, da0, dW_aa, db_a, dW_ya, db_y, relu,
+):  # fmt: skip
+    """``_after_the_input_layer`` over packed rows, for one layer in one direction
+    (``numpy_backend.network_loss_and_grads``): the recurrence, the output layer (every
+    row, or each sequence's last row into ``top`` (m, n_a) for ``one_per_sequence``), the
+    loss, and the backward pass into ``dz`` (N, n_a), ``da0``, ``dW_aa``, ``db_a``,
+    ``dW_ya``, ``db_y``; ``final`` (m, n_a) gets each sequence's last state.  ``h`` holds
+    the input projection on entry and, as it is not needed after, the previous states
+    (``previous_states_into``) on exit."""
+    direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, False, rec, relu)
+    for i in range(last_rows.size):
+        final[i] = h[last_rows[i]]
+    read = top if one_per_sequence else h  # what the output layer reads
+    if one_per_sequence:
+        top[:] = final
+    np.dot(read, W_ya_T, logits)
+    R, n_y = logits.shape
+    loss = softmax_cross_entropy_with_bias(
+        logits.reshape((1, R, n_y)), b_y, labels.reshape((1, R)), db_y, batch_size
+    )
+    np.dot(logits.T, read, dW_ya)
+    if one_per_sequence:  # dL/dH is 0 but at each sequence's last row
+        np.dot(logits, W_ya, top)
+        dz[:] = 0
+        for i in range(last_rows.size):
+            dz[last_rows[i]] = top[i]
+    else:
+        np.dot(logits, W_ya, dz)
+    direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, False, da0, db_a, rec, relu)
+    previous_states_into(h, a0, batch_sizes, offsets, False, h)
+    np.dot(dz.T, h, dW_aa)
+    return loss
+
+
+@kernel
+def packed_loss_and_grads_kernel(
+    xs, labels, one_per_sequence, last_rows, batch_size, W_ax, W_aa, b_a, W_ya, b_y, a0,
+    batch_sizes, offsets, W_ax_T, W_aa_T, W_ya_T, rec, h, final, top, logits, dz, da0, dx, dW_ax, dW_aa, db_a,
+    dW_ya, db_y, relu,
+):  # fmt: skip
+    """A training step of one layer in one direction over packed rows ``xs`` (N, n_x), in one
+    call (no Python between its steps, and no GIL: shards run it in parallel).  The
+    weights' transposes come filled; every array from ``rec`` on is a workspace or an
+    output.  Returns the loss and whether it and every gradient are finite."""
+    np.dot(xs, W_ax_T, h)  # the input projection of every row
+    loss = _packed_after_the_input_layer(
+        labels, one_per_sequence, last_rows, batch_size, a0, W_aa, vector(b_a), W_ya, vector(b_y), W_aa_T, W_ya_T,
+        batch_sizes, offsets, rec, h, final, top, logits, dz, da0, dW_aa, vector(db_a), dW_ya, vector(db_y), relu,
+    )  # fmt: skip
+    np.dot(dz.T, xs, dW_ax)
+    np.dot(dz, W_ax, dx)
+    return loss, _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y) and all_finite(dx)
+
+
+@kernel
+def packed_loss_and_grads_onehot_kernel(
+    index, labels, one_per_sequence, last_rows, batch_size, W_ax, W_aa, b_a, W_ya, b_y, a0,
+    batch_sizes, offsets, W_ax_T, W_aa_T, W_ya_T, rec, h, final, top, logits, dz, da0, dW_ax_T, dW_ax, dW_aa,
+    db_a, dW_ya, db_y, relu,
+):  # fmt: skip
+    """``packed_loss_and_grads_kernel`` for one-hot inputs given by their indices (N,)."""
+    packed_lookup_into(index, W_ax_T, h)
+    loss = _packed_after_the_input_layer(
+        labels, one_per_sequence, last_rows, batch_size, a0, W_aa, vector(b_a), W_ya, vector(b_y), W_aa_T, W_ya_T,
+        batch_sizes, offsets, rec, h, final, top, logits, dz, da0, dW_aa, vector(db_a), dW_ya, vector(db_y), relu,
+    )  # fmt: skip
+    packed_lookup_backward_into(dz, index, dW_ax_T, dW_ax)
+    return loss, _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y)

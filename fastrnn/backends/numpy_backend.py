@@ -383,6 +383,12 @@ def loss_and_grads(
 # network with full-length sequences does not come here: it has the functions above.
 
 
+def pack_rows(x, sequences, steps):
+    """The packed rows of dense inputs: ``x[:, sequences[r], steps[r]]`` for every packed row
+    r, shape (N, n_x), from ``x`` (n_x, m, T) in the caller's layout (``fastrnn.packing``)."""
+    return x.transpose(2, 1, 0)[steps, sequences]
+
+
 def direction_params(p, layer, reverse):
     """``W_ax``, ``W_aa``, ``b_a`` of one layer and direction (``validation.layer_key``)."""
     return tuple(p[layer_key(name, layer, reverse)] for name in HIDDEN_NAMES)
