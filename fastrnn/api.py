@@ -19,6 +19,7 @@ import numpy as np
 from . import backends, packing, parallel
 from .validation import (
     FLOAT_DTYPES,
+    all_finite,
     PARAM_NAMES,
     check_array,
     check_finite_together,
@@ -119,11 +120,10 @@ def _check_sequence_inputs(params, x, a0, lengths=None):
         a0, layout = _check_network_state(a0, dims, m)
     else:
         a0, layout = _check_initial_state(a0, dims, m)
-    # Padding may hold anything (it is never read): x is checked where it is read.
+    # Padding may hold anything (it is never read): with lengths, x is checked once packed,
+    # real steps only (_packed_call_inputs), before any computation.
     finite_x = x if lengths is None else np.zeros(0, x.dtype)
     check_finite_together((*p.values(), finite_x, a0), param_labels(p) + ("x", "a0"))
-    if lengths is not None:
-        _check_finite_steps(x.transpose(2, 1, 0), lengths, "x")
     return p, dims, x, a0, layout, lengths
 
 
@@ -134,15 +134,18 @@ def _is_network_call(dims, lengths):
     return lengths is not None or not is_seed_network(dims)
 
 
-def _check_finite_steps(time_major, lengths, name):
+def _check_finite_steps(time_major, lengths, name, first=0):
     """A ``ValueError`` naming ``name`` for a non-finite entry at a real step; ``time_major``
-    is (T, m, ...).  Padding may hold anything: it is never read."""
+    is (T, m, ...), the sequences ``first``, ``first + 1``, ... of the caller's batch.
+    Padding may hold anything: it is never read."""
     T, m = time_major.shape[:2]
     padding = np.arange(T)[:, None] >= lengths[None, :]
     finite = np.isfinite(time_major).reshape(T, m, -1).all(axis=-1) | padding
     if not finite.all():
         t, i = np.argwhere(~finite)[0]
-        raise ValueError(f"{name} must be finite at every real step, got a non-finite value at sequence {i}, step {t}")
+        raise ValueError(
+            f"{name} must be finite at every real step, got a non-finite value at sequence {first + i}, step {t}"
+        )
 
 
 def _check_network_state(a0, dims, m):
@@ -1044,10 +1047,12 @@ def _packed_call_inputs(impl, inputs, a0, lengths, rows=slice(None)):
     n_a); the packing's ``sequences`` count from the shard's first row.
     """
     m_k, T = a0.shape[-1], inputs.shape[-1]
-    pk = packing.make_packing(lengths, m_k, T)
+    pk = impl.make_packing(lengths, m_k, T)
     first = rows.start or 0
     if inputs.ndim == 3:  # the backend gathers the rows (a kernel in Numba's)
         packed = impl.pack_rows(inputs, pk.sequences + first, pk.steps)
+        if lengths is not None and not all_finite(packed):  # without lengths x was checked whole
+            _check_finite_steps(inputs[:, rows].transpose(2, 1, 0), lengths, "x", first)
     else:
         packed = inputs[pk.sequences + first, pk.steps]
     return pk, packed, packing.sort_rows(a0.transpose(0, 2, 1), pk)
@@ -1066,25 +1071,28 @@ def _states_back(sorted_states, pk):
     return packing.unsort_rows(sorted_states, pk).transpose(0, 2, 1)
 
 
-def _network_step(impl, inputs, a0, labels, lengths, p, dims, batch_size, nonlinearity, rows=slice(None), dx=None):
-    """A training step of a network on a batch or a shard of one (``rows`` of the whole
-    batch's ``inputs``; ``a0``, ``labels`` and ``lengths`` are the shard's), caller's layout
-    in and out: ``loss``, ``grads`` (``da0`` (num_layers * D, n_a, m_k)), ``final``
-    (num_layers * D, n_a, m_k) and ``finite``.  Dense inputs' ``dx`` is written into the
-    shard's rows of ``dx``, the whole batch's (T, m, n_x), zeros at padding."""
+def _network_step_inputs(impl, inputs, a0, labels, lengths, rows=slice(None)):
+    """What a backend's ``network_loss_and_grads`` takes for a batch or a shard of one
+    (``rows`` of the whole batch's ``inputs``; ``a0``, ``labels`` and ``lengths`` are the
+    shard's): the packing, then the packed inputs, sorted ``a0`` rows and packed labels."""
     pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0, lengths, rows)
-    loss, grads, final, finite = impl.network_loss_and_grads(
-        packed, a0_rows, _packed_labels(labels, pk), p, dims.num_layers, dims.directions,
-        pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=batch_size, nonlinearity=nonlinearity,
-    )  # fmt: skip
+    return pk, (packed, a0_rows, _packed_labels(labels, pk))
+
+
+def _network_step_results(impl, pk, result, rows=slice(None), dx=None):
+    """A backend's ``network_loss_and_grads`` result for the shard ``rows`` in the caller's
+    layout: ``loss``, ``grads`` (``da0`` (num_layers * D, n_a, m_k)), ``final``
+    (num_layers * D, n_a, m_k), ``finite``.  Dense inputs' ``dx`` is written into the
+    shard's rows of ``dx``, the whole batch's (T, m, n_x), whose padding stays 0."""
+    loss, grads, final, finite = result
     if "dx" in grads:
-        dx[pk.steps, pk.sequences + (rows.start or 0)] = grads.pop("dx")
+        impl.unpack_rows(grads.pop("dx"), pk.sequences + (rows.start or 0), pk.steps, dx)
     grads["da0"] = _states_back(grads["da0"], pk)
     return loss, grads, _states_back(final, pk), finite
 
 
 def _network_losses(impl, inputs, a0, labels, lengths, p, dims, nonlinearity, rows=slice(None)):
-    """``loss`` of a network on a batch or a shard (as ``_network_step``): each sequence's
+    """``loss`` of a network on a batch or a shard (as ``_network_step_inputs``): each sequence's
     loss (m_k,) float64 in the caller's order, ``final`` (num_layers * D, n_a, m_k),
     ``finite``."""
     pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0, lengths, rows)
@@ -1103,29 +1111,26 @@ def _network_shards(run, m, lengths):
 
 
 def _network_loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
-    """``_network_step`` on the whole batch, cut into ``run.shards`` shards (each its own
-    packing) run on ``run.threads`` threads; the weight gradients added in shard order."""
+    """A network's training step on the whole batch, cut into ``run.shards`` shards of
+    whole sequences (each its own packing) run on ``run.threads`` threads; the weight
+    gradients added in shard order."""
     m, T = inputs.shape[-2:]
     # dx of dense inputs, (T, m, n_x): each shard writes its real steps; padding stays 0.
     dx = np.zeros((T, m, dims.n_x), dtype=dims.dtype) if inputs.ndim == 3 else None
-    if run.shards == 1:
-        loss, grads, final, finite = _run_with_blas_threads(
-            run.blas_threads, _network_step, impl, inputs, a0, labels, lengths, p, dims, m, nonlinearity, dx=dx
-        )
-        if dx is not None:
-            grads["dx"] = dx
-        return loss, grads, final, finite
     shards = _network_shards(run, m, lengths)
 
-    def run_shard(k):
+    def run_shard(k):  # each thread packs and unpacks its own shard, overlapping the others' kernels
         rows = shards[k]
-        return _network_step(
-            impl, inputs, a0[:, :, rows], labels[rows], None if lengths is None else lengths[rows],
-            p, dims, m, nonlinearity, rows=rows, dx=dx,
+        pk, (packed, a0_rows, shard_labels) = _network_step_inputs(
+            impl, inputs, a0[:, :, rows], labels[rows], None if lengths is None else lengths[rows], rows
+        )
+        result = impl.network_loss_and_grads(
+            packed, a0_rows, shard_labels, p, dims.num_layers, dims.directions, pk.batch_sizes, pk.offsets,
+            pk.last_rows, batch_size=m, nonlinearity=nonlinearity,
         )  # fmt: skip
+        return _network_step_results(impl, pk, result, rows, dx)
 
-    with parallel.blas_threads(run.blas_threads):
-        parts = parallel.run_shards(run_shard, run.shards, run.threads)
+    parts = _run_with_blas_threads(run.blas_threads, parallel.run_shards, run_shard, run.shards, run.threads)
     names = ["d" + name for name in param_names(dims.num_layers, dims.directions)]
     grads = parallel.sum_in_order([part[1] for part in parts], names)
     grads["da0"] = np.concatenate([part[1]["da0"] for part in parts], axis=2)
@@ -1133,7 +1138,8 @@ def _network_loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, non
         grads["dx"] = dx
     final = np.concatenate([part[2] for part in parts], axis=2)
     loss = sum(part[0] for part in parts)  # in shard order
-    finite = all(part[3] for part in parts) and all(np.isfinite(grads[name]).all() for name in names)
+    # Finite shards can still sum to inf in float32: the sums are checked too.
+    finite = all(part[3] for part in parts) and (len(parts) == 1 or all(all_finite(grads[name]) for name in names))
     return loss, grads, final, finite
 
 

@@ -235,6 +235,11 @@ def _all_finite(array):
     return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
 
 
+def all_finite(array):
+    """Whether every entry of ``array`` is finite (cheaply: ``_all_finite``)."""
+    return _all_finite(array)
+
+
 def _check_finite(array, name):
     if not _all_finite(array):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])

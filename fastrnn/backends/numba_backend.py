@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import config
 
+from ..packing import Packing
 from ..validation import HIDDEN_NAMES, layer_key
 from ..workspace import new_array
 from . import numba_kernels as kernels
@@ -157,14 +158,34 @@ def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
 # direction is a few kernel calls.
 
 
+def make_packing(lengths, m, T):
+    """``fastrnn.packing.make_packing``, its arrays filled by one kernel (a counting sort)
+    instead of a dozen NumPy calls: the shards of a call pack at once, without the GIL."""
+    if lengths is None:
+        return reference.make_packing(lengths, m, T)
+    T_run, N = int(lengths.max()), int(lengths.sum())
+    order, sorted_lengths, last_rows = np.empty((3, m), dtype=np.intp)
+    batch_sizes, offsets = np.empty(T_run, dtype=np.intp), np.empty(T_run + 1, dtype=np.intp)
+    steps, sequences = np.empty((2, N), dtype=np.intp)
+    kernels.packing_into(lengths, order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences)
+    return Packing(order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences, T, False)
+
+
 def pack_rows(x, sequences, steps):
     """As the reference's; a kernel for C-contiguous ``x`` (from each plane of ``x``, one
     contiguous (m, T) block at a time), the reference's gather otherwise."""
     if not x.flags.c_contiguous:
         return reference.pack_rows(x, sequences, steps)
     packed = np.empty((sequences.size, x.shape[0]), dtype=x.dtype)
-    kernels.pack_rows_into(x, sequences * x.shape[2] + steps, packed)
+    kernels.pack_rows_into(x, sequences, steps, packed)
     return packed
+
+
+def unpack_rows(packed, sequences, steps, out):
+    """As the reference's, by a kernel where ``out`` is C-contiguous."""
+    if not out.flags.c_contiguous:
+        return reference.unpack_rows(packed, sequences, steps, out)
+    kernels.unpack_rows_into(packed, sequences, steps, out)
 
 
 def _transposed(W):
@@ -335,16 +356,13 @@ def _one_direction_loss_and_grads(inputs, a0, labels, p, batch_sizes, offsets, l
     N, m = inputs.shape[0], last_rows.size
     n_x, n_a, n_y = p["W_ax"].shape[1], p["W_aa"].shape[0], p["b_y"].size
     dtype = p["W_aa"].dtype
-    one_per_sequence = labels.ndim == 2
     grads = {"d" + name: np.empty_like(p[name]) for name in ("W_ax", "W_aa", "b_a", "W_ya", "b_y")}
-    da0 = np.empty((m, n_a), dtype=dtype)
-    final = np.empty((m, n_a), dtype=dtype)
+    da0, final = np.empty((2, m, n_a), dtype=dtype)
     arrays = (
-        labels.reshape(-1), one_per_sequence, last_rows, batch_size,
+        labels.reshape(-1), labels.ndim == 2, last_rows, batch_size,
         p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], a0[0], batch_sizes, offsets,
-        _transposed(p["W_ax"]), _transposed(p["W_aa"]), _transposed(p["W_ya"]), np.empty((m, n_a), dtype),
-        np.empty((N, n_a), dtype), final, np.empty((m, n_a), dtype), np.empty((labels.size, n_y), dtype),
-        np.empty((N, n_a), dtype), da0,
+        np.empty(forward_scratch_size(p, m) + m * n_a, dtype), np.empty((N, n_a), dtype), final,
+        np.empty((labels.size, n_y), dtype), np.empty((N, n_a), dtype), da0,
     )  # fmt: skip
     weight_grads = (grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
     relu = kernels.NONLINEARITY[nonlinearity]

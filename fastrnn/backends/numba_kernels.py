@@ -248,11 +248,26 @@ def add_matmul_into(a, b, out, scratch):
     r, k = a.shape
     n = b.shape[1]
     if r * k * n > (SMALL_MATVEC_FLOPS if r == 1 else SMALL_MATMUL_FLOPS):
-        np.dot(a, b, scratch)
-        for i in range(r):
-            for j in range(n):
-                out[i, j] += scratch[i, j]
+        _add_blas_product(a, b, out, scratch)
         return
+    _add_matmul_loops(a, b, out)
+
+
+@inline_kernel
+def _add_blas_product(a, b, out, scratch):
+    """``out += a @ b`` with BLAS writing ``a @ b`` into ``scratch``."""
+    np.dot(a, b, scratch)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] += scratch[i, j]
+
+
+@inline_kernel
+def _add_matmul_loops(a, b, out):
+    """``out += a @ b`` in loops, four rows of ``b`` per pass over a row of ``out``
+    (``add_matmul_into``)."""
+    r, k = a.shape
+    n = b.shape[1]
     k_blocked = k - k % 4
     for i in range(r):
         a_i = a[i]
@@ -275,6 +290,24 @@ def add_matmul_into(a, b, out, scratch):
 # SciPy's BLAS: NumPy ships a second OpenBLAS with its own thread pool, and alternating
 # between the two pools slows a large training step down several times.
 # =======================================================================================
+
+
+#: Rows at or below which ``add_matmul_rows_into`` uses loops.  A BLAS gemm of 2 to 8 rows
+#: costs 6 to 8 us at 128 x 128 whatever the rows (its fixed cost), loops 1 to 4 us; from 16
+#: rows BLAS wins, at n_a = 64, 128 and 256 alike (README, "Measurements behind the code").
+PACKED_LOOP_ROWS = 8
+
+
+@inline_kernel
+def add_matmul_rows_into(a, b, out, scratch):
+    """``add_matmul_into`` with the crossover of the packed recurrences, whose steps run a
+    few rows at the end of a batch of variable lengths: loops up to ``PACKED_LOOP_ROWS``
+    rows, BLAS above.  (The seed's kernels keep ``add_matmul_into``, so that their results
+    stay bitwise what they were.)"""
+    if a.shape[0] > PACKED_LOOP_ROWS:
+        _add_blas_product(a, b, out, scratch)
+    else:
+        _add_matmul_loops(a, b, out)
 
 
 @inline_kernel
@@ -868,16 +901,62 @@ def scale(grad, factor):
 
 
 @kernel
-def pack_rows_into(x, positions, out):
-    """``out[r, k] = x[k].flat[positions[r]]``: the packed rows (N, n_x) of dense inputs
-    ``x`` (n_x, m, T), ``positions`` = sequence * T + step (``numpy_backend.pack_rows``).
-    Feature by feature, so that the reads stay within one (m, T) plane of ``x``."""
-    n_x = x.shape[0]
-    planes = x.reshape((n_x, x.shape[1] * x.shape[2]))
+def packing_into(lengths, order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences):
+    """``fastrnn.packing.make_packing`` of ``lengths`` (m,), into arrays of its sizes
+    (``batch_sizes`` (T_run,) for T_run the longest length, ``offsets`` (T_run + 1,),
+    ``steps`` and ``sequences`` (N,), the others (m,)).  A counting sort: stable, longest
+    first, in O(m + T_run)."""
+    m, T_run = lengths.size, batch_sizes.size
+    # batch_sizes[t]: the sequences longer than t (first, of length exactly t + 1)
+    batch_sizes[:] = 0
+    for i in range(m):
+        batch_sizes[lengths[i] - 1] += 1
+    longer = 0
+    for t in range(T_run - 1, -1, -1):
+        longer += batch_sizes[t]
+        batch_sizes[t] = longer
+    # A sequence of length L goes after the longer ones, in the caller's order: offsets[L]
+    # serves as the next free place for length L until the offsets are computed.
+    for L in range(1, T_run + 1):
+        offsets[L] = batch_sizes[L] if L < T_run else 0
+    for i in range(m):
+        L = lengths[i]
+        order[offsets[L]] = i
+        sorted_lengths[offsets[L]] = L
+        offsets[L] += 1
+    offsets[0] = 0
+    for t in range(T_run):
+        offsets[t + 1] = offsets[t] + batch_sizes[t]
+    for j in range(m):
+        last_rows[j] = offsets[sorted_lengths[j] - 1] + j
+    for t in range(T_run):
+        for j in range(batch_sizes[t]):
+            steps[offsets[t] + j] = t
+            sequences[offsets[t] + j] = order[j]
+
+
+@kernel
+def pack_rows_into(x, sequences, steps, out):
+    """``out[r, k] = x[k, sequences[r], steps[r]]``: the packed rows (N, n_x) of dense
+    inputs ``x`` (n_x, m, T) (``numpy_backend.pack_rows``).  Feature by feature, so that
+    the reads stay within one (m, T) plane of ``x``."""
+    n_x, T = x.shape[0], x.shape[2]
+    planes = x.reshape((n_x, x.shape[1] * T))
     for k in range(n_x):
         plane = planes[k]
-        for r in range(positions.size):
-            out[r, k] = plane[positions[r]]
+        for r in range(sequences.size):
+            out[r, k] = plane[sequences[r] * T + steps[r]]
+
+
+@kernel
+def unpack_rows_into(packed, sequences, steps, out):
+    """``out[steps[r], sequences[r]] = packed[r]``: packed rows (N, n) back into the
+    time-major (T, m, n) ``out`` (``numpy_backend.unpack_rows``)."""
+    for r in range(sequences.size):
+        row = packed[r]
+        target = out[steps[r], sequences[r]]
+        for k in range(row.size):
+            target[k] = row[k]
 
 
 @kernel
@@ -931,13 +1010,13 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
         block = h[start : start + n]
         if not reverse:
             previous = a0[:n] if t == 0 else h[offsets[t - 1] : offsets[t - 1] + n]
-            add_matmul_into(previous, W_aa_T, block, rec[:n])
+            add_matmul_rows_into(previous, W_aa_T, block, rec[:n])
         else:
             n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
             if n_next > 0:
-                add_matmul_into(h[offsets[t + 1] : offsets[t + 1] + n_next], W_aa_T, block[:n_next], rec[:n_next])
+                add_matmul_rows_into(h[offsets[t + 1] : offsets[t + 1] + n_next], W_aa_T, block[:n_next], rec[:n_next])
             if n_next < n:  # sequences whose last step is t start from a0
-                add_matmul_into(a0[n_next:n], W_aa_T, block[n_next:], rec[n_next:n])
+                add_matmul_rows_into(a0[n_next:n], W_aa_T, block[n_next:], rec[n_next:n])
         if relu is None:  # pruned at compile time (NONLINEARITY)
             _tanh_with_bias_in_place(block, b_a)
         else:
@@ -964,13 +1043,13 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
             _relu_gradient_in_place(block, h[start : start + n], db_a)
         if not reverse:
             target = da0[:n] if t == 0 else dz[offsets[t - 1] : offsets[t - 1] + n]
-            add_matmul_into(block, W_aa, target, rec[:n])
+            add_matmul_rows_into(block, W_aa, target, rec[:n])
         else:
             n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
             if n_next > 0:
-                add_matmul_into(block[:n_next], W_aa, dz[offsets[t + 1] : offsets[t + 1] + n_next], rec[:n_next])
+                add_matmul_rows_into(block[:n_next], W_aa, dz[offsets[t + 1] : offsets[t + 1] + n_next], rec[:n_next])
             if n_next < n:
-                add_matmul_into(block[n_next:], W_aa, da0[n_next:n], rec[n_next:n])
+                add_matmul_rows_into(block[n_next:], W_aa, da0[n_next:n], rec[n_next:n])
 
 
 @inline_kernel
@@ -1080,16 +1159,27 @@ def _packed_after_the_input_layer(
     return loss
 
 
+@inline_kernel
+def packed_scratch(buffer, W_ax, W_aa, W_ya, m):
+    """``forward_scratch`` (the weights' transposes and ``rec``), then ``top`` (m, n_a), as
+    views of the flat ``buffer`` (``numba_backend.forward_scratch_size`` + m * n_a)."""
+    W_ax_T, W_aa_T, W_ya_T, rec = forward_scratch(buffer, W_ax, W_aa, W_ya, m)
+    n_a = W_aa.shape[0]
+    end = buffer.size
+    top = buffer[end - m * n_a :].reshape((m, n_a))
+    return W_ax_T, W_aa_T, W_ya_T, rec, top
+
+
 @kernel
 def packed_loss_and_grads_kernel(
     xs, labels, one_per_sequence, last_rows, batch_size, W_ax, W_aa, b_a, W_ya, b_y, a0,
-    batch_sizes, offsets, W_ax_T, W_aa_T, W_ya_T, rec, h, final, top, logits, dz, da0, dx, dW_ax, dW_aa, db_a,
-    dW_ya, db_y, relu,
+    batch_sizes, offsets, scratch, h, final, logits, dz, da0, dx, dW_ax, dW_aa, db_a, dW_ya, db_y, relu,
 ):  # fmt: skip
     """A training step of one layer in one direction over packed rows ``xs`` (N, n_x), in one
-    call (no Python between its steps, and no GIL: shards run it in parallel).  The
-    weights' transposes come filled; every array from ``rec`` on is a workspace or an
-    output.  Returns the loss and whether it and every gradient are finite."""
+    call (no Python between its steps, and no GIL: shards run it in parallel).  Every
+    array from ``scratch`` (``packed_scratch``) on is a workspace or an output.  Returns
+    the loss and whether it and every gradient are finite."""
+    W_ax_T, W_aa_T, W_ya_T, rec, top = packed_scratch(scratch, W_ax, W_aa, W_ya, last_rows.size)
     np.dot(xs, W_ax_T, h)  # the input projection of every row
     loss = _packed_after_the_input_layer(
         labels, one_per_sequence, last_rows, batch_size, a0, W_aa, vector(b_a), W_ya, vector(b_y), W_aa_T, W_ya_T,
@@ -1103,10 +1193,10 @@ def packed_loss_and_grads_kernel(
 @kernel
 def packed_loss_and_grads_onehot_kernel(
     index, labels, one_per_sequence, last_rows, batch_size, W_ax, W_aa, b_a, W_ya, b_y, a0,
-    batch_sizes, offsets, W_ax_T, W_aa_T, W_ya_T, rec, h, final, top, logits, dz, da0, dW_ax_T, dW_ax, dW_aa,
-    db_a, dW_ya, db_y, relu,
+    batch_sizes, offsets, scratch, h, final, logits, dz, da0, dW_ax_T, dW_ax, dW_aa, db_a, dW_ya, db_y, relu,
 ):  # fmt: skip
     """``packed_loss_and_grads_kernel`` for one-hot inputs given by their indices (N,)."""
+    W_ax_T, W_aa_T, W_ya_T, rec, top = packed_scratch(scratch, W_ax, W_aa, W_ya, last_rows.size)
     packed_lookup_into(index, W_ax_T, h)
     loss = _packed_after_the_input_layer(
         labels, one_per_sequence, last_rows, batch_size, a0, W_aa, vector(b_a), W_ya, vector(b_y), W_aa_T, W_ya_T,

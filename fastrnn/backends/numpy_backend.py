@@ -34,7 +34,7 @@ lookup and ``dW_ax`` a scatter-add, and no dense one-hot array is ever built.  T
 
 import numpy as np
 
-from ..packing import final_states
+from ..packing import final_states, make_packing  # noqa: F401  (make_packing: this backend's)
 from ..validation import HIDDEN_NAMES, layer_key
 from ..workspace import new_array
 from . import overflow_reported_by_the_api
@@ -387,6 +387,12 @@ def pack_rows(x, sequences, steps):
     """The packed rows of dense inputs: ``x[:, sequences[r], steps[r]]`` for every packed row
     r, shape (N, n_x), from ``x`` (n_x, m, T) in the caller's layout (``fastrnn.packing``)."""
     return x.transpose(2, 1, 0)[steps, sequences]
+
+
+def unpack_rows(packed, sequences, steps, out):
+    """``pack_rows`` undone: each packed row (N, n) into the time-major (T, m, n) ``out``
+    at its step and sequence (the padding of ``out`` is left as it is)."""
+    out[steps, sequences] = packed
 
 
 def direction_params(p, layer, reverse):
