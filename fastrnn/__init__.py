@@ -1,4 +1,5 @@
-"""fastrnn: a fast CPU backend for a vanilla (tanh or ReLU) RNN with a softmax output layer.
+"""fastrnn: a fast CPU backend for a vanilla (tanh or ReLU) RNN with a softmax output layer,
+of one or more layers, in one direction or both, over sequences of any lengths.
 
 Forward pass, cross-entropy loss and backpropagation through time, on two backends that
 compute the same thing: ``"numba"`` (compiled time loops, the default where Numba imports)
@@ -8,6 +9,7 @@ Layout of the package:
 
 - ``api``: the public functions below (validate, lay out, dispatch);
 - ``validation``: argument checks shared by both backends;
+- ``packing``: the packed layout of networks with layers, directions or ``lengths``;
 - ``workspace``: reusable memory for repeated training steps;
 - ``parallel``: ``workers=``, a batch cut into shards run in threads;
 - ``distributed``: training and scoring on a Dask cluster (the ``distributed`` extra;
@@ -21,6 +23,7 @@ Layout of the package:
 from .api import (
     CellCache,
     ForwardCache,
+    NetworkCache,
     available_backends,
     init_params,
     loss,
@@ -47,6 +50,7 @@ __all__ = [
     "text",
     "CellCache",
     "ForwardCache",
+    "NetworkCache",
     "available_backends",
     "init_params",
     "loss",

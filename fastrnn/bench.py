@@ -318,51 +318,66 @@ def run_networks(dtypes=(np.float64, np.float32), repeat=7, size=NETWORK_SIZE):
     """The network rows: fastrnn (default ``workers``) against PyTorch on 2 layers, both
     directions and a variable-length batch; returns them as dicts.
 
-    Besides the times: ``per layer`` is a row's time over the 1-layer row's against its
-    products' over the 1-layer row's (an extra layer should cost its products, no more);
-    ``vs full`` is the variable-length batch's time over the same batch at full length
-    (the seed's kernels), against the fraction of real steps.
+    Every step is timed in each of ``repeat`` rounds, one after the other, so that the
+    ratios (each round's, then their median) compare runs on the same machine state:
+    ``relative cost`` is a row's time over the 1-layer row's against its products' over
+    the 1-layer row's (an extra layer should cost its products, no more), and for the
+    variable-length batch its time over the same batch at full length (the 1-layer row)
+    against the fraction of its steps that are real.
     """
     name, *shape = size
     n_x, n_a, n_y, m, T = shape
-    print(f"\nnetworks at {name} size {tuple(shape)}: one training step, medians of {repeat}")
-    header = (
-        f"{'network':<16} {'dtype':<7} {'fastrnn ms':>10} {'torch ms':>9} {'vs torch':>8} {'GFLOP/s':>8}  relative cost"
-    )
+    kinds = ("1 layer", "2 layers", "bidirectional", "variable length")
+    print(f"\nnetworks at {name} size {tuple(shape)}: one training step, medians of {repeat} rounds")
+    header = f"{'network':<16} {'dtype':<7} {'fastrnn ms':>10} {'torch ms':>9} {'vs torch':>8} {'GFLOP/s':>8}  relative cost"
     print(header)
     print("-" * len(header))
     results = []
     for dtype in dtypes:
-        seconds = {}
-        for kind in ("1 layer", "2 layers", "bidirectional", "variable length"):
+        steps, flops, lengths_of = {}, {}, {}
+        for kind in kinds:
             x, y, params, lengths = network_problem(kind, *shape, dtype=dtype)
-            step = functools.partial(api.loss_and_grads, x, None, y, params, lengths=lengths)
-            step()
-            seconds[kind] = median_seconds(step, repeat=repeat)
+            steps[kind] = functools.partial(api.loss_and_grads, x, None, y, params, lengths=lengths)
             layers = 2 if kind == "2 layers" else 1
             states = np.zeros((layers * (2 if kind == "bidirectional" else 1), n_a, m), dtype=dtype)
             torch_run = torch_step(np.nan_to_num(x), states, y, params, lengths)
-            torch_seconds = None
             if torch_run is not None:
-                torch_run()
-                torch_seconds = median_seconds(torch_run, repeat=repeat)
-            flops = network_flops(kind, *shape, lengths=lengths)
+                steps["torch " + kind] = torch_run
+            flops[kind], lengths_of[kind] = network_flops(kind, *shape, lengths=lengths), lengths
+        for step in steps.values():
+            step()  # compile, warm up
+        rounds = {key: [] for key in steps}
+        for _ in range(repeat):
+            for key, step in steps.items():
+                rounds[key].append(median_seconds(step, repeat=3, min_seconds=0.02))
+        seconds = {key: float(np.median(times)) for key, times in rounds.items()}
+
+        def ratio(kind, baseline="1 layer"):
+            return float(np.median(np.array(rounds[kind]) / np.array(rounds[baseline])))
+
+        for kind in kinds:
             if kind == "1 layer":
-                note, baseline_flops = "", flops
+                note = ""
             elif kind == "variable length":
-                full = seconds["1 layer"]  # the same batch at full length
-                note = f"{seconds[kind] / full:.2f}x the full-length batch; {np.sum(lengths) / (m * T):.2f} of its steps are real"
+                real = np.sum(lengths_of[kind]) / (m * T)
+                note = f"{ratio(kind):.2f}x the same batch at full length; {real:.2f} of its steps are real"
             else:
-                note = f"{seconds[kind] / seconds['1 layer']:.2f}x the 1-layer step for {flops / baseline_flops:.2f}x its products"
+                note = f"{ratio(kind):.2f}x the 1-layer step for {flops[kind] / flops['1 layer']:.2f}x its products"
+            torch_seconds = seconds.get("torch " + kind)
+            vs_torch = ratio("torch " + kind, kind) if torch_seconds else None
             row = dict(network=kind, dtype=np.dtype(dtype).name, seconds=seconds[kind], torch_seconds=torch_seconds,
-                       gflops=flops / seconds[kind] / 1e9, note=note)  # fmt: skip
+                       vs_torch=vs_torch, relative_cost=None if kind == "1 layer" else ratio(kind),
+                       gflops=flops[kind] / seconds[kind] / 1e9, note=note)  # fmt: skip
             results.append(row)
             torch_ms = f"{torch_seconds * 1e3:>9.3f}" if torch_seconds else f"{'-':>9}"
-            vs_torch = f"{torch_seconds / seconds[kind]:>7.2f}x" if torch_seconds else f"{'-':>8}"
-            print(f"{kind:<16} {row['dtype']:<7} {seconds[kind] * 1e3:>10.3f} {torch_ms} {vs_torch} {row['gflops']:>8.1f}  {note}")
+            torch_ratio = f"{vs_torch:>7.2f}x" if vs_torch else f"{'-':>8}"
+            print(
+                f"{kind:<16} {row['dtype']:<7} {seconds[kind] * 1e3:>10.3f} {torch_ms} {torch_ratio} {row['gflops']:>8.1f}  {note}"
+            )
     print(
         "torch: nn.RNN(num_layers=2), nn.RNN(bidirectional=True), and pack_padded_sequence(enforce_sorted=False) of\n"
-        "inputs and targets for the variable-length batch (lengths uniform in 1..T), + nn.Linear + cross_entropy"
+        "inputs and targets for the variable-length batch (lengths uniform in 1..T), + nn.Linear + cross_entropy;\n"
+        "vs torch and relative cost: medians of the per-round ratios"
     )
     return results
 

@@ -14,15 +14,11 @@ the first ``batch_sizes[t]`` sequences.  This is PyTorch's ``PackedSequence`` la
 - with every sequence T steps long the packed rows are the time-major (T * m, n) rows
   that the seed's kernels use.
 
-=================  ===========  =====================================================
-name               shape        meaning
-=================  ===========  =====================================================
-``order``          (m,)         sorted row j is the caller's sequence ``order[j]``
-``lengths``        (m,)         the sorted lengths, non-increasing
-``batch_sizes``    (T_run,)     sequences running at step t (T_run = the longest length)
-``offsets``        (T_run + 1,) first packed row of step t; ``offsets[-1]`` is N
-``last_rows``      (m,)         packed row of each sorted sequence's last step
-=================  ===========  =====================================================
+- ``order`` (m,): sorted row j is the caller's sequence ``order[j]``;
+- ``lengths`` (m,): the sorted lengths, non-increasing;
+- ``batch_sizes`` (T_run,): the sequences running at step t (T_run, the longest length);
+- ``offsets`` (T_run + 1,): the first packed row of step t; ``offsets[-1]`` is N;
+- ``last_rows`` (m,): the packed row of each sorted sequence's last step.
 
 The reverse direction of a bidirectional layer runs each sequence from its last step down
 to its first (``pack_padded_sequence`` semantics): at step t it reads the state its sequence

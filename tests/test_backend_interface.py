@@ -14,6 +14,8 @@ from fastrnn.backends import numba_backend, numba_kernels, numpy_backend
 INTERFACE = [
     "forward", "backward", "loss_and_grads", "sequence_losses", "sgd_update", "adagrad_update", "adam_update",
     "clip_by_value", "max_abs", "sum_of_squares", "scale",
+    "make_packing", "pack_rows", "unpack_rows", "network_forward_outputs", "network_backward_grads",
+    "network_loss_and_grads", "network_sequence_losses",
 ]  # fmt: skip
 
 
@@ -49,11 +51,11 @@ ENTRY_POINTS = (
 )  # the kernels numba_backend calls
 
 
-def _recording_kernels(calls):
+def _recording_kernels(calls, entry_points=ENTRY_POINTS):
     """A stand-in for the kernels module: each entry point binds its arguments to the real
     kernel's parameter names, records them, then runs the real kernel."""
     fake = types.SimpleNamespace(**vars(numba_kernels))
-    for name in ENTRY_POINTS:
+    for name in entry_points:
         real = getattr(numba_kernels, name)
         signature = inspect.signature(getattr(real, "py_func", real))
 
@@ -89,3 +91,35 @@ def test_kernels_get_each_argument_under_its_own_name(monkeypatch):
             else:
                 assert name in EXPECTED_SHAPES, (kernel, name)
                 assert value.shape == EXPECTED_SHAPES[name], (kernel, name, value.shape)
+
+
+PACKED_ENTRY_POINTS = ("packed_loss_and_grads_kernel", "packed_loss_and_grads_onehot_kernel")
+LENGTHS = np.array([4, T, 1])  # unsorted, one full, one of a single step
+N = int(LENGTHS.sum())
+
+
+def test_packed_kernels_get_each_argument_under_its_own_name(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(numba_backend, "kernels", _recording_kernels(calls, PACKED_ENTRY_POINTS))
+    x, _, y, params = make_problem(N_X, N_A, N_Y, 3, T, seed=601)
+    x_index = np.random.default_rng(601).integers(0, N_X, size=(3, T))
+    options = dict(backend="numba", workers=1, nonlinearity="relu", lengths=LENGTHS)
+    expected = {
+        "xs": (N, N_X), "index": (N,), "labels": (N,), "a0": (3, N_A), "batch_sizes": (T,), "offsets": (T + 1,),
+        "last_rows": (3,), "h": (N, N_A), "dz": (N, N_A), "logits": (N, N_Y), "final": (3, N_A), "da0": (3, N_A),
+        "dx": (N, N_X), "dW_ax_T": (N_X, N_A),
+    }  # fmt: skip
+    for call in (fastrnn.loss_and_grads, fastrnn.loss_and_grads_onehot):
+        calls.clear()
+        call(x if call is fastrnn.loss_and_grads else x_index, None, y, params, **options)
+        (kernel, arguments), = calls.items()
+        for name, value in arguments.items():
+            if name in ("batch_size", "one_per_sequence", "relu"):
+                assert value == {"batch_size": 3, "one_per_sequence": False, "relu": True}[name], (kernel, name)
+            elif name == "scratch":
+                assert value.ndim == 1, kernel
+            elif name in expected:
+                assert value.shape == expected[name], (kernel, name, value.shape)
+            else:
+                assert value.shape == EXPECTED_SHAPES[name], (kernel, name, value.shape)
+    assert set(PACKED_ENTRY_POINTS) >= set(calls)

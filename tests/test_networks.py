@@ -255,12 +255,36 @@ def test_a_batch_of_lengths_equals_each_sequence_alone(backend):
 # -- the seed's network is untouched ----------------------------------------------------------
 
 
-def test_full_lengths_through_the_packed_path_agree_with_the_seed_kernels(backend, dtype):
+def test_the_packed_path_at_full_length_agrees_with_the_seed_kernels(backend, dtype):
+    """The two internal paths of the seed's network, side by side at the backend level
+    (through the API, lengths all T take the seed's kernels: the next test)."""
+    from fastrnn import backends, packing
+
+    impl = backends.resolve(backend)
     params, x, x_index, a0, y, _ = network_problem(3, 4, 5, 4, 6, num_layers=1, bidirectional=False, dtype=dtype)
-    seed_path = all_results(backend, params, x, x_index, a0, y, None, "tanh")
-    packed_path = all_results(backend, params, x, x_index, a0, y, np.full(4, 6), "tanh")
-    for name, value in seed_path.items():
-        assert_agree(packed_path[name], value, dtype, name)
+    pk = packing.make_packing(None, 4, 6)
+    xs = np.ascontiguousarray(x.transpose(2, 1, 0))
+    labels = np.ascontiguousarray(y.T)
+    for inputs, packed in ((xs, xs.reshape(-1, 3)), (np.ascontiguousarray(x_index.T), x_index.T.reshape(-1))):
+        loss, grads, a_last, _ = impl.loss_and_grads(inputs, a0[0].T, labels, params)
+        packed_loss, packed_grads, final, _ = impl.network_loss_and_grads(
+            packed, np.ascontiguousarray(a0.transpose(0, 2, 1)), labels.reshape(-1), params, 1, 1,
+            pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=4, nonlinearity="tanh",
+        )  # fmt: skip
+        assert_agree(packed_loss, loss, dtype, "loss")
+        for name in grads:
+            expected = grads[name]
+            got = packed_grads[name].reshape(expected.shape) if name == "dx" else np.squeeze(packed_grads[name])
+            assert_agree(got, np.squeeze(expected), dtype, name)
+        assert_agree(final[0], a_last, dtype, "final state")
+
+
+def test_lengths_all_T_are_the_call_without_lengths(backend):
+    params, x, x_index, a0, y, _ = network_problem(3, 4, 5, 4, 6, num_layers=1, bidirectional=False)
+    without = all_results(backend, params, x, x_index, a0, y, None, "tanh")
+    full = all_results(backend, params, x, x_index, a0, y, np.full(4, 6), "tanh")
+    for name, value in without.items():
+        np.testing.assert_array_equal(full[name], value, err_msg=name)
 
 
 def test_the_seed_network_gives_the_same_bits_whatever_the_a0_layout(backend):
@@ -362,9 +386,9 @@ def test_other_bad_arguments_are_named():
         fastrnn.loss_and_grads(x, a0[0], y, params)
     with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):
         fastrnn.loss_and_grads(x, a0, y, params, nonlinearity="sigmoid")
-    x[0, 0, 0] = np.nan  # a real step
-    with pytest.raises(ValueError, match="x must be finite at every real step.*sequence 0, step 0"):
-        fastrnn.loss_and_grads(x, a0, y, params, lengths=np.full(3, 4))
+    x[0, 2, 1] = np.nan  # a real step of sequence 2
+    with pytest.raises(ValueError, match="x must be finite at every real step.*sequence 2, step 1"):
+        fastrnn.loss_and_grads(x, a0, y, params, lengths=np.array([4, 1, 2]))
     with pytest.raises(ValueError, match="x_index must hold one-hot indices in"):
         bad = x_index.copy()
         bad[0, 0] = -1

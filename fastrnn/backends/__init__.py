@@ -27,7 +27,25 @@ function                                                  returns
 ``beta1, beta2, eps, correction1, correction2, commit)``
 ``clip_by_value(grad, limit)``, ``scale(grad, factor)``   None (in place)
 ``max_abs(grad)``, ``sum_of_squares(grad, inv_scale)``    float
+``make_packing(lengths, m, T)``                           ``fastrnn.packing.Packing``
+``pack_rows(x, sequences, steps)``                        packed rows (N, n_x) of ``x`` (n_x, m, T)
+``unpack_rows(packed, sequences, steps, out)``            None (rows written into ``out`` (T, m, n))
+``network_forward_outputs(inputs, a0, p, num_layers,``    ``states`` (``[layer][direction]`` (N,
+``directions, batch_sizes, offsets, nonlinearity)``       n_a)), ``y_hat`` (N, n_y), ``finite``
+``network_backward_grads(d_top, inputs, a0, states, p,``  dict (``"d" + key`` of the hidden layers,
+``batch_sizes, offsets, nonlinearity)``                   ``da0``, ``dx``), ``finite``
+``network_loss_and_grads(inputs, a0, labels, p,``         ``loss``, grads, ``final`` (num_layers *
+``num_layers, directions, batch_sizes, offsets,``         D, m, n_a), ``finite``
+``last_rows, *, batch_size, nonlinearity)``
+``network_sequence_losses(inputs, a0, labels, p,``        ``losses`` (m,) float64, ``final``,
+``num_layers, directions, batch_sizes, offsets,``         ``finite``
+``last_rows, nonlinearity)``
 ========================================================  ========================================
+
+The ``network_*`` functions run networks of several layers, two directions or variable
+lengths over packed rows (``fastrnn.packing``, ``numpy_backend``'s last section): ``inputs``
+(N, n_x) or one-hot (N,), ``a0`` (num_layers * D, m, n_a) in the packing's sorted order,
+``labels`` (N,) per step or (1, m) per sequence.
 
 ``finite`` says whether every result is finite: each backend scans its own results (the
 Numba kernels in compiled code), and ``fastrnn.api`` alone reports a non-finite one, as

@@ -30,6 +30,14 @@ kernel                                      reference step(s) it computes
                                             ``sequence_cross_entropy``
 ``sequence_losses_kernel`` (and ``_onehot``)  ``sequence_losses``, plus a finiteness scan
 ``sgd_update``, ``adagrad_update``, ...     the optimizer updates, same names and arguments
+``packing_into``                            ``fastrnn.packing.make_packing`` (a counting sort)
+``pack_rows_into``, ``unpack_rows_into``    ``pack_rows``, ``unpack_rows``
+``direction_forward_in_place``              ``direction_forward``, over the projection in ``h``
+``direction_backward_in_place``             ``direction_backward`` less ``dW_aa``
+``previous_states_into``                    ``previous_states``
+``packed_loss_and_grads_kernel`` (and       ``network_loss_and_grads`` of one layer in one
+``_onehot``)                                direction, plus a finiteness scan
+``matmul_into``, ``matmul_transposed_into``  the products of the other networks' layers
 ==========================================  ==================================================
 
 Memory that serves twice (the one place this is written down):
@@ -46,7 +54,8 @@ Memory that serves twice (the one place this is written down):
 
 Sections: 1. ``exp`` and ``tanh`` that vectorise; 2. small matrix products; 3. the steps
 of a training step (table above); 4. the entry points ``numba_backend`` calls; 5. the
-optimizer updates.
+optimizer updates; 6. networks of several layers, two directions or variable lengths,
+over packed rows.
 
 Cache note: Numba keys a kernel's on-disk cache on the file that defines it, not on the
 files it calls.  That is why the helpers live in this file: editing them invalidates the
