@@ -25,7 +25,9 @@ def _step(kind, dtype, backend, **options):
     if backend not in fastrnn.available_backends():
         raise NotImplementedError(f"backend {backend} is not available here")
     x, y, params, lengths = network_problem(kind, *SHAPE, dtype=np.dtype(dtype).type)
-    step = functools.partial(fastrnn.loss_and_grads, x, None, y, params, backend=backend, lengths=lengths, **options)
+    step = functools.partial(
+        fastrnn.loss_and_grads, x, None, y, params, backend=backend, lengths=lengths, **options
+    )
     step()
     return step
 
@@ -40,7 +42,9 @@ class NetworkStep:
     def setup(self, network, dtype, backend):
         self.step = _step(network, dtype, backend)
         x, y, params, lengths = network_problem(network, *SHAPE, dtype=np.dtype(dtype).type)
-        self.forward = functools.partial(fastrnn.rnn_forward, x, None, params, backend=backend, lengths=lengths)
+        self.forward = functools.partial(
+            fastrnn.rnn_forward, x, None, params, backend=backend, lengths=lengths
+        )
         self.loss = functools.partial(fastrnn.loss, x, None, y, params, backend=backend, lengths=lengths)
         self.forward()
         self.loss()

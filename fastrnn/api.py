@@ -19,8 +19,8 @@ import numpy as np
 from . import backends, packing, parallel
 from .validation import (
     FLOAT_DTYPES,
-    all_finite,
     PARAM_NAMES,
+    all_finite,
     check_array,
     check_finite_together,
     check_int,
@@ -229,7 +229,9 @@ def _check_onehot_inputs(params, x_index, a0, y, lengths=None):
         check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices")
     m, T = x_index.shape
     lengths = _without_full_lengths(check_lengths(lengths, m, T), T)
-    x_index = check_labels(x_index, "x_index", (None, None), dims.n_x, what="one-hot indices", lengths=lengths)
+    x_index = check_labels(
+        x_index, "x_index", (None, None), dims.n_x, what="one-hot indices", lengths=lengths
+    )
     if _is_network_call(dims, lengths):
         a0, layout = _check_network_state(a0, dims, m)
     else:
@@ -475,7 +477,9 @@ def rnn_forward(
     nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x, a0, layout, lengths = _check_sequence_inputs(params, x, a0, lengths)
     if _is_network_call(dims, lengths):
-        a, y_hat, cache, final = _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layout)
+        a, y_hat, cache, final = _network_forward(
+            impl, workers, x, a0, lengths, p, dims, nonlinearity, layout
+        )
         return (a, y_hat, cache, layout(final)) if return_state else (a, y_hat, cache)
     xs = _to_time_major(x)
     T, m, _ = xs.shape
@@ -510,7 +514,9 @@ def _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layou
         packed, a0_rows, p, dims.num_layers, dims.directions, pk.batch_sizes, pk.offsets, nonlinearity,
     )  # fmt: skip
     if not finite:
-        report_non_finite_results({"a": np.concatenate(states[-1], axis=1), "y_hat": y_hat}, dims.dtype, "rnn_forward")
+        report_non_finite_results(
+            {"a": np.concatenate(states[-1], axis=1), "y_hat": y_hat}, dims.dtype, "rnn_forward"
+        )
     top = np.concatenate(states[-1], axis=1) if dims.directions == 2 else states[-1][0]
     if np.may_share_memory(packed, x):
         packed = packed.copy()
@@ -519,8 +525,12 @@ def _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layou
         lengths, T, _owned(p), _backend_name(impl), nonlinearity, layout is _single_layer,
     )  # fmt: skip
     final = _states_back(packing.final_states(states, pk.last_rows), pk)
-    return _from_time_major(packing.unpack(top, pk)), _from_time_major(packing.unpack(y_hat, pk)), cache, final
-
+    return (
+        _from_time_major(packing.unpack(top, pk)),
+        _from_time_major(packing.unpack(y_hat, pk)),
+        cache,
+        final,
+    )
 
 
 def _sharded_forward(impl, run, xs, a0, p, dims, nonlinearity):
@@ -1174,7 +1184,9 @@ def _network_loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, non
     final = _scatter_sequences([part[2] for part in parts], shards, shape, dims.dtype)
     loss = sum(part[0] for part in parts)  # in shard order
     # Finite shards can still sum to inf in float32: the sums are checked too.
-    finite = all(part[3] for part in parts) and (len(parts) == 1 or all(all_finite(grads[name]) for name in names))
+    finite = all(part[3] for part in parts) and (
+        len(parts) == 1 or all(all_finite(grads[name]) for name in names)
+    )
     return loss, grads, final, finite
 
 
@@ -1230,6 +1242,7 @@ def _network_plan(workers, m, T, n_x, dims, lengths, backend):
     steps = T if lengths is None else max(1, int(np.sum(lengths)) // m)
     layers = dims.num_layers * dims.directions
     return parallel.plan(workers, m, steps * layers, n_x, dims.n_a, dims.n_y, backend)
+
 
 WEIGHT_GRADIENTS = tuple("d" + name for name in PARAM_NAMES)
 _LARGEST = {dtype: float(np.finfo(dtype).max) for dtype in FLOAT_DTYPES}

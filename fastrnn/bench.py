@@ -153,9 +153,15 @@ def torch_modules(params, nonlinearity="tanh"):
         for layer in range(dims.num_layers):
             for reverse in (False, True)[:D]:
                 theirs = f"_l{layer}" + ("_reverse" if reverse else "")
-                getattr(rnn, "weight_ih" + theirs).copy_(torch.from_numpy(params[layer_key("W_ax", layer, reverse)]))
-                getattr(rnn, "weight_hh" + theirs).copy_(torch.from_numpy(params[layer_key("W_aa", layer, reverse)]))
-                getattr(rnn, "bias_ih" + theirs).copy_(torch.from_numpy(params[layer_key("b_a", layer, reverse)][:, 0]))
+                getattr(rnn, "weight_ih" + theirs).copy_(
+                    torch.from_numpy(params[layer_key("W_ax", layer, reverse)])
+                )
+                getattr(rnn, "weight_hh" + theirs).copy_(
+                    torch.from_numpy(params[layer_key("W_aa", layer, reverse)])
+                )
+                getattr(rnn, "bias_ih" + theirs).copy_(
+                    torch.from_numpy(params[layer_key("b_a", layer, reverse)][:, 0])
+                )
                 getattr(rnn, "bias_hh" + theirs).zero_()
         linear.weight.copy_(torch.from_numpy(params["W_ya"]))
         linear.bias.copy_(torch.from_numpy(params["b_y"][:, 0]))
@@ -179,7 +185,9 @@ def torch_step(x, a0, y, params, lengths=None):
     rnn, linear = torch_modules(params)
     inputs = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 1, 0))).requires_grad_(True)  # (T, m, n_x)
     states = a0 if a0.ndim == 3 else a0[None]
-    h0 = torch.from_numpy(np.ascontiguousarray(states.transpose(0, 2, 1))).requires_grad_(True)  # (L * D, m, n_a)
+    h0 = torch.from_numpy(np.ascontiguousarray(states.transpose(0, 2, 1))).requires_grad_(
+        True
+    )  # (L * D, m, n_a)
     targets = torch.from_numpy(np.ascontiguousarray(y.T))  # (T, m)
     sizes = None if lengths is None else torch.from_numpy(np.asarray(lengths, dtype=np.int64))
 
@@ -293,7 +301,9 @@ def network_problem(kind, n_x, n_a, n_y, m, T, *, dtype=np.float64, seed=0):
     lengths drawn uniformly from 1..T with ``seed``; padding holds NaN, never read)."""
     x, _, y, _ = make_problem(n_x, n_a, n_y, m, T, dtype=dtype, seed=seed)
     layers, bidirectional = {"2 layers": (2, False), "bidirectional": (1, True)}.get(kind, (1, False))
-    params = api.init_params(n_x, n_a, n_y, num_layers=layers, bidirectional=bidirectional, seed=seed, dtype=dtype)
+    params = api.init_params(
+        n_x, n_a, n_y, num_layers=layers, bidirectional=bidirectional, seed=seed, dtype=dtype
+    )
     lengths = None
     if kind == "variable length":
         lengths = np.random.default_rng(seed).integers(1, T + 1, size=m)
@@ -352,7 +362,7 @@ def run_networks(dtypes=(np.float64, np.float32), repeat=7, size=NETWORK_SIZE):
                 rounds[key].append(median_seconds(step, repeat=3, min_seconds=0.02))
         seconds = {key: float(np.median(times)) for key, times in rounds.items()}
 
-        def ratio(kind, baseline="1 layer"):
+        def ratio(kind, baseline="1 layer", rounds=rounds):
             return float(np.median(np.array(rounds[kind]) / np.array(rounds[baseline])))
 
         for kind in kinds:

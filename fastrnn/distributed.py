@@ -52,10 +52,11 @@ from .validation import check_int, check_labels, check_lengths, check_real, chec
 __all__ = ["DataParallel", "score", "StepTimeoutError", "ShardError", "WarmKernels", "threads_per_task"]
 
 
-
 def _weight_gradients(params):
     """The keys of the weight gradients of a network with these params."""
     return tuple("d" + name for name in params)
+
+
 DEFAULT_TIMEOUT = 600.0  # seconds: a cold worker compiles its kernels (10-30 s) on its first step
 
 

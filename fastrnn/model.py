@@ -12,8 +12,8 @@ import numpy as np
 
 from . import api, backends, optim
 from .validation import (
-    NONLINEARITIES,
     HIDDEN_NAMES,
+    NONLINEARITIES,
     architecture,
     check_nonlinearity,
     check_params,
@@ -558,7 +558,9 @@ def _read_checkpoint(members):
         for reverse in (False, True)[:directions]:
             n_in = n_x if layer == 0 else directions * n_a
             shapes = ((n_a, n_in), (n_a, n_a), (n_a, 1))
-            expected.update((layer_key(name, layer, reverse), shape) for name, shape in zip(HIDDEN_NAMES, shapes))
+            expected.update(
+                (layer_key(name, layer, reverse), shape) for name, shape in zip(HIDDEN_NAMES, shapes)
+            )
     for name, shape in expected.items():
         if headers[name][0] != shape:
             members.refuse(

@@ -62,7 +62,9 @@ def make_packing(lengths, m, T):
         sorted_lengths = lengths[order]
     T_run = int(sorted_lengths[0])
     # batch_sizes[t]: the number of sequences longer than t
-    batch_sizes = np.count_nonzero(sorted_lengths[None, :] > np.arange(T_run)[:, None], axis=1).astype(np.intp)
+    batch_sizes = np.count_nonzero(sorted_lengths[None, :] > np.arange(T_run)[:, None], axis=1).astype(
+        np.intp
+    )
     offsets = np.zeros(T_run + 1, dtype=np.intp)
     np.cumsum(batch_sizes, out=offsets[1:])
     rows = np.arange(m)

@@ -411,7 +411,9 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
     if model.vocab is None:
         raise ValueError("this model has no vocabulary: it was not trained on text")
     if model.bidirectional:
-        raise ValueError("a bidirectional model reads each sequence from its end too: it cannot generate text")
+        raise ValueError(
+            "a bidirectional model reads each sequence from its end too: it cannot generate text"
+        )
     temperature = check_real(temperature, "temperature", above=0)
     n_chars = check_int(n_chars, "n_chars", minimum=0)
     vocab = CharVocab(model.vocab)

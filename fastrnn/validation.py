@@ -378,9 +378,15 @@ def _check_params_thoroughly(params, finite):
                     f"(n_a, {concatenated}) with n_a from W_ax (it reads the layer below)",
                 )  # fmt: skip
             elif reverse:
-                _check_shape(arrays[key("W_ax")], f"params['{key('W_ax')}']", (n_a, n_x), "(n_a, n_x) as W_ax")
-            _check_shape(arrays[key("W_aa")], f"params['{key('W_aa')}']", (n_a, n_a), "(n_a, n_a) with n_a from W_ax")
-            _check_shape(arrays[key("b_a")], f"params['{key('b_a')}']", (n_a, 1), "(n_a, 1) with n_a from W_ax")
+                _check_shape(
+                    arrays[key("W_ax")], f"params['{key('W_ax')}']", (n_a, n_x), "(n_a, n_x) as W_ax"
+                )
+            _check_shape(
+                arrays[key("W_aa")], f"params['{key('W_aa')}']", (n_a, n_a), "(n_a, n_a) with n_a from W_ax"
+            )
+            _check_shape(
+                arrays[key("b_a")], f"params['{key('b_a')}']", (n_a, 1), "(n_a, 1) with n_a from W_ax"
+            )
     _check_shape(W_ya, "params['W_ya']", (n_y, directions * n_a), f"(n_y, {concatenated}) with n_a from W_ax")
     _check_nonempty(W_ya, "params['W_ya']", "(n_y, n_a)")
     _check_shape(arrays["b_y"], "params['b_y']", (n_y, 1), "(n_y, 1) with n_y from W_ya")

@@ -86,7 +86,9 @@ def calls(draw):
         if change == "drop":
             del network[key]
         elif change == "add":
-            network[draw(st.sampled_from(["W_aa_l2", "W_ax_l5_reverse", "extra", "b_a_reverse2"]))] = network[key]
+            network[draw(st.sampled_from(["W_aa_l2", "W_ax_l5_reverse", "extra", "b_a_reverse2"]))] = network[
+                key
+            ]
         elif change == "garbage":
             network[key] = draw(garbage)
         args["params"] = network

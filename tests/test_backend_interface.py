@@ -112,10 +112,13 @@ def test_packed_kernels_get_each_argument_under_its_own_name(monkeypatch):
     for call in (fastrnn.loss_and_grads, fastrnn.loss_and_grads_onehot):
         calls.clear()
         call(x if call is fastrnn.loss_and_grads else x_index, None, y, params, **options)
-        (kernel, arguments), = calls.items()
+        ((kernel, arguments),) = calls.items()
         for name, value in arguments.items():
             if name in ("batch_size", "one_per_sequence", "relu"):
-                assert value == {"batch_size": 3, "one_per_sequence": False, "relu": True}[name], (kernel, name)
+                assert value == {"batch_size": 3, "one_per_sequence": False, "relu": True}[name], (
+                    kernel,
+                    name,
+                )
             elif name == "scratch":
                 assert value.ndim == 1, kernel
             elif name in expected:

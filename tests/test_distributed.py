@@ -216,7 +216,9 @@ def test_stacked_bidirectional_variable_length_training_and_scoring_equal_one_pr
         assert_agree(distributed.params[name], expected.params[name], np.float64, name)
     assert distributed.state is None  # a bidirectional network carries no state
     scores = score(client, distributed, da.from_array(inputs, chunks=(3, T)), y, lengths=lengths).compute()
-    assert_agree(scores, distributed.evaluate(inputs, y, per_sequence=True, lengths=lengths), np.float64, "scores")
+    assert_agree(
+        scores, distributed.evaluate(inputs, y, per_sequence=True, lengths=lengths), np.float64, "scores"
+    )
 
 
 def test_clipping_is_applied_once_to_the_whole_batch(client):
@@ -420,8 +422,16 @@ def test_a_failing_loader_names_its_shard(client):
         ),
         (lambda k: (np.full((2, 3), N_X), np.zeros((2, 3), dtype=int)), "ValueError", "x_index"),
         (lambda k: (np.zeros((N_X + 1, 2, 3)), np.zeros((2, 3), dtype=int)), "ValueError", "dense x"),
-        (lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.ones(2),), "TypeError", "lengths must hold integers"),
-        (lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.array([1, 4]),), "ValueError", r"lengths must lie in \[1, T\]"),
+        (
+            lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.ones(2),),
+            "TypeError",
+            "lengths must hold integers",
+        ),
+        (
+            lambda k: (np.zeros((2, 3), dtype=int),) * 2 + (np.array([1, 4]),),
+            "ValueError",
+            r"lengths must lie in \[1, T\]",
+        ),
     ],
 )
 def test_bad_shards_are_named(client, loader, error, match):

@@ -107,7 +107,9 @@ def all_results(backend, params, x, x_index, a0, y, lengths, nonlinearity):
     loss, grads, final = fastrnn.loss_and_grads(x, a0, y, params, return_state=True, **options)
     loss_1h, grads_1h = fastrnn.loss_and_grads_onehot(x_index, a0, y, params, **options)
     per_sequence = fastrnn.loss(x, a0, y, params, per_sequence=True, **options)
-    per_sequence_1h, final_1h = fastrnn.loss_onehot(x_index, a0, y, params, per_sequence=True, return_state=True, **options)
+    per_sequence_1h, final_1h = fastrnn.loss_onehot(
+        x_index, a0, y, params, per_sequence=True, return_state=True, **options
+    )
     a, y_hat, cache, forward_final = fastrnn.rnn_forward(x, a0, params, return_state=True, **options)
     backward = fastrnn.rnn_backward(np.ones_like(a), cache)
     return dict(
@@ -171,7 +173,9 @@ NETWORKS = [
 @pytest.mark.parametrize("labels", ["step", "sequence"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("num_layers, bidirectional, lengths_kind", NETWORKS, ids=str)
-def test_gradients_match_central_differences(backend, num_layers, bidirectional, nonlinearity, lengths_kind, labels):
+def test_gradients_match_central_differences(
+    backend, num_layers, bidirectional, nonlinearity, lengths_kind, labels
+):
     params, x, x_index, a0, y, lengths = network_problem(
         3, 3, 3, 3, 4, num_layers=num_layers, bidirectional=bidirectional, lengths_kind=lengths_kind,
         labels=labels, seed=11,
@@ -203,7 +207,9 @@ def test_rnn_backward_matches_central_differences(backend):
     weights = np.random.default_rng(1).normal(size=(6, 3, 4))  # L = sum(weights * a)
 
     def objective():
-        return float(np.sum(weights * fastrnn.rnn_forward(x, a0, params, backend="numpy", lengths=lengths)[0]))
+        return float(
+            np.sum(weights * fastrnn.rnn_forward(x, a0, params, backend="numpy", lengths=lengths)[0])
+        )
 
     _, _, cache = fastrnn.rnn_forward(x, a0, params, backend=backend, lengths=lengths)
     grads = fastrnn.rnn_backward(weights, cache)
@@ -261,7 +267,9 @@ def test_the_packed_path_at_full_length_agrees_with_the_seed_kernels(backend, dt
     from fastrnn import backends, packing
 
     impl = backends.resolve(backend)
-    params, x, x_index, a0, y, _ = network_problem(3, 4, 5, 4, 6, num_layers=1, bidirectional=False, dtype=dtype)
+    params, x, x_index, a0, y, _ = network_problem(
+        3, 4, 5, 4, 6, num_layers=1, bidirectional=False, dtype=dtype
+    )
     pk = packing.make_packing(None, 4, 6)
     xs = np.ascontiguousarray(x.transpose(2, 1, 0))
     labels = np.ascontiguousarray(y.T)
@@ -274,7 +282,9 @@ def test_the_packed_path_at_full_length_agrees_with_the_seed_kernels(backend, dt
         assert_agree(packed_loss, loss, dtype, "loss")
         for name in grads:
             expected = grads[name]
-            got = packed_grads[name].reshape(expected.shape) if name == "dx" else np.squeeze(packed_grads[name])
+            got = (
+                packed_grads[name].reshape(expected.shape) if name == "dx" else np.squeeze(packed_grads[name])
+            )
             assert_agree(got, np.squeeze(expected), dtype, name)
         assert_agree(final[0], a_last, dtype, "final state")
 
@@ -302,7 +312,9 @@ def test_workers_agree_with_one_and_repeat_bitwise(backend, dtype):
     params, x, x_index, a0, y, lengths = network_problem(
         3, 6, 5, 9, 7, num_layers=2, bidirectional=True, dtype=dtype, seed=8
     )
-    one = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, lengths=lengths, workers=1, return_state=True)
+    one = fastrnn.loss_and_grads(
+        x, a0, y, params, backend=backend, lengths=lengths, workers=1, return_state=True
+    )
     for workers in (2, 3, -1):
         first, second = (
             fastrnn.loss_and_grads(x, a0, y, params, backend=backend, lengths=lengths, workers=workers, return_state=True)
@@ -324,7 +336,9 @@ def test_workers_agree_with_one_and_repeat_bitwise(backend, dtype):
 def test_a_workspace_holds_the_gradients_of_any_network(backend):
     params, x, _, a0, y, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True)
     workspace = fastrnn.Workspace()
-    loss, grads = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, lengths=lengths, workspace=workspace)
+    loss, grads = fastrnn.loss_and_grads(
+        x, a0, y, params, backend=backend, lengths=lengths, workspace=workspace
+    )
     expected_loss, expected = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, lengths=lengths)
     assert loss == expected_loss
     for name, value in expected.items():
@@ -401,7 +415,9 @@ def test_other_bad_arguments_are_named():
 
 
 def test_a_stacked_bidirectional_model_trains_saves_and_loads(tmp_path):
-    params, x, _, _, y, lengths = network_problem(3, 4, 5, 6, 7, num_layers=2, bidirectional=True, labels="sequence")
+    params, x, _, _, y, lengths = network_problem(
+        3, 4, 5, 6, 7, num_layers=2, bidirectional=True, labels="sequence"
+    )
     model = fastrnn.RNN(3, 4, 5, num_layers=2, bidirectional=True, seed=1)
     assert (model.num_layers, model.bidirectional) == (2, True)
     optimizer = optim.Adam(lr=0.05)
@@ -423,7 +439,9 @@ def test_a_stacked_bidirectional_model_trains_saves_and_loads(tmp_path):
     assert a.shape == (8, 6, 7)
     shifted = np.exp(logits - logits.max(axis=0))
     valid = ~padding_of(lengths, 6, 7)
-    assert_agree((shifted / shifted.sum(axis=0))[:, valid], y_hat[:, valid], np.float64, "softmax of the logits")
+    assert_agree(
+        (shifted / shifted.sum(axis=0))[:, valid], y_hat[:, valid], np.float64, "softmax of the logits"
+    )
     assert np.all(logits[:, ~valid] == 0)
 
 
@@ -467,7 +485,9 @@ def torch_network(params, nonlinearity):
 @pytest.mark.parametrize("labels", ["step", "sequence"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_equals_pytorch_with_packed_sequences(labels, nonlinearity):
-    params, x, _, a0, y, lengths = network_problem(3, 4, 5, 5, 6, num_layers=2, bidirectional=True, labels=labels, seed=2)
+    params, x, _, a0, y, lengths = network_problem(
+        3, 4, 5, 5, 6, num_layers=2, bidirectional=True, labels=labels, seed=2
+    )
     torch, rnn, linear = torch_network(params, nonlinearity)
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 

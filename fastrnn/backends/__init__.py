@@ -45,7 +45,8 @@ function                                                  returns
 The ``network_*`` functions run networks of several layers, two directions or variable
 lengths over packed rows (``fastrnn.packing``, ``numpy_backend``'s last section): ``inputs``
 (N, n_x) or one-hot (N,), ``a0`` (num_layers * D, m, n_a) in the packing's sorted order,
-``labels`` (N,) per step or (1, m) per sequence.
+``labels`` (N,) per step or (1, m) per sequence.  ``network_loss_and_grads`` may write
+``dx`` over dense ``inputs``: the API packs a copy for each call.
 
 ``finite`` says whether every result is finite: each backend scans its own results (the
 Numba kernels in compiled code), and ``fastrnn.api`` alone reports a non-finite one, as

@@ -264,7 +264,16 @@ def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets,
 
 
 def network_backward(
-    d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False, states_are_scratch=False
+    d_top,
+    inputs,
+    a0,
+    states,
+    p,
+    batch_sizes,
+    offsets,
+    nonlinearity,
+    d_top_is_scratch=False,
+    states_are_scratch=False,
 ):
     """As the reference's.  ``d_top_is_scratch``: ``d_top`` may be overwritten;
     ``states_are_scratch``: so may ``states``, each after its last read (a layer's
@@ -289,7 +298,9 @@ def network_backward(
             )  # fmt: skip
             d_top_is_scratch = True
             dW_ax, d_part = packed_input_backward(dz, layer_input, W_ax)
-            grads.update(zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a)))
+            grads.update(
+                zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a))
+            )
             if d_part is not None:
                 d_input = d_part if d_input is None else np.add(d_input, d_part, out=d_input)
         d_output = d_input
@@ -320,7 +331,18 @@ def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, n
 
 
 def network_loss_and_grads(
-    inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, *, batch_size, nonlinearity
+    inputs,
+    a0,
+    labels,
+    p,
+    num_layers,
+    directions,
+    batch_sizes,
+    offsets,
+    last_rows,
+    *,
+    batch_size,
+    nonlinearity,
 ):
     if num_layers == 1 and directions == 1:  # e.g. variable lengths: one kernel call
         return _one_direction_loss_and_grads(
@@ -342,15 +364,25 @@ def network_loss_and_grads(
     final = reference.final_states(states, last_rows)  # before the backward pass reuses the states
     grads.update(
         network_backward(
-            d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity,
-            d_top_is_scratch=True, states_are_scratch=True,
+            d_top,
+            inputs,
+            a0,
+            states,
+            p,
+            batch_sizes,
+            offsets,
+            nonlinearity,
+            d_top_is_scratch=True,
+            states_are_scratch=True,
         )  # fmt: skip
     )
     finite = math.isfinite(loss) and all(kernels.all_finite(np.ascontiguousarray(g)) for g in grads.values())
     return loss, grads, final, finite
 
 
-def _one_direction_loss_and_grads(inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity):
+def _one_direction_loss_and_grads(
+    inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity
+):
     """``network_loss_and_grads`` of one layer in one direction: the whole step in one
     kernel (``numba_kernels.packed_loss_and_grads_kernel``), as the seed's network has."""
     N, m = inputs.shape[0], last_rows.size
@@ -371,7 +403,9 @@ def _one_direction_loss_and_grads(inputs, a0, labels, p, batch_sizes, offsets, l
             inputs, *arrays, np.empty((n_x, n_a), dtype), grads["dW_ax"], *weight_grads, relu
         )
     else:
-        grads["dx"] = np.empty((N, n_x), dtype)
+        # The packed inputs are the API's copy for this call: dx is written over them, after
+        # their last read (as ``xs_is_scratch`` for the seed's kernels).
+        grads["dx"] = inputs
         loss, finite = kernels.packed_loss_and_grads_kernel(
             inputs, *arrays, grads["dx"], grads["dW_ax"], *weight_grads, relu
         )
@@ -379,7 +413,9 @@ def _one_direction_loss_and_grads(inputs, a0, labels, p, batch_sizes, offsets, l
     return loss, grads, final[None], finite
 
 
-def network_sequence_losses(inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity):
+def network_sequence_losses(
+    inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity
+):
     sequence_labels = labels.ndim == 2
     states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
     top = np.ascontiguousarray(reference.network_top(states, last_rows, sequence_labels))

@@ -1023,7 +1023,9 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
         else:
             n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
             if n_next > 0:
-                add_matmul_rows_into(h[offsets[t + 1] : offsets[t + 1] + n_next], W_aa_T, block[:n_next], rec[:n_next])
+                add_matmul_rows_into(
+                    h[offsets[t + 1] : offsets[t + 1] + n_next], W_aa_T, block[:n_next], rec[:n_next]
+                )
             if n_next < n:  # sequences whose last step is t start from a0
                 add_matmul_rows_into(a0[n_next:n], W_aa_T, block[n_next:], rec[n_next:n])
         if relu is None:  # pruned at compile time (NONLINEARITY)
@@ -1056,7 +1058,9 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
         else:
             n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
             if n_next > 0:
-                add_matmul_rows_into(block[:n_next], W_aa, dz[offsets[t + 1] : offsets[t + 1] + n_next], rec[:n_next])
+                add_matmul_rows_into(
+                    block[:n_next], W_aa, dz[offsets[t + 1] : offsets[t + 1] + n_next], rec[:n_next]
+                )
             if n_next < n:
                 add_matmul_rows_into(block[n_next:], W_aa, da0[n_next:n], rec[n_next:n])
 
@@ -1186,8 +1190,9 @@ def packed_loss_and_grads_kernel(
 ):  # fmt: skip
     """A training step of one layer in one direction over packed rows ``xs`` (N, n_x), in one
     call (no Python between its steps, and no GIL: shards run it in parallel).  Every
-    array from ``scratch`` (``packed_scratch``) on is a workspace or an output.  Returns
-    the loss and whether it and every gradient are finite."""
+    array from ``scratch`` (``packed_scratch``) on is a workspace or an output; ``dx`` may
+    be ``xs`` itself, written after its last read.  Returns the loss and whether it and
+    every gradient are finite."""
     W_ax_T, W_aa_T, W_ya_T, rec, top = packed_scratch(scratch, W_ax, W_aa, W_ya, last_rows.size)
     np.dot(xs, W_ax_T, h)  # the input projection of every row
     loss = _packed_after_the_input_layer(

@@ -576,10 +576,19 @@ def network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonline
             d_states = d_output[:, direction * n_a : (direction + 1) * n_a]
             index = layer * directions + direction
             dz, da0[index], dW_aa, db_a = direction_backward(
-                d_states, states[layer][direction], a0[index], W_aa, batch_sizes, offsets, reverse, nonlinearity
+                d_states,
+                states[layer][direction],
+                a0[index],
+                W_aa,
+                batch_sizes,
+                offsets,
+                reverse,
+                nonlinearity,
             )
             dW_ax, d_part = packed_input_backward(dz, layer_input, W_ax)
-            grads.update(zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a)))
+            grads.update(
+                zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a))
+            )
             if d_part is not None:
                 d_input = d_part if d_input is None else d_input + d_part
         d_output = d_input
@@ -622,7 +631,18 @@ def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, n
 
 @overflow_reported_by_the_api
 def network_loss_and_grads(
-    inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, *, batch_size, nonlinearity
+    inputs,
+    a0,
+    labels,
+    p,
+    num_layers,
+    directions,
+    batch_sizes,
+    offsets,
+    last_rows,
+    *,
+    batch_size,
+    nonlinearity,
 ):
     """``loss_and_grads`` of a network over packed rows.
 
@@ -658,7 +678,9 @@ def network_loss_and_grads(
 
 
 @overflow_reported_by_the_api
-def network_sequence_losses(inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity):
+def network_sequence_losses(
+    inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity
+):
     """``sequence_losses`` of a network over packed rows: each sorted sequence's loss
     (m,) float64, the ``final_states``, and whether every loss is finite."""
     sequence_labels = labels.ndim == 2
