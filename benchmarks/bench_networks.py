@@ -32,6 +32,13 @@ def _step(kind, dtype, backend, **options):
     return step
 
 
+def _median_ratio(step, baseline, rounds=5):
+    """``step``'s time over ``baseline``'s, the median over rounds that time one then the
+    other, so that both see the same machine state."""
+    ratios = [median_seconds(step, repeat=3) / median_seconds(baseline, repeat=3) for _ in range(rounds)]
+    return float(np.median(ratios))
+
+
 class NetworkStep:
     """A training step (forward, loss, BPTT) of each network kind, dtype and backend."""
 
@@ -73,17 +80,11 @@ class VariableLengthCost:
     timeout = 300
 
     def setup(self, dtype):
-        if "numba" not in fastrnn.available_backends():
-            raise NotImplementedError("the Numba backend is not available here")
         self.variable = _step("variable length", dtype, "numba")
         self.full = _step("1 layer", dtype, "numba")
 
     def track_variable_over_full_length(self, dtype):
-        ratios = []
-        for _ in range(5):  # alternating, so that both see the same machine
-            full = median_seconds(self.full, repeat=3)
-            ratios.append(median_seconds(self.variable, repeat=3) / full)
-        return float(np.median(ratios))
+        return _median_ratio(self.variable, self.full)
 
     def track_real_steps(self, dtype):
         lengths = network_problem("variable length", *SHAPE)[3]
@@ -101,15 +102,9 @@ class ExtraLayerCost:
     timeout = 300
 
     def setup(self, dtype):
-        if "numba" not in fastrnn.available_backends():
-            raise NotImplementedError("the Numba backend is not available here")
         self.one = _step("1 layer", dtype, "numba")
         self.two = _step("2 layers", dtype, "numba")
 
     def track_time_over_products(self, dtype):
-        ratios = []
-        for _ in range(5):
-            one = median_seconds(self.one, repeat=3)
-            ratios.append(median_seconds(self.two, repeat=3) / one)
         products = network_flops("2 layers", *SHAPE) / network_flops("1 layer", *SHAPE)
-        return float(np.median(ratios) / products)
+        return _median_ratio(self.two, self.one) / products

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+import fastrnn
+
 
 def run_cli(*args, cwd=None, timeout=600):
     return subprocess.run(
@@ -350,3 +352,29 @@ def test_version_and_submodules_after_a_plain_import():
     )
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"fastrnn {fastrnn.__version__}"
+
+
+def test_train_a_two_layer_model_then_sample_and_resume(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 40)
+    common = ("--hidden", 24, "--seq-length", 12, "--json", "--plot", "none")
+    result = run_cli(
+        "train", corpus, "--layers", 2, "--steps", 200, *common, "--out", "two.npz", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["layers"] == 2 and summary["final_loss"] < 0.5 * summary["uniform_loss"]
+    model = fastrnn.RNN.load(tmp_path / "two.npz")
+    assert model.num_layers == 2 and model.state.shape[:2] == (2, 24)
+    sampled = run_cli("sample", "two.npz", "--chars", 30, "--seed", 1, "--prime", "the ", cwd=tmp_path)
+    assert sampled.returncode == 0, sampled.stderr
+    assert sampled.stdout.startswith("the ") and set(sampled.stdout.strip()) <= set(
+        "the cat sat on the mat. "
+    )
+    resumed = run_cli(
+        "train", corpus, "--resume", "two.npz", "--steps", 220, *common, "--out", "more.npz", cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["layers"] == 2
+    bad = run_cli("train", corpus, "--layers", 0, cwd=tmp_path)
+    assert bad.returncode == 2 and "--layers" in bad.stderr
