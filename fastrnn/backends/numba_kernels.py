@@ -307,7 +307,7 @@ def _add_matmul_loops(a, b, out):
 PACKED_LOOP_ROWS = 8
 
 
-@inline_kernel
+@kernel  # called per step from the packed recurrences: compiled once, not inlined six times
 def add_matmul_rows_into(a, b, out, scratch):
     """``add_matmul_into`` with the crossover of the packed recurrences, whose steps run a
     few rows at the end of a batch of variable lengths: loops up to ``PACKED_LOOP_ROWS``
@@ -909,6 +909,27 @@ def scale(grad, factor):
 # =======================================================================================
 
 
+@inline_kernel
+def _copy_rows(source, source_row, target, target_row, n):
+    """``target[target_row : target_row + n] = source[source_row : source_row + n]``, row by
+    row (each inner loop vectorises)."""
+    for i in range(n):
+        from_row = source[source_row + i]
+        to_row = target[target_row + i]
+        for j in range(from_row.size):
+            to_row[j] = from_row[j]
+
+
+@inline_kernel
+def _zero(a):
+    """``a[...] = 0`` for a C-contiguous ``a``, as a loop: slice assignments are what took
+    the longest to compile in these kernels (Numba lowers them through broadcasting)."""
+    flat = a.reshape(a.size)
+    zero = flat.dtype.type(0)
+    for k in range(flat.size):
+        flat[k] = zero
+
+
 @kernel
 def packing_into(lengths, order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences):
     """``fastrnn.packing.make_packing`` of ``lengths`` (m,), into arrays of its sizes
@@ -917,7 +938,7 @@ def packing_into(lengths, order, sorted_lengths, batch_sizes, offsets, last_rows
     first, in O(m + T_run)."""
     m, T_run = lengths.size, batch_sizes.size
     # batch_sizes[t]: the sequences longer than t (first, of length exactly t + 1)
-    batch_sizes[:] = 0
+    _zero(batch_sizes)
     for i in range(m):
         batch_sizes[lengths[i] - 1] += 1
     longer = 0
@@ -985,14 +1006,14 @@ def packed_lookup_into(index, W_ax_T, out):
     """``out[r] = W_ax[:, index[r]]``: the projection of one-hot inputs (N,), a lookup.
     ``index`` is checked by the caller to lie in ``[0, n_x)``."""
     for r in range(index.size):
-        out[r] = W_ax_T[index[r]]
+        _copy_rows(W_ax_T, index[r], out, r, 1)
 
 
 @kernel
 def packed_lookup_backward_into(dz, index, dW_ax_T, dW_ax):
     """``dW_ax`` for one-hot inputs: each row of ``dz`` (N, n_a) added to the column its
     input selected, accumulated in ``dW_ax_T`` and transposed into ``dW_ax``."""
-    dW_ax_T[:] = 0
+    _zero(dW_ax_T)
     n_a = dz.shape[1]
     for r in range(index.size):
         row = dW_ax_T[index[r]]
@@ -1041,8 +1062,8 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
     recurrence sends back is added into the rows it read (``da0`` for ``a0``), as
     ``hidden_backward_in_place`` does.  ``rec`` (m, n_a) is scratch."""
     n_steps = batch_sizes.size
-    da0[:] = 0
-    db_a[:] = 0
+    _zero(da0)
+    _zero(db_a)
     for s in range(n_steps):
         t = s if reverse else n_steps - 1 - s  # the forward pass's order, reversed
         n = batch_sizes[t]
@@ -1063,17 +1084,6 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
                 )
             if n_next < n:
                 add_matmul_rows_into(block[n_next:], W_aa, da0[n_next:n], rec[n_next:n])
-
-
-@inline_kernel
-def _copy_rows(source, source_row, target, target_row, n):
-    """``target[target_row : target_row + n] = source[source_row : source_row + n]``, row by
-    row (each inner loop vectorises)."""
-    for i in range(n):
-        from_row = source[source_row + i]
-        to_row = target[target_row + i]
-        for j in range(from_row.size):
-            to_row[j] = from_row[j]
 
 
 @kernel
@@ -1124,7 +1134,7 @@ def sequence_cross_entropy_rows_with_bias(logits, b_y, labels, batch_sizes, offs
     ``labels`` (N,): row ``offsets[t] + j`` belongs to sequence j (the NumPy reference's
     ``bincount``); or, for one label per sequence, ``logits`` (m, n_y) with
     ``batch_sizes`` of one step of m.  Returns whether every loss is finite."""
-    losses[:] = 0.0
+    _zero(losses)
     for t in range(batch_sizes.size):
         for j in range(batch_sizes[t]):
             z = logits[offsets[t] + j]
@@ -1149,10 +1159,10 @@ def _packed_after_the_input_layer(
     (``previous_states_into``) on exit."""
     direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, False, rec, relu)
     for i in range(last_rows.size):
-        final[i] = h[last_rows[i]]
+        _copy_rows(h, last_rows[i], final, i, 1)
     read = top if one_per_sequence else h  # what the output layer reads
     if one_per_sequence:
-        top[:] = final
+        _copy_rows(final, 0, top, 0, last_rows.size)
     np.dot(read, W_ya_T, logits)
     R, n_y = logits.shape
     loss = softmax_cross_entropy_with_bias(
@@ -1161,9 +1171,9 @@ def _packed_after_the_input_layer(
     np.dot(logits.T, read, dW_ya)
     if one_per_sequence:  # dL/dH is 0 but at each sequence's last row
         np.dot(logits, W_ya, top)
-        dz[:] = 0
+        _zero(dz)
         for i in range(last_rows.size):
-            dz[last_rows[i]] = top[i]
+            _copy_rows(top, i, dz, last_rows[i], 1)
     else:
         np.dot(logits, W_ya, dz)
     direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, False, da0, db_a, rec, relu)
