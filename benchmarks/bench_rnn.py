@@ -206,12 +206,22 @@ print(time.perf_counter() - start)
 """
 
 
-def _first_call_seconds(dtype, cache_dir):
+# The first call of a variable-length step and of a 2-layer bidirectional one, after the
+# seed's (whose kernels they share in part): what a user of those networks waits for.
+_NETWORK_FIRST_CALLS = {
+    "variable length": "fastrnn.loss_and_grads(np.ones((8, 2, 10)), None, np.zeros((2, 10), int), "
+    "fastrnn.init_params(8, 16, 8, dtype=np.{dtype}), lengths=np.array([10, 4]))",
+    "2 layers bidirectional": "fastrnn.loss_and_grads(np.ones((8, 2, 10)), None, np.zeros((2, 10), int), "
+    "fastrnn.init_params(8, 16, 8, num_layers=2, bidirectional=True, dtype=np.{dtype}))",
+}
+
+
+def _first_call_seconds(dtype, cache_dir, snippet=_FIRST_CALL):
     """Seconds from ``import fastrnn`` to the end of the first Numba ``loss_and_grads``, in a
-    new interpreter whose Numba cache is ``cache_dir``."""
+    new interpreter whose Numba cache is ``cache_dir`` (``snippet``: the code it runs)."""
     environment = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, FASTRNN_BACKEND="numba")
     result = subprocess.run(
-        [sys.executable, "-c", _FIRST_CALL.format(dtype=dtype)], env=environment,
+        [sys.executable, "-c", snippet.format(dtype=dtype)], env=environment,
         capture_output=True, text=True, check=True, timeout=600,
     )  # fmt: skip
     return float(result.stdout.strip().splitlines()[-1])
@@ -240,3 +250,29 @@ class CompileTime:
         with tempfile.TemporaryDirectory() as cache_dir:
             _first_call_seconds(dtype, cache_dir)  # fills the cache
             return _first_call_seconds(dtype, cache_dir)
+
+
+class NetworkCompileTime:
+    """The first call of a network beyond the seed's, in a fresh process with an empty Numba
+    cache, after the seed's first call there: the compile time these networks add."""
+
+    params = (DTYPES, list(_NETWORK_FIRST_CALLS))
+    param_names = ["dtype", "network"]
+    unit = "seconds"
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, dtype, network):
+        if "numba" not in fastrnn.available_backends():
+            raise NotImplementedError("numba is not available here")
+
+    def track_added_first_call_cold(self, dtype, network):
+        snippet = _FIRST_CALL.replace(
+            "print(time.perf_counter() - start)",
+            "seed = time.perf_counter()\n"
+            + _NETWORK_FIRST_CALLS[network]
+            + "\nprint(time.perf_counter() - seed)",
+        )
+        with tempfile.TemporaryDirectory() as cache_dir:
+            return _first_call_seconds(dtype, cache_dir, snippet)
