@@ -557,15 +557,17 @@ def rnn_backward(da, cache):
 
     Parameters
     ----------
-    da : array_like, shape (n_a, m, T)
-    cache : ForwardCache
+    da : array_like, shape (D * n_a, m, T)
+        dL/d(the top layer's states); with ``lengths``, its padding is never read.
+    cache : ForwardCache or NetworkCache
         From ``rnn_forward``; the backend that made it computes the gradients.
 
     Returns
     -------
     dict
-        ``dx`` (n_x, m, T), ``da0`` (n_a, m) or, as rnn_forward's a0, (1, n_a, m), ``dW_ax`` (n_a, n_x), ``dW_aa`` (n_a, n_a),
-        ``db_a`` (n_a, 1).
+        ``dx`` (n_x, m, T) (0 at padding), ``da0`` in the shape of rnn_forward's ``a0``,
+        and ``"d" + key`` of every hidden-layer parameter: ``dW_ax`` (n_a, n_x),
+        ``dW_aa`` (n_a, n_a), ``db_a`` (n_a, 1), ``dW_ax_l1``, ... .
     """
     if isinstance(cache, NetworkCache):
         return _network_backward(da, cache)
@@ -635,22 +637,25 @@ def loss_and_grads(
 ):  # fmt: skip
     """Cross-entropy loss of a batch of sequences and the gradient of every input.
 
-    ``L = -(1/m) sum_{i,t} log y_hat[y[i, t], i, t]``: summed over time, averaged over the
-    batch, computed with log-sum-exp so that it is finite for any finite logits.
+    ``L = -(1/m) sum_{i,t} log y_hat[y[i, t], i, t]``: summed over time (each sequence's
+    real steps), averaged over the batch, computed with log-sum-exp so that it is finite
+    for any finite logits.
 
     Parameters
     ----------
     x : array_like, shape (n_x, m, T)
-    a0 : array_like of shape (n_a, m) or (num_layers * D, n_a, m) = (1, n_a, m), or None
-        The initial state; None: zeros.  Given per layer, or None, ``da0`` and the
-        final state come back per layer too, (1, n_a, m).
+    a0 : array_like of shape (num_layers * D, n_a, m), or (n_a, m) for one layer in one direction, or None
+        The initial state of each layer and direction, indexed ``layer * D + direction``;
+        None: zeros.  ``da0`` and the final state come back in the shape given
+        ((num_layers * D, n_a, m) for None).
     y : array_like of int, shape (m, T) or (m,)
         Target class of each sequence at each step, in ``[0, n_y)``; or one class per
-        sequence (many-to-one), predicted from its last state a<T>: the loss is then the
-        mean over the batch of that one prediction's cross-entropy, and ``W_ya``, ``b_y``
-        see only a<T>.
+        sequence (many-to-one), predicted from the top layer's final state (``h_n``, both
+        directions): the loss is then the mean over the batch of that one prediction's
+        cross-entropy, and ``W_ya``, ``b_y`` see only that state.
     params : dict
-        As from ``init_params``; its dtype is the dtype of the results.
+        As from ``init_params`` (any number of layers, one direction or both); its dtype
+        is the dtype of the results.
     backend : {"numba", "numpy"} or None
     workspace : Workspace or None
         Reuse this workspace's arrays instead of allocating: a training loop of one shape
@@ -658,8 +663,9 @@ def loss_and_grads(
         still makes its temporaries).  The returned gradients are views of the workspace,
         overwritten by its next use.  One workspace serves any ``workers``.
     return_state : bool
-        Also return the last hidden state a<T>, shape (n_a, m), to carry over to the next
-        chunk of a long sequence (truncated BPTT: pass it as the next ``a0``).
+        Also return the final state (forward at each sequence's last step, reverse at step
+        0), in a0's shape, to carry over to the next chunk of a long sequence (truncated
+        BPTT, one direction: pass it as the next ``a0``).
     workers : int or None
         Threads to use.  An int ``k >= 1`` cuts the batch into ``k`` shards of whole
         sequences (at most ``m``), run by at most as many threads as this process has cores,
@@ -668,17 +674,20 @@ def loss_and_grads(
         Results agree with ``workers=1`` to rounding and are bitwise the same from run to
         run for the same ``workers``.
     nonlinearity : {"tanh", "relu"}
-        The hidden layer's ``f`` in ``a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)``; ``relu``
+        The hidden layers' ``f`` in ``a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)``; ``relu``
         is ``max(z, 0)``, whose derivative at 0 counts as 0 (as in PyTorch).
+    lengths : array_like of int, shape (m,), optional
+        Each sequence's length in ``[1, T]`` (``rnn_forward``): padding is never read, and
+        ``dx`` is 0 there.  None: every sequence is ``T`` steps long.
 
     Returns
     -------
     loss : numpy.float32 or numpy.float64
         Accumulated in float64, returned in the parameters' dtype.
     grads : dict
-        ``dW_ax, dW_aa, db_a, dW_ya, db_y`` (the parameters' shapes), ``dx`` (n_x, m, T),
-        ``da0`` (n_a, m), or (1, n_a, m) (as ``a0``).
-    a_last : ndarray, shape (n_a, m), or (1, n_a, m) (as ``a0``)
+        ``"d" + key`` of every parameter (its shape), ``dx`` (n_x, m, T), ``da0`` (as
+        ``a0``).
+    a_last : ndarray, in a0's shape
         Only with ``return_state=True``.
     """
     impl, empty, workspace = _resolve(backend, workspace)
@@ -729,8 +738,8 @@ def loss_and_grads_onehot(
     ----------
     x_index : array_like of int, shape (m, T)
         Index in ``[0, n_x)`` of each input's 1.
-    a0, y, params, backend, workspace, return_state, workers, nonlinearity
-        As in ``loss_and_grads``.
+    a0, y, params, backend, workspace, return_state, workers, nonlinearity, lengths
+        As in ``loss_and_grads`` (with ``lengths``, indices at padding may be anything).
 
     Returns
     -------
@@ -787,19 +796,19 @@ def loss(
 
     Parameters
     ----------
-    x, a0, y, params, backend, workers, nonlinearity
+    x, a0, y, params, backend, workers, nonlinearity, lengths
         As in ``loss_and_grads``.
     per_sequence : bool
-        Return each sequence's loss, summed over its steps, instead of their mean.
+        Return each sequence's loss, summed over its (real) steps, instead of their mean.
     return_state : bool
-        Also return the last hidden state a<T>, shape (n_a, m), or (1, n_a, m) (as ``a0``).
+        Also return the final state, in a0's shape (``loss_and_grads``).
 
     Returns
     -------
     loss : numpy.float32 or numpy.float64, or ndarray of shape (m,) with ``per_sequence``
         In the parameters' dtype (accumulated in float64).  ``L = mean(per-sequence losses)``
         equals ``loss_and_grads``'s loss to rounding.
-    a_last : ndarray, shape (n_a, m), or (1, n_a, m) (as ``a0``)
+    a_last : ndarray, in a0's shape
         Only with ``return_state=True``.
     """
     impl = backends.resolve(backend)
@@ -835,7 +844,7 @@ def loss_onehot(
     Parameters
     ----------
     x_index : array_like of int, shape (m, T)
-    a0, y, params, backend, per_sequence, return_state, workers, nonlinearity
+    a0, y, params, backend, per_sequence, return_state, workers, nonlinearity, lengths
         As in ``loss``.
     """
     impl = backends.resolve(backend)

@@ -14,11 +14,11 @@ from . import api, backends, optim
 from .validation import (
     HIDDEN_NAMES,
     NONLINEARITIES,
+    PARAM_NAMES,
     architecture,
     check_nonlinearity,
     check_params,
     is_param_name,
-    is_seed_network,
     layer_key,
 )
 
@@ -171,7 +171,7 @@ class RNN:
             return a0
         if carry_state and self.state is not None and self.state.shape == self._state_shape(m):
             return self.state
-        if not is_seed_network(check_params(self.params)[1]):
+        if len(self.params) != len(PARAM_NAMES):  # more layers or directions than the seed's
             return None  # zeros, per layer and direction
         return np.zeros((self.n_a, m), dtype=self.dtype)
 
