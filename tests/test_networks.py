@@ -244,6 +244,17 @@ def test_padding_is_never_read(backend, dtype, labels):
         assert np.all(clean[name][:, padding] == 0), name
 
 
+@pytest.mark.parametrize("layout", ["F", "strided"])
+def test_inputs_in_any_layout_give_the_same_bits(backend, layout):
+    params, x, _, a0, y, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=6)
+    other = np.asfortranarray(x) if layout == "F" else np.repeat(x, 2, axis=1)[:, ::2]
+    expected = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, lengths=lengths)
+    got = fastrnn.loss_and_grads(other, a0, y, params, backend=backend, lengths=lengths)
+    assert got[0] == expected[0]
+    for name in expected[1]:
+        np.testing.assert_array_equal(got[1][name], expected[1][name], err_msg=name)
+
+
 def test_a_batch_of_lengths_equals_each_sequence_alone(backend):
     """A sequence's results do not depend on the others' lengths or on its padding."""
     params, x, _, a0, y, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=5)
@@ -463,7 +474,7 @@ def test_a_stacked_model_carries_every_layers_state():
 
 def torch_network(params, nonlinearity):
     """``torch.nn.RNN`` and ``nn.Linear`` holding ``params`` (float64), mapped by name."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="PyTorch is not a test dependency; checked where installed")
     dims = fastrnn.validation.check_params(params)[1]
     D = dims.directions
     rnn = torch.nn.RNN(dims.n_x, dims.n_a, num_layers=dims.num_layers, nonlinearity=nonlinearity,
