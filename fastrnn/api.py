@@ -518,11 +518,13 @@ def _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layou
             {"a": np.concatenate(states[-1], axis=1), "y_hat": y_hat}, dims.dtype, "rnn_forward"
         )
     top = np.concatenate(states[-1], axis=1) if dims.directions == 2 else states[-1][0]
-    if np.may_share_memory(packed, x):
-        packed = packed.copy()
+    # The cache owns its arrays: none may be the caller's (a0's sorted rows can be a0 itself).
+    packed, a0_rows = (array.copy() if np.may_share_memory(array, x) or np.may_share_memory(array, a0) else array
+                       for array in (packed, a0_rows))  # fmt: skip
     cache = NetworkCache(
         _read_only(packed), tuple(_read_only(H) for layer in states for H in layer), _read_only(a0_rows),
-        lengths, T, _owned(p), _backend_name(impl), nonlinearity, layout is _single_layer,
+        None if lengths is None else _read_only(lengths.copy()), T, _owned(p), _backend_name(impl),
+        nonlinearity, layout is _single_layer,
     )  # fmt: skip
     final = _states_back(packing.final_states(states, pk.last_rows), pk)
     return (

@@ -255,6 +255,22 @@ def test_inputs_in_any_layout_give_the_same_bits(backend, layout):
         np.testing.assert_array_equal(got[1][name], expected[1][name], err_msg=name)
 
 
+def test_the_cache_owns_its_arrays(backend):
+    """Changing x, a0, lengths or params after rnn_forward changes nothing in rnn_backward."""
+    params, x, _, a0, _, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=9)
+    a0 = np.ascontiguousarray(a0.transpose(0, 2, 1)).transpose(0, 2, 1)  # its sorted rows can be a0 itself
+    lengths = lengths.astype(np.intp)  # taken as it is
+    a, _, cache = fastrnn.rnn_forward(x, a0, params, backend=backend, lengths=lengths)
+    da = np.random.default_rng(0).normal(size=a.shape)
+    expected = fastrnn.rnn_backward(da, cache)
+    x[...], a0[...], lengths[:] = 7.0, 3.0, 1
+    for value in params.values():
+        value[...] = 0.5
+    got = fastrnn.rnn_backward(da, cache)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
 def test_a_batch_of_lengths_equals_each_sequence_alone(backend):
     """A sequence's results do not depend on the others' lengths or on its padding."""
     params, x, _, a0, y, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=5)
