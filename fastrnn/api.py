@@ -513,11 +513,9 @@ def _network_forward(impl, workers, x, a0, lengths, p, dims, nonlinearity, layou
         blas_threads, impl.network_forward_outputs,
         packed, a0_rows, p, dims.num_layers, dims.directions, pk.batch_sizes, pk.offsets, nonlinearity,
     )  # fmt: skip
-    if not finite:
-        report_non_finite_results(
-            {"a": np.concatenate(states[-1], axis=1), "y_hat": y_hat}, dims.dtype, "rnn_forward"
-        )
     top = np.concatenate(states[-1], axis=1) if dims.directions == 2 else states[-1][0]
+    if not finite:
+        report_non_finite_results({"a": top, "y_hat": y_hat}, dims.dtype, "rnn_forward")
     # The cache owns its arrays: none may be the caller's (a0's sorted rows can be a0 itself).
     packed, a0_rows = (array.copy() if np.may_share_memory(array, x) or np.may_share_memory(array, a0) else array
                        for array in (packed, a0_rows))  # fmt: skip

@@ -47,7 +47,7 @@ except ImportError as error:  # pragma: no cover  (the [distributed] extra is no
 
 from . import api, backends, optim, parallel
 from .model import RNN, batch_inputs
-from .validation import check_int, check_labels, check_lengths, check_real, check_targets
+from .validation import architecture, check_int, check_labels, check_lengths, check_real, check_targets
 
 __all__ = ["DataParallel", "score", "StepTimeoutError", "ShardError", "WarmKernels", "threads_per_task"]
 
@@ -140,10 +140,11 @@ def _shard_step(data, params, step, a0, backend, workers, nonlinearity):
     lengths = batch[3] if len(batch) > 3 else None
     inputs, one_hot, _ = batch_inputs(inputs)
     n_a, rows = params["W_aa"].shape[0], int(data.rows)
+    num_layers, directions, _ = architecture(params.keys())
     # A bidirectional network carries no state (its reverse direction starts at the end).
-    carries = not isinstance(data, _ArrayShard) and "W_aa_reverse" not in params
+    carries = not isinstance(data, _ArrayShard) and directions == 1
     if reset_state or a0 is None or not carries:
-        layers = sum(1 for name in params if name.startswith("W_aa"))
+        layers = num_layers * directions
         shape = (n_a, rows) if layers == 1 else (layers, n_a, rows)
         a0 = np.zeros(shape, dtype=params["W_aa"].dtype)
     function = api.loss_and_grads_onehot if one_hot else api.loss_and_grads
