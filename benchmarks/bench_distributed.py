@@ -1,5 +1,5 @@
 """asv benchmarks of ``fastrnn.distributed`` on a ``LocalCluster`` of two worker processes
-of one thread each (README, "Every machine").
+of one thread each (docs/guide.md, "Every machine").
 
 Each benchmark starts its cluster in ``setup`` and stops it in ``teardown``; the kernels are
 compiled (or loaded from the cache) and the data loaded on the workers before anything is

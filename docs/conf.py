@@ -10,7 +10,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",  # NumPy-style docstrings
     "sphinx.ext.mathjax",
-    "myst_parser",  # the pages that include README.md's sections
+    "myst_parser",  # the pages written in Markdown
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
@@ -19,6 +19,5 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
-# README's sections start at level 2 when a page includes them.
-suppress_warnings = ["myst.header"]
+myst_heading_anchors = 2  # links to sections, e.g. guide.md#the-command-line
 html_theme = "alabaster"

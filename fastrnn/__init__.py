@@ -5,10 +5,15 @@ Forward pass, cross-entropy loss and backpropagation through time, on two backen
 compute the same thing: ``"numba"`` (compiled time loops, the default where Numba imports)
 and ``"numpy"`` (the readable reference).  The contract is ``docs/contract.rst``.
 
-Layout of the package:
+Layout of the package, from the doors down to the kernels:
 
-- ``api``: the public functions below (validate, lay out, dispatch);
-- ``validation``: argument checks shared by both backends;
+- ``api``: the NumPy front door, the public functions below (check the arguments, hand
+  the engine time-major views, lay the results back out in the seed's layout);
+- ``engine``: the one place a call is planned and run, on time-major arrays: its dense
+  path (one layer, one direction, full lengths) and its packed path (layers, directions,
+  ``lengths``), their caches, and the finishing of every result;
+- ``params``: the parameter-key schema (which keys a network has, and their order);
+- ``validation``: argument checks shared by every door;
 - ``packing``: the packed layout of networks with layers, directions or ``lengths``;
 - ``workspace``: reusable memory for repeated training steps;
 - ``parallel``: ``workers=``, a batch cut into shards run in threads;
@@ -17,6 +22,7 @@ Layout of the package:
 - ``optim``, ``model``, ``text``: optimizers, the ``RNN`` model, character language models;
 - ``backends.numpy_backend``: the reference implementation;
 - ``backends.numba_backend`` + ``backends.numba_kernels``: allocation, and the jitted kernels;
+- ``backends.layers``: the layer x direction loop both backends share;
 - ``backends._jit``: the JIT options every kernel uses.
 """
 
@@ -24,6 +30,7 @@ from .api import (
     CellCache,
     ForwardCache,
     NetworkCache,
+    PackedCache,
     available_backends,
     init_params,
     loss,
@@ -51,6 +58,7 @@ __all__ = [
     "CellCache",
     "ForwardCache",
     "NetworkCache",
+    "PackedCache",
     "available_backends",
     "init_params",
     "loss",

@@ -121,7 +121,7 @@ def build_parser():
         "--optimizer",
         choices=sorted(OPTIMIZERS),
         default="adam",
-        help="(default: %(default)s; the defaults were chosen from runs on four texts, README 'Training defaults')",
+        help="(default: %(default)s; the defaults were chosen from runs on four texts, docs/training-defaults.md)",
     )
     train.add_argument(
         "--clip",
@@ -141,7 +141,7 @@ def build_parser():
                        help="threads per step: N >= 1, or -1 for every core (default: fastrnn chooses from the sizes and cores)")  # fmt: skip
     train.add_argument("--dask", metavar="ADDRESS", type=_dask_address, default=None,
                        help="train on a Dask cluster: a scheduler's address (tcp://HOST:8786), or local:N for N worker "
-                            "processes on this machine; the workers read TEXT_FILE at the same path (README 'Every machine')")  # fmt: skip
+                            "processes on this machine; the workers read TEXT_FILE at the same path (docs/guide.md, 'Every machine')")  # fmt: skip
     train.add_argument("--dask-timeout", metavar="SECONDS", type=_number(float, above=0), default=600.0,
                        help="with --dask: the longest any wait may take, connecting (at most 30 s) or a step (default: %(default)s)")  # fmt: skip
     train.add_argument("--shards", type=_number(int, minimum=1), default=None,

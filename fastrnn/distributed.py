@@ -47,14 +47,10 @@ except ImportError as error:  # pragma: no cover  (the [distributed] extra is no
 
 from . import api, backends, optim, parallel
 from .model import RNN, batch_inputs
-from .validation import architecture, check_int, check_labels, check_lengths, check_real, check_targets
+from .params import architecture, gradient_names, is_single_layer
+from .validation import check_int, check_labels, check_lengths, check_real, check_targets
 
 __all__ = ["DataParallel", "score", "StepTimeoutError", "ShardError", "WarmKernels", "threads_per_task"]
-
-
-def _weight_gradients(params):
-    """The keys of the weight gradients of a network with these params."""
-    return tuple("d" + name for name in params)
 
 
 DEFAULT_TIMEOUT = 600.0  # seconds: a cold worker compiles its kernels (10-30 s) on its first step
@@ -145,7 +141,7 @@ def _shard_step(data, params, step, a0, backend, workers, nonlinearity):
     carries = not isinstance(data, _ArrayShard) and directions == 1
     if reset_state or a0 is None or not carries:
         layers = num_layers * directions
-        shape = (n_a, rows) if layers == 1 else (layers, n_a, rows)
+        shape = (n_a, rows) if is_single_layer(num_layers, directions) else (layers, n_a, rows)
         a0 = np.zeros(shape, dtype=params["W_aa"].dtype)
     function = api.loss_and_grads_onehot if one_hot else api.loss_and_grads
     loss, grads, a_last = function(
@@ -154,7 +150,7 @@ def _shard_step(data, params, step, a0, backend, workers, nonlinearity):
     )  # fmt: skip
     return (
         float(loss),
-        {name: np.ascontiguousarray(grads[name]) for name in _weight_gradients(params)},
+        {name: np.ascontiguousarray(grads[name]) for name in gradient_names(num_layers, directions)},
         rows,
         np.array(a_last) if carries else None,
         time.perf_counter() - begin,
@@ -306,7 +302,7 @@ class DataParallel:
     states), then clipping and the optimizer step.  Per step, the parameters go to each
     shard's task as an argument, and each returns its loss, its weight gradients and (for a
     shard that carries state) its last state: ``n_shards * (params + grads)`` bytes, and
-    Dask's fixed cost per task (README, "Every machine").
+    Dask's fixed cost per task (docs/guide.md, "Every machine").
     """
 
     def __init__(self, client, model, optimizer, *, clip_norm=None, timeout=DEFAULT_TIMEOUT, workers=None):
@@ -422,7 +418,9 @@ class DataParallel:
         seconds = time.perf_counter() - begin
         m = sum(part[2] for part in parts)
         weights = [part[2] / m for part in parts]
-        grads = parallel.sum_in_order([part[1] for part in parts], _weight_gradients(params), weights)
+        grads = parallel.sum_in_order(
+            [part[1] for part in parts], gradient_names(*architecture(params.keys())[:2]), weights
+        )
         loss = self.model.dtype.type(sum(weight * part[0] for weight, part in zip(weights, parts)))
         if self.clip_norm is not None:
             optim.clip_by_global_norm(grads, self.clip_norm, backend=self.backend)

@@ -18,14 +18,8 @@ import weakref
 import numpy as np
 
 from . import backends
-from .validation import (
-    FLOAT_DTYPES,
-    NonFiniteResultError,
-    architecture,
-    check_finite_together,
-    check_real,
-    is_param_name,
-)
+from .params import architecture, is_param_name
+from .validation import FLOAT_DTYPES, NonFiniteResultError, check_finite_together, check_real
 
 # Keys of a grads dict that are not parameter gradients.
 _INPUT_GRADIENTS = ("dx", "da0")

@@ -38,7 +38,7 @@ import numpy as np
 THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # Crossovers of ``plan`` for ``workers=None``, measured on the project's 2-core machine
-# (README, "Every core").  A call with shards has a fixed cost (handing shards to threads,
+# (docs/guide.md, "Every core").  A call with shards has a fixed cost (handing shards to threads,
 # a backend call per shard), so a shard must hold enough work to pay for it:
 MIN_ROWS_PER_SHARD = 2  # one-sequence shards did not run in parallel at all (OpenBLAS's M=1 path)
 #: Per backend: (multiply-adds of a shard's training step, and of each of its time steps).
@@ -131,7 +131,7 @@ def plan(workers, m, T, n_x, n_a, n_y, backend="numba"):
     workers : None, -1 or int >= 1
         Checked by ``check_workers``.  An int is the number of shards (at most ``m``), run
         by at most as many threads as there are cores; -1 is one shard per core.  None
-        lets fastrnn choose, within ``default_budget()`` (README, "Every core").  A single
+        lets fastrnn choose, within ``default_budget()`` (docs/guide.md, "Every core").  A single
         shard's BLAS threads stay within that budget too.
     m, T, n_x, n_a, n_y : int
         The problem's sizes; ``n_x = 0`` for one-hot inputs (a lookup, no products).
@@ -344,6 +344,16 @@ def _blas_threads(n):
     finally:
         for lib, before in changed:
             lib.set_num_threads(before)
+
+
+def call_with_blas_threads(n, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` with every BLAS library set to ``n`` threads
+    (``blas_threads``); called straight when ``n`` is None, so that tiny problems pay for
+    no context manager."""
+    if n is None:
+        return function(*args, **kwargs)
+    with _blas_threads(n):
+        return function(*args, **kwargs)
 
 
 def describe(plan_):

@@ -426,7 +426,7 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
         first = int(rng.integers(len(vocab)))
         context, generated = [first], [first]
     x = np.zeros((model.n_x, 1), dtype=model.dtype)
-    if model.num_layers == 1:
+    if model.is_single_layer:
         a = np.zeros((model.n_a, 1), dtype=model.dtype)
 
         def advance(index):

@@ -11,94 +11,25 @@ conversions make new arrays.
 import functools
 import math
 import numbers
-import re
 from collections import namedtuple
 
 import numpy as np
 
-PARAM_NAMES = ("W_ax", "W_aa", "b_a", "W_ya", "b_y")  # the seed's network: one layer, one direction
-PARAM_LABELS = tuple(f"params['{name}']" for name in PARAM_NAMES)  # as messages name them
-HIDDEN_NAMES = ("W_ax", "W_aa", "b_a")  # each layer and direction has these, suffixed (layer_key)
+from .params import SINGLE_LAYER_NAMES, architecture, layer_key
+
+PARAM_LABELS = tuple(f"params['{name}']" for name in SINGLE_LAYER_NAMES)  # as messages name them
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NONLINEARITIES = ("tanh", "relu")  # the hidden layer's f in a<t> = f(W_ax x<t> + W_aa a<t-1> + b_a)
 
 Dims = namedtuple("Dims", "n_x n_a n_y dtype num_layers directions", defaults=(1, 1))
 Dims.__doc__ = """Sizes and dtype fixed by the parameters, and the architecture their keys
-describe: ``num_layers`` stacked layers, ``directions`` 1 or 2 (bidirectional)."""
-
-
-def layer_key(name, layer, reverse):
-    """The key of a hidden-layer parameter: ``layer_key("W_ax", 1, True)`` is
-    ``"W_ax_l1_reverse"``, ``layer_key("W_ax", 0, False)`` the seed's ``"W_ax"`` (PyTorch's
-    ``weight_ih_l1_reverse``)."""
-    return name + (f"_l{layer}" if layer else "") + ("_reverse" if reverse else "")
-
-
-def param_names(num_layers=1, directions=1):
-    """Every parameter key of a network, in their canonical order: layer by layer, each
-    layer's forward direction then its reverse one, then the output layer."""
-    return tuple(
-        layer_key(name, layer, direction == 1)
-        for layer in range(num_layers)
-        for direction in range(directions)
-        for name in HIDDEN_NAMES
-    ) + ("W_ya", "b_y")
-
-
-def is_seed_network(dims):
-    """One layer, one direction: the seed's network, which has kernels of its own."""
-    return dims.num_layers == 1 and dims.directions == 1
-
-
-_LAYER_SUFFIX = re.compile(r"_l([1-9][0-9]*)(?:_reverse)?$")
-
-
-_PARAM_NAME = re.compile(r"^(?:(?:W_ax|W_aa|b_a)(?:_l[1-9][0-9]*)?(?:_reverse)?|W_ya|b_y)$")
-
-
-def is_param_name(name):
-    """Whether ``name`` is a parameter key of some network (``layer_key``, ``W_ya``, ``b_y``)."""
-    return isinstance(name, str) and _PARAM_NAME.match(name) is not None
-
-
-def architecture(keys, owner="params", prefix=""):
-    """``(num_layers, directions)`` read from a params dict's ``keys``, and their names in
-    canonical order; a ``ValueError`` naming the key when they are not one complete set.
-    ``owner`` and ``prefix`` say whose keys they are for messages (``"grads"``, ``"d"``).
-
-    The layers are the ``W_aa`` keys without ``_reverse`` (a skipped layer shows as a
-    missing key); the network is bidirectional when ``W_aa_reverse`` is present.
-    """
-    keys = [key for key in keys]
-    not_str = [key for key in keys if not isinstance(key, str)]
-    if not_str:
-        raise ValueError(f"{owner} has a key that is not a parameter name: {not_str[0]!r}")
-    num_layers = 1
-    for key in keys:
-        match = _LAYER_SUFFIX.search(key)
-        if match and key.startswith(HIDDEN_NAMES):
-            num_layers = max(num_layers, int(match.group(1)) + 1)
-    directions = 2 if "W_aa_reverse" in keys else 1
-    names = param_names(num_layers, directions)
-    kind = f"a network of {num_layers} layer(s), {'bidirectional' if directions == 2 else 'one direction'},"
-    missing = [name for name in names if name not in keys]
-    if missing:
-        raise ValueError(
-            f"{owner} is missing {prefix}{missing[0]}: {kind} needs {', '.join(prefix + name for name in names)} "
-            f"(see fastrnn.init_params)"
-        )
-    unexpected = [key for key in keys if key not in names]
-    if unexpected:
-        raise ValueError(
-            f"{owner} has an unexpected key {prefix + unexpected[0]!r}: {kind} has exactly "
-            f"{', '.join(prefix + name for name in names)}"
-        )
-    return num_layers, directions, names
+describe (``fastrnn.params``): ``num_layers`` stacked layers, ``directions`` 1 or 2
+(bidirectional)."""
 
 
 def param_labels(p):
     """The names of the arrays of a params dict, as messages name them."""
-    return PARAM_LABELS if len(p) == len(PARAM_NAMES) else tuple(f"params['{name}']" for name in p)
+    return PARAM_LABELS if len(p) == len(SINGLE_LAYER_NAMES) else tuple(f"params['{name}']" for name in p)
 
 
 def _describe(value):
@@ -223,7 +154,7 @@ def _all_finite(array):
     Small arrays: ``isfinite(a).all()``.  Larger ones: the sum is finite when every entry
     is (NaN and inf propagate), unless it overflows; only then do min and max decide.  No
     BLAS here (no ``np.dot``): waking NumPy's OpenBLAS threads before a kernel runs on
-    SciPy's slows the kernel down (README, "Measurements behind the code").
+    SciPy's slows the kernel down (docs/performance.md, "Measurements behind the code").
     """
     if array.dtype.kind in "iub":
         return True
@@ -254,7 +185,7 @@ def check_finite_together(arrays, names):
 
     A NumPy call has a fixed cost however small its array, which dominated a tiny training
     step's checks; so arrays of at most ``_JOIN_LIMIT`` entries in all are joined and
-    checked in one call (README, "Measurements behind the code").  ``names`` are the
+    checked in one call (docs/performance.md, "Measurements behind the code").  ``names`` are the
     arrays' names, for the message.
     """
     if sum(array.size for array in arrays) <= _JOIN_LIMIT:
@@ -321,9 +252,9 @@ def _params_if_plainly_valid(params, finite):
     None when anything differs; ``_check_params_thoroughly`` then converts what it can and
     says what is wrong.
     """
-    if type(params) is not dict or len(params) != len(PARAM_NAMES):
+    if type(params) is not dict or len(params) != len(SINGLE_LAYER_NAMES):
         return None
-    arrays = tuple(params.get(name) for name in PARAM_NAMES)
+    arrays = tuple(params.get(name) for name in SINGLE_LAYER_NAMES)
     if not all(type(array) is np.ndarray and array.flags.c_contiguous for array in arrays):
         return None
     W_ax, W_aa, b_a, W_ya, b_y = arrays
@@ -338,7 +269,7 @@ def _params_if_plainly_valid(params, finite):
         return None
     if finite and not all(_all_finite(array) for array in arrays):
         return None
-    return dict(zip(PARAM_NAMES, arrays)), Dims(n_x, n_a, n_y, dtype)
+    return dict(zip(SINGLE_LAYER_NAMES, arrays)), Dims(n_x, n_a, n_y, dtype)
 
 
 def _check_params_thoroughly(params, finite):
@@ -346,7 +277,7 @@ def _check_params_thoroughly(params, finite):
     mapping, array-likes and non-contiguous arrays (copied)."""
     if not hasattr(params, "keys") or not hasattr(params, "__getitem__"):
         raise TypeError(
-            f"params must be a dict with keys {', '.join(PARAM_NAMES)} (more for more layers or "
+            f"params must be a dict with keys {', '.join(SINGLE_LAYER_NAMES)} (more for more layers or "
             f"directions, see fastrnn.init_params), got {type(params).__name__}"
         )
     num_layers, directions, names = architecture(params.keys())
@@ -414,6 +345,21 @@ def check_lengths(lengths, m, T):
         bad = int(np.argwhere(array == bad_value)[0, 0])
         raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got {bad_value} at index {bad}")
     return array.astype(np.intp, copy=False)
+
+
+def check_finite_steps(time_major, lengths, name, sequence_ids=None):
+    """A ``ValueError`` naming ``name`` for a non-finite entry at a real step; ``time_major``
+    is (T, m, ...), the caller's sequences ``sequence_ids`` (None: 0, 1, ...).  Padding
+    may hold anything: it is never read."""
+    T, m = time_major.shape[:2]
+    padding = np.arange(T)[:, None] >= lengths[None, :]
+    finite = np.isfinite(time_major).reshape(T, m, -1).all(axis=-1) | padding
+    if not finite.all():
+        t, i = np.argwhere(~finite)[0]
+        sequence = i if sequence_ids is None else sequence_ids[i]
+        raise ValueError(
+            f"{name} must be finite at every real step, got a non-finite value at sequence {sequence}, step {t}"
+        )
 
 
 def check_array(value, name, expected, meaning, dtype, *, finite=True):

@@ -118,15 +118,16 @@ def test_bad_settings_are_usage_errors(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("page", ["README.md", "docs/guide.md"])
+def test_python_examples_of_the_docs_run(page, tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    text = (Path(__file__).resolve().parents[1] / page).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks
     monkeypatch.chdir(tmp_path)  # the examples write files
-    exec(compile("\n".join(blocks), "README.md", "exec"), {})
+    exec(compile("\n".join(blocks), page, "exec"), {})
 
 
 def test_train_workers_flag(tmp_path):

@@ -73,8 +73,13 @@ def test_bad_initial_states_are_named(backend, problem, a0, error, match):
         fastrnn.loss_onehot(x_index, a0, y, params, backend=backend)
 
 
-def test_a_cache_checks_its_layout_flag(problem):
+@pytest.mark.parametrize("lengths", [None, "some shorter"], ids=["dense path", "packed path"])
+def test_a_cache_checks_its_state_shape(problem, lengths):
     x, _, a0, _, params = problem
-    a, _, cache = fastrnn.rnn_forward(x, None, params)
-    with pytest.raises(TypeError, match="cache.a0_per_layer"):
-        fastrnn.rnn_backward(np.ones_like(a), cache._replace(a0_per_layer="yes"))
+    if lengths is not None:
+        lengths = np.maximum(1, np.arange(x.shape[1]) % x.shape[2])
+    a, _, cache = fastrnn.rnn_forward(x, None, params, lengths=lengths)
+    with pytest.raises(ValueError, match="cache.state_shape"):
+        fastrnn.rnn_backward(np.ones_like(a), cache._replace(state_shape="yes"))
+    with pytest.raises(TypeError, match="cache.state_shape"):
+        fastrnn.rnn_backward(np.ones_like(a), cache._replace(state_shape=1))

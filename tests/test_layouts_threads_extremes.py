@@ -195,7 +195,7 @@ def test_results_are_bitwise_identical_across_processes():
 def test_blas_thread_count_changes_at_most_the_last_bits():
     # With another BLAS thread count a matrix product may sum in another order: results
     # may differ in the last bits (so bitwise equality is only promised at equal thread
-    # counts, README), but must stay within the contract's tolerances.
+    # counts, docs/robustness.md), but must stay within the contract's tolerances.
     script = textwrap.dedent(
         """
         import sys, numpy as np, fastrnn
@@ -313,7 +313,7 @@ def test_memory_grows_linearly_with_T():
 
     small, large = peak(5_000), peak(50_000)
     assert 9 < large / small < 11, (small, large)
-    # And it matches README's formula within 5%: itemsize * ((T+1) m n_a + T m (n_a + n_y + n_x)) + labels
+    # And it matches the formula of docs/robustness.md within 5%: itemsize * ((T+1) m n_a + T m (n_a + n_y + n_x)) + labels
     n_x, n_a, n_y, m, T = 8, 16, 8, 2, 50_000
     formula = 8 * ((T + 1) * m * n_a + T * m * (n_a + n_y + n_x)) + 8 * T * m
     assert abs(large - formula) / formula < 0.05, (large, formula)

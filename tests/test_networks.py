@@ -368,9 +368,18 @@ def test_a_workspace_holds_the_gradients_of_any_network(backend):
     )
     expected_loss, expected = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, lengths=lengths)
     assert loss == expected_loss
+    held = list(workspace._arrays.values())
     for name, value in expected.items():
         np.testing.assert_array_equal(grads[name], value)
-        assert grads[name] is workspace.empty(name, value.shape, value.dtype)
+        assert any(np.shares_memory(grads[name], array) for array in held), name
+    # Views of the workspace: its next use overwrites them, in place.
+    first = {name: value.copy() for name, value in grads.items()}
+    _, again = fastrnn.loss_and_grads(
+        2 * x, a0, y, params, backend=backend, lengths=lengths, workspace=workspace
+    )
+    for name in first:
+        assert np.shares_memory(grads[name], again[name]), name
+        assert not np.array_equal(grads[name], first[name]), name
 
 
 @pytest.mark.parametrize("optimizer", [optim.SGD(lr=0.1, momentum=0.9), optim.Adagrad(), optim.Adam()],
@@ -498,7 +507,7 @@ def torch_network(params, nonlinearity):
     linear = torch.nn.Linear(D * dims.n_a, dims.n_y).double()
     with torch.no_grad():
         for layer, direction in itertools.product(range(dims.num_layers), range(D)):
-            ours = fastrnn.validation.layer_key("", layer, direction == 1)
+            ours = fastrnn.params.layer_key("", layer, direction == 1)
             theirs = f"_l{layer}" + ("_reverse" if direction else "")
             getattr(rnn, "weight_ih" + theirs).copy_(torch.from_numpy(params["W_ax" + ours]))
             getattr(rnn, "weight_hh" + theirs).copy_(torch.from_numpy(params["W_aa" + ours]))

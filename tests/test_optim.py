@@ -5,7 +5,7 @@ import pytest
 
 import fastrnn
 from fastrnn import optim
-from fastrnn.validation import PARAM_NAMES
+from fastrnn.params import SINGLE_LAYER_NAMES as PARAM_NAMES
 
 
 def one_value_problem(value, grad, dtype=np.float64):

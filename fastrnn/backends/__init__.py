@@ -12,7 +12,7 @@ function                                                  returns
 ``NAME``                                                  ``"numba"`` or ``"numpy"``
 ``RESULTS_IN_WORKSPACE``                                  whether ``loss_and_grads`` allocates its
                                                           results through ``empty`` (else the
-                                                          API copies them there)
+                                                          engine copies them there)
 ``forward(xs, a0, p, nonlinearity)``                      ``h``, ``y_hat`` (T, m, n_y), ``finite``
 ``backward(da, xs, h, p, nonlinearity)``                  dict (``dx``, ``da0``, ``dW_ax``,
                                                           ``dW_aa``, ``db_a``), ``finite``
@@ -28,7 +28,7 @@ function                                                  returns
 ``clip_by_value(grad, limit)``, ``scale(grad, factor)``   None (in place)
 ``max_abs(grad)``, ``sum_of_squares(grad, inv_scale)``    float
 ``make_packing(lengths, m, T)``                           ``fastrnn.packing.Packing``
-``pack_rows(x, sequences, steps)``                        packed rows (N, n_x) of ``x`` (n_x, m, T)
+``pack_rows(xs, sequences, steps)``                       packed rows (N, n_x) of ``xs`` (T, m, n_x)
 ``unpack_rows(packed, sequences, steps, out)``            None (rows written into ``out`` (T, m, n))
 ``network_forward_outputs(inputs, a0, p, num_layers,``    ``states`` (``[layer][direction]`` (N,
 ``directions, batch_sizes, offsets, nonlinearity)``       n_a)), ``y_hat`` (N, n_y), ``finite``
@@ -46,13 +46,16 @@ The ``network_*`` functions run networks of several layers, two directions or va
 lengths over packed rows (``fastrnn.packing``, ``numpy_backend``'s last section): ``inputs``
 (N, n_x) or one-hot (N,), ``a0`` (num_layers * D, m, n_a) in the packing's sorted order,
 ``labels`` (N,) per step or (1, m) per sequence.  ``network_loss_and_grads`` may write
-``dx`` over dense ``inputs``: the API packs a copy for each call.
+``dx`` over dense ``inputs``: the engine packs a copy for each call.  Both backends chain
+layers and directions with the same loop (``layers``), over their own functions for one
+direction of one layer (``layers.DirectionOps``).
 
 ``finite`` says whether every result is finite: each backend scans its own results (the
-Numba kernels in compiled code), and ``fastrnn.api`` alone reports a non-finite one, as
-``NonFiniteResultError``.  ``nonlinearity`` is ``"tanh"`` or ``"relu"`` (checked by the
-API).  ``a0`` may be a view (the backends copy it into ``h[0]``); ``p`` holds the five checked,
-C-contiguous parameters of one dtype, in which everything is computed.  ``empty(name,
+Numba kernels in compiled code), and the engine alone reports a non-finite one, as
+``NonFiniteResultError`` (``fastrnn.engine.finish``).  ``nonlinearity`` is ``"tanh"`` or
+``"relu"`` (checked by the API).  ``a0`` may be a view (the backends copy it into
+``h[0]``); ``p`` holds the checked, C-contiguous parameters of one dtype, in which
+everything is computed.  ``empty(name,
 shape, dtype)`` allocates what a call returns (a ``Workspace`` reuses it); ``batch_size``
 is the ``m`` the loss is averaged over (None: the call's own).
 """
@@ -134,8 +137,8 @@ def _resolve_cached(backend, from_env):
     return importlib.import_module(f"fastrnn.backends.{name}_backend")
 
 
-def overflow_reported_by_the_api(function):
-    """Run a backend function with NumPy's overflow warnings off: ``fastrnn.api`` turns a
+def overflow_reported_by_the_engine(function):
+    """Run a backend function with NumPy's overflow warnings off: ``fastrnn.engine`` turns a
     non-finite result into a clear ``NonFiniteResultError`` right after.  For the NumPy
     backend, and for the Numba one when its kernels run as plain Python
     (``NUMBA_DISABLE_JIT=1``); compiled kernels warn about nothing."""

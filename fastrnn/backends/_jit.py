@@ -3,7 +3,7 @@
 All kernels are compiled with the same options:
 
 - ``cache=True``: a new process loads machine code from ``__pycache__`` instead of
-  compiling again (first-call time matters to users; see the README's figures).
+  compiling again (first-call time matters to users; see docs/performance.md).
 - ``nogil=True``: kernels release the GIL, so calls from several threads run in parallel
   (each call allocates its own arrays; kernels share no state).
 - ``error_model="numpy"``: float division by zero gives inf/nan instead of raising.  With

@@ -15,12 +15,11 @@ import math
 import numpy as np
 from numba import config
 
+from .. import packing
 from ..packing import Packing
-from ..validation import HIDDEN_NAMES, layer_key
 from ..workspace import new_array
+from . import layers, overflow_reported_by_the_engine
 from . import numba_kernels as kernels
-from . import numpy_backend as reference  # the layout helpers, shared
-from . import overflow_reported_by_the_api
 
 NAME = "numba"  # what ``backend=`` calls this backend
 RESULTS_IN_WORKSPACE = True  # every result is allocated through ``empty`` (see numpy_backend)
@@ -162,7 +161,7 @@ def make_packing(lengths, m, T):
     """``fastrnn.packing.make_packing``, its arrays filled by one kernel (a counting sort)
     instead of a dozen NumPy calls: the shards of a call pack at once, without the GIL."""
     if lengths is None:
-        return reference.make_packing(lengths, m, T)
+        return packing.make_packing(lengths, m, T)
     T_run, N = int(lengths.max()), int(lengths.sum())
     order, sorted_lengths, last_rows = np.empty((3, m), dtype=np.intp)
     batch_sizes, offsets = np.empty(T_run, dtype=np.intp), np.empty(T_run + 1, dtype=np.intp)
@@ -171,18 +170,20 @@ def make_packing(lengths, m, T):
     return Packing(order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences, T, False)
 
 
-def pack_rows(x, sequences, steps):
-    """As the reference's; a kernel for C-contiguous ``x`` (from each plane of ``x``, one
-    contiguous (m, T) block at a time), the reference's gather otherwise."""
+def pack_rows(xs, sequences, steps):
+    """As the reference's; a kernel where ``xs`` (T, m, n_x) is the transpose of a
+    C-contiguous (n_x, m, T) array, the seed's layout (from each plane, one contiguous
+    (m, T) block at a time), NumPy's gather otherwise."""
+    x = xs.transpose(2, 1, 0)
     if not x.flags.c_contiguous:
-        return reference.pack_rows(x, sequences, steps)
+        return xs[steps, sequences]
     packed = np.empty((sequences.size, x.shape[0]), dtype=x.dtype)
     kernels.pack_rows_into(x, sequences, steps, packed)
     return packed
 
 
 def unpack_rows(packed, sequences, steps, out):
-    """As the reference's, by a kernel (``out`` is the API's C-contiguous array)."""
+    """As the reference's, by a kernel (``out`` is the engine's C-contiguous array)."""
     kernels.unpack_rows_into(packed, sequences, steps, out)
 
 
@@ -244,21 +245,16 @@ def packed_input_backward(dz, layer_input, W_ax):
     return dW_ax, d_input
 
 
+# The layer x direction loop is the reference's (``layers``), over this backend's direction functions.
+DIRECTION_OPS = layers.DirectionOps(
+    packed_projection, direction_forward, direction_backward, packed_input_backward
+)
+
+
 def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
-    states = []
-    layer_input = inputs
-    for layer in range(num_layers):
-        layer_states = []
-        for direction in range(directions):
-            W_ax, W_aa, b_a = reference.direction_params(p, layer, direction == 1)
-            z = packed_projection(layer_input, W_ax)
-            initial = a0[layer * directions + direction]
-            layer_states.append(
-                direction_forward(z, initial, W_aa, b_a, batch_sizes, offsets, direction == 1, nonlinearity)
-            )
-        states.append(layer_states)
-        layer_input = reference.layer_output(layer_states)
-    return states
+    return layers.network_forward(
+        DIRECTION_OPS, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity
+    )
 
 
 def network_backward(
@@ -273,39 +269,11 @@ def network_backward(
     d_top_is_scratch=False,
     states_are_scratch=False,
 ):
-    """As the reference's.  ``d_top_is_scratch``: ``d_top`` may be overwritten;
-    ``states_are_scratch``: so may ``states``, each after its last read (a layer's
-    states are read by the layer above's gradients first, then by its own)."""
-    num_layers, directions = len(states), len(states[0])
-    n_a = a0.shape[-1]
-    grads = {}
-    da0 = np.empty_like(a0)
-    d_output = d_top
-    for layer in range(num_layers - 1, -1, -1):
-        layer_input = inputs if layer == 0 else reference.layer_output(states[layer - 1])
-        d_input = None
-        for direction in range(directions):
-            reverse = direction == 1
-            W_ax, W_aa, _ = reference.direction_params(p, layer, reverse)
-            d_states = d_output[:, direction * n_a : (direction + 1) * n_a]
-            index = layer * directions + direction
-            # One direction: d_output is this function's own array (d_top is the caller's, made for the call)
-            dz, da0[index], dW_aa, db_a = direction_backward(
-                d_states, states[layer][direction], a0[index], W_aa, batch_sizes, offsets, reverse, nonlinearity,
-                dH_is_scratch=directions == 1 and d_top_is_scratch, H_is_scratch=states_are_scratch,
-            )  # fmt: skip
-            d_top_is_scratch = True
-            dW_ax, d_part = packed_input_backward(dz, layer_input, W_ax)
-            grads.update(
-                zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a))
-            )
-            if d_part is not None:
-                d_input = d_part if d_input is None else np.add(d_input, d_part, out=d_input)
-        d_output = d_input
-    grads["da0"] = da0
-    if d_output is not None:
-        grads["dx"] = d_output
-    return grads
+    """As the reference's, with the scratch flags of ``layers.network_backward``."""
+    return layers.network_backward(
+        DIRECTION_OPS, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity,
+        d_top_is_scratch=d_top_is_scratch, states_are_scratch=states_are_scratch,
+    )  # fmt: skip
 
 
 def _output_logits(top, p):
@@ -317,7 +285,7 @@ def _output_logits(top, p):
 
 def network_forward_outputs(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
     states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
-    top = reference.layer_output(states[-1])
+    top = layers.layer_output(states[-1])
     y_hat = _output_logits(top, p)
     finite = kernels.softmax_rows_with_bias(y_hat, p["b_y"].reshape(-1)) and kernels.all_finite(top)
     return states, y_hat, finite
@@ -348,7 +316,7 @@ def network_loss_and_grads(
         )
     sequence_labels = labels.ndim == 2
     states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
-    top = np.ascontiguousarray(reference.network_top(states, last_rows, sequence_labels))
+    top = np.ascontiguousarray(layers.network_top(states, last_rows, sequence_labels))
     dlogits = _output_logits(top, p)
     db_y = np.empty_like(p["b_y"])
     loss = kernels.cross_entropy_rows_with_bias(
@@ -356,10 +324,10 @@ def network_loss_and_grads(
     )
     d_top_read = np.empty(top.shape, dtype=top.dtype)
     kernels.matmul_into(dlogits, p["W_ya"], d_top_read)
-    d_top = reference.scatter_top(d_top_read, states, last_rows, sequence_labels)
+    d_top = layers.scatter_top(d_top_read, states, last_rows, sequence_labels)
     grads = {"dW_ya": np.empty_like(p["W_ya"]), "db_y": db_y}
     kernels.matmul_transposed_into(dlogits, top, grads["dW_ya"])
-    final = reference.final_states(states, last_rows)  # before the backward pass reuses the states
+    final = packing.final_states(states, last_rows)  # before the backward pass reuses the states
     grads.update(
         network_backward(
             d_top,
@@ -401,7 +369,7 @@ def _one_direction_loss_and_grads(
             inputs, *arrays, np.empty((n_x, n_a), dtype), grads["dW_ax"], *weight_grads, relu
         )
     else:
-        # The packed inputs are the API's copy for this call: dx is written over them, after
+        # The packed inputs are the engine's copy for this call: dx is written over them, after
         # their last read (as ``xs_is_scratch`` for the seed's kernels).
         grads["dx"] = inputs
         loss, finite = kernels.packed_loss_and_grads_kernel(
@@ -416,7 +384,7 @@ def network_sequence_losses(
 ):
     sequence_labels = labels.ndim == 2
     states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
-    top = np.ascontiguousarray(reference.network_top(states, last_rows, sequence_labels))
+    top = np.ascontiguousarray(layers.network_top(states, last_rows, sequence_labels))
     logits = _output_logits(top, p)
     m = last_rows.size
     losses = np.empty(m, dtype=np.float64)
@@ -425,15 +393,15 @@ def network_sequence_losses(
     finite = kernels.sequence_cross_entropy_rows_with_bias(
         logits, p["b_y"].reshape(-1), np.ascontiguousarray(labels.reshape(-1)), batch_sizes, offsets, losses
     )
-    return losses, reference.final_states(states, last_rows), finite
+    return losses, packing.final_states(states, last_rows), finite
 
 
 if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where compiled code is silent
     forward, backward, loss_and_grads, sequence_losses = map(
-        overflow_reported_by_the_api, (forward, backward, loss_and_grads, sequence_losses)
+        overflow_reported_by_the_engine, (forward, backward, loss_and_grads, sequence_losses)
     )
     network_forward_outputs, network_backward_grads, network_loss_and_grads, network_sequence_losses = map(
-        overflow_reported_by_the_api,
+        overflow_reported_by_the_engine,
         (network_forward_outputs, network_backward_grads, network_loss_and_grads, network_sequence_losses),
     )
 
@@ -477,5 +445,5 @@ def scale(grad, factor):
 
 if config.DISABLE_JIT:  # as above: fastrnn.optim reports a step that would overflow
     sgd_update, adagrad_update, adam_update = map(
-        overflow_reported_by_the_api, (sgd_update, adagrad_update, adam_update)
+        overflow_reported_by_the_engine, (sgd_update, adagrad_update, adam_update)
     )

@@ -81,7 +81,7 @@ _OVERLOAD_OPTIONS = dict(
 #
 # Why not np.tanh / math.exp: PyPI's llvmlite has no SVML, so Numba calls libm one element
 # at a time, an order of magnitude slower than NumPy's own SIMD loops.  The functions below
-# are plain arithmetic that LLVM vectorises, as fast as NumPy's loops (README, "Measurements
+# are plain arithmetic that LLVM vectorises, as fast as NumPy's loops (docs/performance.md, "Measurements
 # behind the code").  Accuracy against NumPy, tested in tests/test_numba_kernels.py: tanh
 # within 2 ulp (float64) and 6 ulp (float32), exp within 1 and 2 ulp.  Each function is
 # plain Python, which runs as such under NUMBA_DISABLE_JIT=1, with compiled implementations
@@ -233,12 +233,12 @@ def _overload_fast_tanh(x):
 # =======================================================================================
 # 2. Small matrix products.  The recurrent product h[t] @ W_aa.T is tiny at small sizes
 # (16 x 16 for one sequence): there a BLAS call costs more than the arithmetic, so plain
-# loops do it; above, BLAS wins (README, "Measurements behind the code").
+# loops do it; above, BLAS wins (docs/performance.md, "Measurements behind the code").
 # =======================================================================================
 
 # r * k * n at or below which loops beat a BLAS call, for one row (a matrix-vector product,
 # where BLAS's gemm is least efficient) and for several rows: measured crossovers, float64
-# and float32 alike (README, "Measurements behind the code").
+# and float32 alike (docs/performance.md, "Measurements behind the code").
 SMALL_MATVEC_FLOPS = 8192
 SMALL_MATMUL_FLOPS = 512
 
@@ -303,7 +303,7 @@ def _add_matmul_loops(a, b, out):
 
 #: Rows at or below which ``add_matmul_rows_into`` uses loops.  A BLAS gemm of 2 to 8 rows
 #: costs 6 to 8 us at 128 x 128 whatever the rows (its fixed cost), loops 1 to 4 us; from 16
-#: rows BLAS wins, at n_a = 64, 128 and 256 alike (README, "Measurements behind the code").
+#: rows BLAS wins, at n_a = 64, 128 and 256 alike (docs/performance.md, "Measurements behind the code").
 PACKED_LOOP_ROWS = 8
 
 
@@ -391,7 +391,7 @@ NONLINEARITY = {"tanh": None, "relu": True}
 def hidden_forward_in_place(W_aa_T, b_a, h, rec, relu):
     """The recurrence (``numpy_backend.hidden_forward``): ``h[1:]`` holds the input
     projection on entry and the hidden states a<1..T> on exit.  ``relu``: None for tanh,
-    True for ``max(z, 0)`` (``numpy_backend.activation``; see ``NONLINEARITY`` below).
+    True for ``max(z, 0)`` (``numpy_backend.activation``; see ``NONLINEARITY`` above).
 
     Parameters
     ----------

@@ -4,8 +4,8 @@ Each function here has a twin of the same name in ``numba_backend.py``; the Numb
 mirror these lines step by step.  Read this file first.
 
 Internal layout (both backends).  The public API takes the seed's layout
-(features x batch x time); ``fastrnn.api`` converts once, at the boundary, to a time-major
-"row" layout in which every time step is one C-contiguous (batch, features) block:
+(features x batch x time); the engine (``fastrnn.engine``) works in a time-major "row"
+layout in which every time step is one C-contiguous (batch, features) block:
 
 ==========  ================  =====================================================
 name        shape             meaning
@@ -35,13 +35,13 @@ lookup and ``dW_ax`` a scatter-add, and no dense one-hot array is ever built.  T
 import numpy as np
 
 from ..packing import final_states, make_packing  # noqa: F401  (make_packing: this backend's)
-from ..validation import HIDDEN_NAMES, layer_key
 from ..workspace import new_array
-from . import overflow_reported_by_the_api
+from . import layers, overflow_reported_by_the_engine
+from .layers import layer_output, network_top, scatter_top
 
 NAME = "numpy"  # what ``backend=`` calls this backend
 # The gradients are NumPy temporaries, not arrays from ``empty``: with a workspace,
-# fastrnn.api copies them into it (the Numba backend allocates them there).
+# the engine copies them into it (the Numba backend allocates them there).
 RESULTS_IN_WORKSPACE = False
 
 
@@ -128,7 +128,7 @@ def softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@overflow_reported_by_the_api
+@overflow_reported_by_the_engine
 def forward(xs, a0, p, nonlinearity="tanh"):
     """Hidden states and softmax outputs (``nonlinearity``: ``hidden_forward``'s).
 
@@ -215,7 +215,7 @@ def sequence_cross_entropy(logits, labels):
     return np.sum(row_losses, axis=0, dtype=np.float64)
 
 
-@overflow_reported_by_the_api
+@overflow_reported_by_the_engine
 def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     """Each sequence's loss, from a forward pass that keeps nothing for a backward one.
 
@@ -304,7 +304,7 @@ def input_backward(dz, inputs, p):
     return dz_rows.T @ rows(inputs), (dz_rows @ p["W_ax"]).reshape(inputs.shape)
 
 
-@overflow_reported_by_the_api
+@overflow_reported_by_the_engine
 def backward(da, xs, h, p, nonlinearity="tanh"):
     """Gradients for an outside ``da``: the public ``rnn_backward``.
 
@@ -320,7 +320,7 @@ def backward(da, xs, h, p, nonlinearity="tanh"):
     return grads, _all_finite(*grads.values())
 
 
-@overflow_reported_by_the_api
+@overflow_reported_by_the_engine
 def loss_and_grads(
     inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None, nonlinearity="tanh"
 ):
@@ -383,21 +383,17 @@ def loss_and_grads(
 # network with full-length sequences does not come here: it has the functions above.
 
 
-def pack_rows(x, sequences, steps):
-    """The packed rows of dense inputs: ``x[:, sequences[r], steps[r]]`` for every packed row
-    r, shape (N, n_x), from ``x`` (n_x, m, T) in the caller's layout (``fastrnn.packing``)."""
-    return x.transpose(2, 1, 0)[steps, sequences]
+def pack_rows(xs, sequences, steps):
+    """The packed rows of dense inputs: ``xs[steps[r], sequences[r]]`` for every packed row
+    r, shape (N, n_x), from time-major ``xs`` (T, m, n_x) in any memory layout
+    (``fastrnn.packing``)."""
+    return xs[steps, sequences]
 
 
 def unpack_rows(packed, sequences, steps, out):
     """``pack_rows`` undone: each packed row (N, n) into the time-major (T, m, n) ``out``
     at its step and sequence (the padding of ``out`` is left as it is)."""
     out[steps, sequences] = packed
-
-
-def direction_params(p, layer, reverse):
-    """``W_ax``, ``W_aa``, ``b_a`` of one layer and direction (``validation.layer_key``)."""
-    return tuple(p[layer_key(name, layer, reverse)] for name in HIDDEN_NAMES)
 
 
 def time_order(T, reverse):
@@ -454,13 +450,18 @@ def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinear
     return H
 
 
-def direction_backward(dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity):
+def direction_backward(
+    dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity, dH_is_scratch=False, H_is_scratch=False
+):
     """``hidden_backward`` of one direction over packed rows.
 
     Parameters
     ----------
     dH : ndarray, shape (N, n_a)
         dL/dH from outside the recurrence (the output layer, or the layer above).
+    dH_is_scratch, H_is_scratch : bool
+        Whether ``dH`` and ``H`` may be overwritten (the Numba backend's memory savings;
+        this reference never writes over its arguments).
 
     Returns
     -------
@@ -508,110 +509,29 @@ def packed_input_backward(dz, layer_input, W_ax):
     return dz.T @ layer_input, dz @ W_ax
 
 
-def layer_output(layer_states):
-    """A layer's directions' states side by side, (N, D * n_a): what the next layer reads."""
-    return layer_states[0] if len(layer_states) == 1 else np.concatenate(layer_states, axis=1)
+# The layer x direction loop is the same for both backends (``layers``); this backend's
+# direction functions plug into it.
+DIRECTION_OPS = layers.DirectionOps(
+    packed_projection, direction_forward, direction_backward, packed_input_backward
+)
 
 
 def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
-    """Every layer and direction of a network over packed rows.
-
-    Parameters
-    ----------
-    inputs : ndarray
-        Packed dense inputs (N, n_x), or one-hot indices (N,).
-    a0 : ndarray, shape (num_layers * D, m, n_a)
-
-    Returns
-    -------
-    states : list of lists of ndarray
-        ``states[layer][direction]``, (N, n_a) each.
-    """
-    states = []
-    layer_input = inputs
-    for layer in range(num_layers):
-        layer_states = []
-        for direction in range(directions):
-            W_ax, W_aa, b_a = direction_params(p, layer, direction == 1)
-            z = packed_projection(layer_input, W_ax)
-            initial = a0[layer * directions + direction]
-            layer_states.append(
-                direction_forward(z, initial, W_aa, b_a, batch_sizes, offsets, direction == 1, nonlinearity)
-            )
-        states.append(layer_states)
-        layer_input = layer_output(layer_states)
-    return states
-
-
-def network_top(states, last_rows, sequence_labels):
-    """What the output layer reads: the top layer's output at every step (N, D * n_a), or
-    for one label per sequence its final states side by side (m, D * n_a)."""
-    if not sequence_labels:
-        return layer_output(states[-1])
-    top = final_states(states[-1:], last_rows)
-    return np.concatenate(list(top), axis=1)
+    """``layers.network_forward`` on this backend: ``states[layer][direction]`` (N, n_a)."""
+    return layers.network_forward(
+        DIRECTION_OPS, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity
+    )
 
 
 def network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity):
-    """Backpropagation through every layer and direction, from ``d_top`` (N, D * n_a),
-    dL/d(the top layer's output) from outside the recurrences.
-
-    Returns
-    -------
-    grads : dict
-        ``"d" + key`` of every hidden-layer parameter, ``da0`` (num_layers * D, m, n_a),
-        and ``dx`` (N, n_x) for dense inputs.
-    """
-    num_layers, directions = len(states), len(states[0])
-    n_a = a0.shape[-1]
-    grads = {}
-    da0 = np.empty_like(a0)
-    d_output = d_top
-    for layer in range(num_layers - 1, -1, -1):
-        layer_input = inputs if layer == 0 else layer_output(states[layer - 1])
-        d_input = None
-        for direction in range(directions):
-            reverse = direction == 1
-            W_ax, W_aa, _ = direction_params(p, layer, reverse)
-            d_states = d_output[:, direction * n_a : (direction + 1) * n_a]
-            index = layer * directions + direction
-            dz, da0[index], dW_aa, db_a = direction_backward(
-                d_states,
-                states[layer][direction],
-                a0[index],
-                W_aa,
-                batch_sizes,
-                offsets,
-                reverse,
-                nonlinearity,
-            )
-            dW_ax, d_part = packed_input_backward(dz, layer_input, W_ax)
-            grads.update(
-                zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a))
-            )
-            if d_part is not None:
-                d_input = d_part if d_input is None else d_input + d_part
-        d_output = d_input
-    grads["da0"] = da0
-    if d_output is not None:
-        grads["dx"] = d_output
-    return grads
+    """``layers.network_backward`` on this backend: the hidden layers' gradients, ``da0``
+    and, for dense inputs, ``dx`` (N, n_x)."""
+    return layers.network_backward(
+        DIRECTION_OPS, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity
+    )
 
 
-def scatter_top(d_top_read, states, last_rows, sequence_labels):
-    """dL/d(the top layer's output) (N, D * n_a) from dL/d(what ``network_top`` read):
-    itself at every step, or the final states' rows for one label per sequence."""
-    if not sequence_labels:
-        return d_top_read
-    n_a = states[-1][0].shape[1]
-    m = last_rows.size
-    d_top = np.zeros((states[-1][0].shape[0], d_top_read.shape[1]), dtype=d_top_read.dtype)
-    d_top[last_rows, :n_a] = d_top_read[:, :n_a]  # the forward direction's last steps
-    d_top[:m, n_a:] = d_top_read[:, n_a:]  # the reverse direction's step 0
-    return d_top
-
-
-@overflow_reported_by_the_api
+@overflow_reported_by_the_engine
 def network_forward_outputs(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
     """``forward`` of a network over packed rows: ``states``, softmax outputs (N, n_y) of
     every step, and whether both are finite."""
@@ -621,7 +541,7 @@ def network_forward_outputs(inputs, a0, p, num_layers, directions, batch_sizes, 
     return states, y_hat, _all_finite(top, y_hat)
 
 
-@overflow_reported_by_the_api
+@overflow_reported_by_the_engine
 def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity):
     """``backward`` of a network over packed rows: ``network_backward`` and whether every
     gradient is finite."""
@@ -629,7 +549,7 @@ def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, n
     return grads, _all_finite(*grads.values())
 
 
-@overflow_reported_by_the_api
+@overflow_reported_by_the_engine
 def network_loss_and_grads(
     inputs,
     a0,
@@ -677,7 +597,7 @@ def network_loss_and_grads(
     return loss, grads, final_states(states, last_rows), finite
 
 
-@overflow_reported_by_the_api
+@overflow_reported_by_the_engine
 def network_sequence_losses(
     inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity
 ):
@@ -712,7 +632,7 @@ def _finish_update(commit, new_values, targets):
     return True
 
 
-@overflow_reported_by_the_api  # fastrnn.optim reports a step that overflows
+@overflow_reported_by_the_engine  # fastrnn.optim reports a step that overflows
 def sgd_update(param, grad, velocity, lr, momentum, commit=True):
     """``velocity = momentum * velocity + grad``; ``param -= lr * velocity`` (PyTorch's form)."""
     new_velocity = momentum * velocity + grad
@@ -720,7 +640,7 @@ def sgd_update(param, grad, velocity, lr, momentum, commit=True):
     return _finish_update(commit, (new_param, new_velocity), (param, velocity))
 
 
-@overflow_reported_by_the_api  # fastrnn.optim reports a step that overflows
+@overflow_reported_by_the_engine  # fastrnn.optim reports a step that overflows
 def adagrad_update(param, grad, sum_sq, lr, eps, commit=True):
     """``sum_sq += grad**2``; ``param -= lr * grad / sqrt(sum_sq + eps)`` (min-char-rnn's form)."""
     new_sum_sq = sum_sq + grad * grad
@@ -728,7 +648,7 @@ def adagrad_update(param, grad, sum_sq, lr, eps, commit=True):
     return _finish_update(commit, (new_param, new_sum_sq), (param, sum_sq))
 
 
-@overflow_reported_by_the_api  # fastrnn.optim reports a step that overflows
+@overflow_reported_by_the_engine  # fastrnn.optim reports a step that overflows
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, correction1, correction2, commit=True):
     """Adam (Kingma and Ba) with bias correction.
 

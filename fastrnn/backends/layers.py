@@ -1,0 +1,145 @@
+"""The layer x direction loop of a network over packed rows, shared by both backends.
+
+A network of several layers, two directions or variable lengths runs as packed rows
+(``fastrnn.packing``).  What differs between the backends is how one direction of one
+layer is computed (a NumPy loop, or a Numba kernel); how the layers and directions are
+chained is the same maths for both, and lives here once:
+
+- forward: layer ``l`` reads layer ``l - 1``'s output, its directions' states side by
+  side (``layer_output``); each direction projects that input (``packed_projection``) and
+  runs its recurrence (``direction_forward``);
+- backward: from the top layer down, each direction's recurrence is run backwards
+  (``direction_backward``), then its input gradients (``packed_input_backward``); the
+  directions' gradients of the layer's input add up.
+
+A backend passes its four direction functions as a ``DirectionOps``.  Every array here is
+NumPy; nothing is compiled.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..packing import final_states
+from ..params import HIDDEN_NAMES, direction_params, layer_key
+
+
+class DirectionOps(NamedTuple):
+    """A backend's functions for one direction of one layer (``numpy_backend`` documents
+    each; ``numba_backend`` has twins of the same names and arguments)."""
+
+    packed_projection: object  # (layer_input, W_ax) -> z (N, n_a)
+    direction_forward: object  # (z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity) -> H
+    direction_backward: object  # (dH, H, a0, W_aa, ..., dH_is_scratch, H_is_scratch) -> dz, da0, dW_aa, db_a
+    packed_input_backward: object  # (dz, layer_input, W_ax) -> dW_ax, d_input (None for one-hot)
+
+
+def layer_output(layer_states):
+    """A layer's directions' states side by side, (N, D * n_a): what the next layer reads."""
+    return layer_states[0] if len(layer_states) == 1 else np.concatenate(layer_states, axis=1)
+
+
+def network_forward(ops, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+    """Every layer and direction of a network over packed rows.
+
+    Parameters
+    ----------
+    ops : DirectionOps
+        The backend's direction functions.
+    inputs : ndarray
+        Packed dense inputs (N, n_x), or one-hot indices (N,).
+    a0 : ndarray, shape (num_layers * D, m, n_a)
+        In the packing's sorted order.
+
+    Returns
+    -------
+    states : list of lists of ndarray
+        ``states[layer][direction]``, (N, n_a) each.
+    """
+    states = []
+    layer_input = inputs
+    for layer in range(num_layers):
+        layer_states = []
+        for direction in range(directions):
+            W_ax, W_aa, b_a = direction_params(p, layer, direction == 1)
+            z = ops.packed_projection(layer_input, W_ax)
+            initial = a0[layer * directions + direction]
+            layer_states.append(
+                ops.direction_forward(
+                    z, initial, W_aa, b_a, batch_sizes, offsets, direction == 1, nonlinearity
+                )
+            )
+        states.append(layer_states)
+        layer_input = layer_output(layer_states)
+    return states
+
+
+def network_backward(
+    ops, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False,
+    states_are_scratch=False,
+):  # fmt: skip
+    """Backpropagation through every layer and direction, from ``d_top`` (N, D * n_a),
+    dL/d(the top layer's output) from outside the recurrences.
+
+    ``d_top_is_scratch``: ``d_top`` may be overwritten; ``states_are_scratch``: so may
+    ``states``, each after its last read (a layer's states are read by the layer above's
+    gradients first, then by its own).  The NumPy reference ignores both.
+
+    Returns
+    -------
+    grads : dict
+        ``"d" + key`` of every hidden-layer parameter, ``da0`` (num_layers * D, m, n_a),
+        and ``dx`` (N, n_x) for dense inputs.
+    """
+    num_layers, directions = len(states), len(states[0])
+    n_a = a0.shape[-1]
+    grads = {}
+    da0 = np.empty_like(a0)
+    d_output = d_top
+    for layer in range(num_layers - 1, -1, -1):
+        layer_input = inputs if layer == 0 else layer_output(states[layer - 1])
+        d_input = None
+        for direction in range(directions):
+            reverse = direction == 1
+            W_ax, W_aa, _ = direction_params(p, layer, reverse)
+            d_states = d_output[:, direction * n_a : (direction + 1) * n_a]
+            index = layer * directions + direction
+            # With one direction, d_output is the caller's d_top, or an array of this loop's own
+            dz, da0[index], dW_aa, db_a = ops.direction_backward(
+                d_states, states[layer][direction], a0[index], W_aa, batch_sizes, offsets, reverse, nonlinearity,
+                dH_is_scratch=directions == 1 and d_top_is_scratch, H_is_scratch=states_are_scratch,
+            )  # fmt: skip
+            d_top_is_scratch = True
+            dW_ax, d_part = ops.packed_input_backward(dz, layer_input, W_ax)
+            grads.update(
+                zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a))
+            )
+            if d_part is not None:
+                d_input = d_part if d_input is None else np.add(d_input, d_part, out=d_input)
+        d_output = d_input
+    grads["da0"] = da0
+    if d_output is not None:
+        grads["dx"] = d_output
+    return grads
+
+
+def network_top(states, last_rows, sequence_labels):
+    """What the output layer reads: the top layer's output at every step (N, D * n_a), or
+    for one label per sequence its final states side by side (m, D * n_a)."""
+    if not sequence_labels:
+        return layer_output(states[-1])
+    top = final_states(states[-1:], last_rows)
+    return np.concatenate(list(top), axis=1)
+
+
+def scatter_top(d_top_read, states, last_rows, sequence_labels):
+    """dL/d(the top layer's output) (N, D * n_a) from dL/d(what ``network_top`` read):
+    itself at every step, or the final states' rows for one label per sequence."""
+    if not sequence_labels:
+        return d_top_read
+    n_a = states[-1][0].shape[1]
+    m = last_rows.size
+    d_top = np.zeros((states[-1][0].shape[0], d_top_read.shape[1]), dtype=d_top_read.dtype)
+    d_top[last_rows, :n_a] = d_top_read[:, :n_a]  # the forward direction's last steps
+    d_top[:m, n_a:] = d_top_read[:, n_a:]  # the reverse direction's step 0
+    return d_top

@@ -1,0 +1,202 @@
+"""The engine: the one place a call is planned and run, on time-major arrays.
+
+Every front door (the NumPy API in ``fastrnn.api``, in the seed's layout) checks its
+arguments, hands the engine time-major views, and lays the results back out.  The engine
+takes:
+
+==========  ===================================  =========================================
+name        shape                                meaning
+==========  ===================================  =========================================
+``inputs``  (T, m, n_x), or (T, m) intp          dense inputs, or one-hot indices
+``a0``      (num_layers * D, m, n_a)             initial states, ``layer * D + direction``
+``labels``  (T, m) intp, or (m,) intp            a class per step, or per sequence
+``lengths`` None, or (m,) intp                   None: every sequence T steps long
+==========  ===================================  =========================================
+
+views in any memory layout (the engine copies only what a kernel needs contiguous), and
+returns time-major results: ``dx`` (T, m, n_x), ``da0`` and final states (num_layers * D,
+m, n_a), outputs (T, m, ...), 0 at padding.  Arguments are trusted: the doors check them.
+
+A call takes one of two paths (``planning.uses_packed_path``):
+
+- ``dense``: one layer, one direction, full-length sequences; the seed's network, whose
+  kernels run a whole step in one call;
+- ``packed``: several layers, two directions or ``lengths``; packed rows
+  (``fastrnn.packing``) through the backends' layer x direction loop.
+
+Both cut the batch into shards of whole sequences run by threads (``planning``,
+``fastrnn.parallel``); both end in ``finish`` (non-finite results reported, results put in
+a workspace); their caches (``caches``) carry what a backward pass needs.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import packing
+from . import caches, dense, finish, packed
+from .caches import ForwardCache, PackedCache, owned_params, read_only
+from .planning import plan_call, uses_packed_path
+
+__all__ = [
+    "BackwardInputs",
+    "ForwardCache",
+    "ForwardResult",
+    "PackedCache",
+    "StepResult",
+    "backward",
+    "backward_inputs",
+    "forward",
+    "loss_and_grads",
+    "losses",
+    "plan_call",
+    "uses_packed_path",
+]
+
+
+class StepResult(NamedTuple):
+    """A training step's results: ``loss`` (the params' dtype), ``grads`` (``"d" + key`` of
+    every parameter, ``da0`` (num_layers * D, m, n_a), ``dx`` (T, m, n_x) for dense
+    inputs) and ``final`` (num_layers * D, m, n_a), or None unless asked for."""
+
+    loss: object
+    grads: dict
+    final: object
+
+
+class ForwardResult(NamedTuple):
+    """A forward pass's results: the top layer's states ``outputs`` (T, m, D * n_a), the
+    softmax outputs ``y_hat`` (T, m, n_y), the ``cache`` for ``backward``, and the final
+    states (num_layers * D, m, n_a)."""
+
+    outputs: np.ndarray
+    y_hat: np.ndarray
+    cache: object
+    final: np.ndarray
+
+
+def loss_and_grads(
+    impl, inputs, a0, labels, p, dims, *, workers=None, nonlinearity="tanh", lengths=None, workspace=None,
+    return_state=False, what="loss_and_grads",
+):  # fmt: skip
+    """A training step: loss, every gradient and (with ``return_state``) the final states.
+
+    ``what`` names the caller's function in a ``NonFiniteResultError``.  With a
+    ``workspace``, the gradients are its views, overwritten by its next use.
+    """
+    run = plan_call(workers, inputs, dims, lengths, impl.NAME)
+    if uses_packed_path(dims, lengths):
+        loss, grads, final, finite = packed.loss_and_grads(
+            impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity
+        )
+        loss = finish.finished_loss(loss, grads, finite, dims.dtype, what)
+        return StepResult(loss, finish.into_workspace(grads, workspace), final if return_state else None)
+    step_labels = labels if labels.ndim == 2 else labels[None]  # (1, m): one class per sequence
+    loss, grads, a_last, finite = dense.loss_and_grads(
+        impl, run, workspace, inputs, a0[0], step_labels, p, dims, nonlinearity, return_state
+    )
+    loss = finish.finished_loss(loss, grads, finite, dims.dtype, what)
+    grads["da0"] = grads["da0"][None]
+    return StepResult(loss, grads, a_last[None] if return_state else None)
+
+
+def losses(
+    impl, inputs, a0, labels, p, dims, *, workers=None, nonlinearity="tanh", lengths=None, what="loss"
+):
+    """Each sequence's loss (m,) float64 (summed over its real steps) and the final
+    states (num_layers * D, m, n_a): a forward pass that keeps nothing for a backward
+    one."""
+    run = plan_call(workers, inputs, dims, lengths, impl.NAME)
+    if uses_packed_path(dims, lengths):
+        sequence_losses, final, finite = packed.losses(
+            impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity
+        )
+    else:
+        step_labels = labels if labels.ndim == 2 else labels[None]
+        sequence_losses, a_last, finite = dense.losses(
+            impl, run, inputs, a0[0], step_labels, p, dims, nonlinearity
+        )
+        final = a_last[None]
+    return finish.finished_losses(sequence_losses, finite, dims.dtype, what), final
+
+
+def forward(
+    impl, xs, a0, p, dims, *, workers=None, nonlinearity="tanh", lengths=None, state_shape="stacked",
+    what="rnn_forward",
+):  # fmt: skip
+    """The forward pass of dense inputs ``xs`` (T, m, n_x), with a cache for ``backward``
+    that owns its arrays (``state_shape`` is kept in it: ``caches``)."""
+    run = plan_call(workers, xs, dims, lengths, impl.NAME)
+    if uses_packed_path(dims, lengths):
+        return _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, what)
+    xs_c = dense.contiguous(xs)
+    h, y_hat, finite = dense.forward(impl, run, xs_c, a0[0], p, dims, nonlinearity)
+    finish.finished_arrays({"a": h, "y_hat": y_hat}, finite, dims.dtype, what)
+    if np.may_share_memory(xs_c, xs):  # the time-major layout was the caller's x itself
+        xs_c = xs_c.copy()
+    cache = ForwardCache(read_only(xs_c), read_only(h), owned_params(p), impl.NAME, nonlinearity, state_shape)
+    return ForwardResult(cache.h[1:], y_hat, cache, h[-1][None].copy())
+
+
+def _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, what):
+    pk, inputs, a0_rows, states, top, y_hat, finite = packed.forward(
+        impl, run, xs, a0, lengths, p, dims, nonlinearity
+    )
+    finish.finished_arrays({"a": top, "y_hat": y_hat}, finite, dims.dtype, what)
+    # The cache owns its arrays: none may be the caller's (a0's sorted rows can be a0 itself).
+    inputs, a0_rows = (array.copy() if np.may_share_memory(array, xs) or np.may_share_memory(array, a0) else array
+                       for array in (inputs, a0_rows))  # fmt: skip
+    cache = PackedCache(
+        read_only(inputs), tuple(read_only(H) for layer in states for H in layer), read_only(a0_rows),
+        None if lengths is None else read_only(lengths.copy()), xs.shape[0], owned_params(p), impl.NAME,
+        nonlinearity, state_shape,
+    )  # fmt: skip
+    final = packing.unsort_rows(packing.final_states(states, pk.last_rows), pk)
+    return ForwardResult(packing.unpack(top, pk), packing.unpack(y_hat, pk), cache, final)
+
+
+class BackwardInputs(NamedTuple):
+    """A cache, checked (``backward_inputs``): what ``backward`` runs on, and the sizes a
+    door checks the output gradient against (``d_states`` (T, m, D * n_a))."""
+
+    cache: object
+    impl: object
+    p: dict
+    dims: object
+    T: int
+    m: int
+    lengths: object  # None, or (m,) intp
+    arrays: tuple  # dense: (xs, h); packed: (packing, inputs, a0, states)
+
+
+def backward_inputs(cache):
+    """``cache`` (from ``forward``) checked against its params, array by array, before any
+    kernel reads it: a ``BackwardInputs``.  A ``TypeError`` for anything but a cache."""
+    if isinstance(cache, PackedCache):
+        impl, p, dims, pk, inputs, a0, states = caches.checked_packed_cache(cache)
+        return BackwardInputs(
+            cache, impl, p, dims, cache.T, a0.shape[1], cache.lengths, (pk, inputs, a0, states)
+        )
+    if not isinstance(cache, ForwardCache):
+        raise TypeError(f"cache must be the ForwardCache returned by rnn_forward, got {type(cache).__name__}")
+    impl, p, dims, xs, h = caches.checked_dense_cache(cache)
+    return BackwardInputs(cache, impl, p, dims, xs.shape[0], xs.shape[1], None, (xs, h))
+
+
+def backward(checked, d_states, what="rnn_backward"):
+    """Backpropagation through time for ``d_states`` (T, m, D * n_a), dL/d(the top layer's
+    states) from outside the recurrence, on a checked cache (``backward_inputs``).
+
+    Returns the gradients: ``dx`` (T, m, n_x), ``da0`` (num_layers * D, m, n_a) and
+    ``"d" + key`` of every hidden-layer parameter.
+    """
+    impl, p, dims, cache = checked.impl, checked.p, checked.dims, checked.cache
+    if isinstance(cache, PackedCache):
+        pk, inputs, a0, states = checked.arrays
+        states = [states[k : k + dims.directions] for k in range(0, len(states), dims.directions)]
+        grads, finite = packed.backward(impl, d_states, pk, inputs, a0, states, p, cache.nonlinearity)
+    else:
+        xs, h = checked.arrays
+        grads, finite = dense.backward(impl, d_states, xs, h, p, cache.nonlinearity)
+        grads["da0"] = grads["da0"][None]
+    return finish.finished_arrays(grads, finite, dims.dtype, what)

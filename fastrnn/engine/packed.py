@@ -1,0 +1,193 @@
+"""The packed path: several layers, two directions, or sequences of their own lengths.
+
+The batch is packed (``fastrnn.packing``): sorted by length, one row per real step, so that
+padding is never stored nor read.  A call is cut into shards of whole sequences (balanced
+by their lengths), each packed by its own thread, run by a backend's ``network_*``
+functions (the layer x direction loop of ``backends.layers``), and unpacked into the
+whole batch's arrays; the weight gradients are added in shard order.
+
+Every function takes time-major views: dense inputs ``xs`` (T, m, n_x) or one-hot indices
+(T, m); states (num_layers * D, m, n_a); labels (T, m) per step or (m,) per sequence.
+Results are time-major too, and 0 at padding.
+"""
+
+import numpy as np
+
+from .. import packing, parallel
+from ..params import gradient_names
+from ..validation import all_finite, check_finite_steps
+from . import finish
+
+
+def _caller_sequences(pk, rows):
+    """The caller's index of each packed row's sequence, for a shard ``rows`` of the batch
+    (a slice, or the sequences' indices)."""
+    if isinstance(rows, slice):
+        return pk.sequences + (rows.start or 0)
+    return rows[pk.sequences]
+
+
+def _packed_call_inputs(impl, inputs, a0, lengths, rows=slice(None)):
+    """The packing of a call's sequences ``rows`` (a shard: a slice or indices; or all),
+    their packed inputs and sorted ``a0`` rows.
+
+    ``inputs`` is the whole batch's (T, m, n_x) or (T, m); ``a0`` (num_layers * D, m_k,
+    n_a) and ``lengths`` (m_k,) are the shard's.  Returns ``(packing, packed_inputs,
+    a0_rows)``: (N, n_x) or (N,), and (num_layers * D, m_k, n_a), C-contiguous.
+    """
+    m_k, T = a0.shape[1], inputs.shape[0]
+    pk = impl.make_packing(lengths, m_k, T)
+    sequences = _caller_sequences(pk, rows)
+    if inputs.ndim == 3:  # the backend gathers the rows (a kernel in Numba's)
+        packed = impl.pack_rows(inputs, sequences, pk.steps)
+        if lengths is not None and not all_finite(packed):  # without lengths x was checked whole
+            ids = np.arange(inputs.shape[1])[rows]
+            check_finite_steps(inputs[:, ids], lengths, "x", ids)
+    else:
+        packed = inputs[pk.steps, sequences]
+    return pk, packed, packing.sort_rows(a0, pk)
+
+
+def _packed_labels(labels, pk):
+    """Labels as the backends' network functions take them: (N,) one per packed row, or
+    (1, m) one per sorted sequence."""
+    if labels.ndim == 2:
+        return packing.pack(labels, pk)
+    return labels[pk.order][None]
+
+
+def _shards(run, m, lengths):
+    """The shards of a call: whole sequences, balanced by their lengths.
+
+    With ``lengths``, the sorted batch is cut into ranges (as indices of the caller's
+    sequences): the longest sequences in one shard, the shortest in another, rather than
+    a mix of lengths in each.  Each shard then runs only as many steps as its own longest
+    sequence, with more sequences per step: fewer steps in all, whose fixed costs (a product
+    and a pass over the running rows each) no longer add up in every shard."""
+    if lengths is None or run.shards == 1:
+        return parallel.split_batch(m, run.shards)
+    order = np.argsort(-lengths, kind="stable")
+    return tuple(order[rows] for rows in parallel.split_batch(m, run.shards, lengths[order]))
+
+
+def _gathered(parts, shards, shape, dtype):
+    """Per-shard arrays whose axis 1 (or only axis) runs over a shard's sequences, put
+    together (``shape``, the whole batch's) in the caller's order."""
+    out = np.empty(shape, dtype=dtype)
+    for part, rows in zip(parts, shards):
+        if out.ndim == 1:
+            out[rows] = part
+        else:
+            out[:, rows] = part
+    return out
+
+
+def _shard_of(array, rows):
+    return None if array is None else array[rows]
+
+
+def loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
+    """A training step of the packed path on the whole batch.
+
+    Returns
+    -------
+    loss : float
+    grads : dict
+        ``"d" + key`` of every parameter, ``da0`` (num_layers * D, m, n_a) and, for dense
+        inputs, ``dx`` (T, m, n_x), 0 at padding.
+    final : ndarray, shape (num_layers * D, m, n_a)
+    finite : bool
+    """
+    T, m = inputs.shape[:2]
+    # dx of dense inputs: each shard writes its real steps; padding stays 0.
+    dx = np.zeros((T, m, dims.n_x), dtype=dims.dtype) if inputs.ndim == 3 else None
+    shards = _shards(run, m, lengths)
+
+    def run_shard(k):  # each thread packs and unpacks its own shard, overlapping the others' kernels
+        rows = shards[k]
+        pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0[:, rows], _shard_of(lengths, rows), rows)
+        loss, grads, final, finite = impl.network_loss_and_grads(
+            packed, a0_rows, _packed_labels(labels[..., rows], pk), p, dims.num_layers, dims.directions,
+            pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=m, nonlinearity=nonlinearity,
+        )  # fmt: skip
+        if "dx" in grads:
+            impl.unpack_rows(grads.pop("dx"), _caller_sequences(pk, rows), pk.steps, dx)
+        grads["da0"] = packing.unsort_rows(grads["da0"], pk)
+        return loss, grads, packing.unsort_rows(final, pk), finite
+
+    parts = parallel.call_with_blas_threads(
+        run.blas_threads, parallel.run_shards, run_shard, run.shards, run.threads
+    )
+    names = gradient_names(dims.num_layers, dims.directions)
+    grads = parallel.sum_in_order([part[1] for part in parts], names)
+    shape = (a0.shape[0], m, dims.n_a)
+    grads["da0"] = _gathered([part[1]["da0"] for part in parts], shards, shape, dims.dtype)
+    if dx is not None:
+        grads["dx"] = dx
+    final = _gathered([part[2] for part in parts], shards, shape, dims.dtype)
+    loss = sum(part[0] for part in parts)  # in shard order
+    finite = finish.summed_in_shard_order_finite((part[3] for part in parts), grads, names)
+    return loss, grads, final, finite
+
+
+def losses(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
+    """Each sequence's loss (m,) float64 in the caller's order, the final states
+    (num_layers * D, m, n_a) and whether every loss is finite, shard by shard."""
+    m = inputs.shape[1]
+    shards = _shards(run, m, lengths)
+
+    def run_shard(k):
+        rows = shards[k]
+        pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0[:, rows], _shard_of(lengths, rows), rows)
+        sorted_losses, final, finite = impl.network_sequence_losses(
+            packed, a0_rows, _packed_labels(labels[..., rows], pk), p, dims.num_layers, dims.directions,
+            pk.batch_sizes, pk.offsets, pk.last_rows, nonlinearity,
+        )  # fmt: skip
+        shard_losses = np.empty_like(sorted_losses)
+        shard_losses[pk.order] = sorted_losses
+        return shard_losses, packing.unsort_rows(final, pk), finite
+
+    with parallel.blas_threads(run.blas_threads):
+        parts = parallel.run_shards(run_shard, run.shards, run.threads)
+    sequence_losses = _gathered([part[0] for part in parts], shards, (m,), np.float64)
+    final = _gathered([part[1] for part in parts], shards, (a0.shape[0], m, dims.n_a), dims.dtype)
+    return sequence_losses, final, all(part[2] for part in parts)
+
+
+def forward(impl, run, inputs, a0, lengths, p, dims, nonlinearity):
+    """The packed path's forward pass, on one shard (the threads a sharded plan would use
+    go to BLAS).
+
+    Returns
+    -------
+    packing : fastrnn.packing.Packing
+    packed : ndarray
+        The packed inputs (N, n_x) or (N,).
+    a0_rows : ndarray, shape (num_layers * D, m, n_a)
+        In the packing's sorted order.
+    states : list of lists of ndarray
+        ``states[layer][direction]`` (N, n_a).
+    top : ndarray, shape (N, D * n_a)
+    y_hat : ndarray, shape (N, n_y)
+    finite : bool
+    """
+    pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0, lengths)
+    blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
+    with parallel.blas_threads(blas_threads):
+        states, y_hat, finite = impl.network_forward_outputs(
+            packed, a0_rows, p, dims.num_layers, dims.directions, pk.batch_sizes, pk.offsets, nonlinearity
+        )
+    top = np.concatenate(states[-1], axis=1) if dims.directions == 2 else states[-1][0]
+    return pk, packed, a0_rows, states, top, y_hat, finite
+
+
+def backward(impl, d_top, pk, inputs, a0, states, p, nonlinearity):
+    """The packed path's backward pass for ``d_top`` (T, m, D * n_a) from outside the
+    recurrences (its padding never read): the gradients, ``dx`` (T, m, n_x) and ``da0``
+    (num_layers * D, m, n_a) in the caller's order, and whether all are finite."""
+    grads, finite = impl.network_backward_grads(
+        packing.pack(d_top, pk), inputs, a0, states, p, pk.batch_sizes, pk.offsets, nonlinearity
+    )
+    grads["dx"] = packing.unpack(grads["dx"], pk)
+    grads["da0"] = packing.unsort_rows(grads["da0"], pk)
+    return grads, finite

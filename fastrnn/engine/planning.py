@@ -1,0 +1,33 @@
+"""How a call runs: which path, how many shards, threads and BLAS threads (``parallel.plan``).
+
+The engine asks here once per call.  The crossovers themselves (how much work a shard
+must hold, when BLAS threads pay) are ``parallel.plan``'s; this module says what a call's
+work is in the terms it takes.
+"""
+
+import numpy as np
+
+from .. import parallel
+from ..params import is_single_layer
+
+
+def uses_packed_path(dims, lengths):
+    """Whether a call goes the packed way: more than one layer or direction, or
+    ``lengths`` (checked, and None where every sequence is full length); else the dense
+    path of one layer in one direction over full-length sequences."""
+    return lengths is not None or not is_single_layer(dims.num_layers, dims.directions)
+
+
+def plan_call(workers, inputs, dims, lengths, backend):
+    """The ``parallel.Plan`` of a call on time-major ``inputs`` (T, m, n_x) or one-hot
+    (T, m) (whose input layer is a lookup, no product: n_x counts as 0).
+
+    A packed call's products are those of ``num_layers * D`` one-layer networks over the
+    real steps (the upper layers' inputs are D * n_a wide)."""
+    T, m = inputs.shape[:2]
+    n_x = inputs.shape[2] if inputs.ndim == 3 else 0
+    if not uses_packed_path(dims, lengths):
+        return parallel.plan(workers, m, T, n_x, dims.n_a, dims.n_y, backend)
+    steps = T if lengths is None else max(1, int(np.sum(lengths)) // m)
+    layers = dims.num_layers * dims.directions
+    return parallel.plan(workers, m, steps * layers, n_x, dims.n_a, dims.n_y, backend)
