@@ -1,16 +1,23 @@
-"""Shared helpers for the test suite.
+"""Fixtures and settings of the test suite (its helpers are ``helpers.py``).
 
-Both backends are always tested: the Numba backend is a declared dependency, so a test
-environment without it is a broken install and its tests fail rather than skip.
+The tests are organised by layer, one folder each: ``kernels`` (the compiled kernels and
+the backend interface), ``backends`` (the two backends against each other, against central
+differences and against the seed), ``api`` (the contract of the public functions:
+arguments, caches, layouts, threads), ``networks`` (layers, directions, lengths),
+``training`` (optimizers, the model, checkpoints, character models), ``cli`` and
+``distributed``.  The last two run whole programs (the command line, Dask clusters) and are
+marked ``end_to_end``: ``.ci/run``'s bounds-checked and plain-Python passes, which are for
+the kernels, leave them out; every other test, in a folder old or new, is in those passes.
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import settings
 
-from fastrnn.bench import make_problem, max_relative_difference  # noqa: F401  (make_problem: re-exported for the tests)
+from helpers import BACKENDS, DTYPES
 
 # In CI (CI=true, as .ci/run is run there) the property tests draw the same examples on every
 # run, so that a failure there can be reproduced; elsewhere each run explores new ones.
@@ -18,27 +25,15 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
 
-BACKENDS = ("numpy", "numba")
-DTYPES = (np.float64, np.float32)
-# docs/contract.rst: results of the two backends agree to 1e-10 relative in float64, 1e-4 in float32.
-AGREEMENT = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
+END_TO_END_FOLDERS = ("cli", "distributed")
+_HERE = Path(__file__).resolve().parent
 
 
-def relative_error(actual, expected):
-    """``max|actual - expected| / max|expected|``: the error relative to the array's scale.
-
-    Elementwise relative errors are meaningless for entries that happen to be near zero
-    (a gradient entry of 1e-12 in an array whose entries are of order 1); this measure is
-    the one the contract's tolerances are stated in.
-    """
-    assert np.shape(actual) == np.shape(expected), (np.shape(actual), np.shape(expected))
-    return max_relative_difference(actual, expected)
-
-
-def assert_agree(actual, expected, dtype, what=""):
-    tolerance = AGREEMENT[np.dtype(dtype)]
-    error = relative_error(actual, expected)
-    assert error <= tolerance, f"{what}: relative difference {error:.2e} > {tolerance:.0e}"
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(item.fspath).resolve().relative_to(_HERE).parts[0]
+        if folder in END_TO_END_FOLDERS:
+            item.add_marker(pytest.mark.end_to_end)
 
 
 @pytest.fixture(params=BACKENDS)

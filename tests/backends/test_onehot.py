@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import assert_agree, make_problem
+from helpers import assert_agree, make_problem
 
 
 def one_hot_problem(n_x, n_a, n_y, m, T, dtype, seed):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_problem
+from helpers import make_problem
 
 
 def test_same_results_with_and_without_a_workspace(backend, dtype):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_problem
+from helpers import make_problem
 
 
 def _forward(backend, dtype=np.float64):

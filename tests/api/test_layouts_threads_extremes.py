@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import assert_agree, make_problem
 from fastrnn.backends import numba_kernels
+from helpers import assert_agree, assert_identical, make_problem
 
 SHAPE = (4, 6, 5, 3, 7)  # n_x, n_a, n_y, m, T
 
@@ -20,12 +20,6 @@ SHAPE = (4, 6, 5, 3, 7)  # n_x, n_a, n_y, m, T
 def _reference(backend, dtype=np.float64):
     x, a0, y, params = make_problem(*SHAPE, dtype=dtype, seed=100)
     return (x, a0, y, params), fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
-
-
-def _assert_identical(result, expected, what):
-    assert result[0] == expected[0], what
-    for key in expected[1]:
-        np.testing.assert_array_equal(result[1][key], expected[1][key], err_msg=f"{what}: {key}")
 
 
 def _strided(a, axis):
@@ -65,7 +59,7 @@ def test_x_and_a0_in_any_layout(backend, layout):
     x2 = change(x)
     a0_layouts = {"fortran": np.asfortranarray, "read-only": _read_only, "list": lambda a: a.tolist()}
     a02 = a0_layouts.get(layout, lambda a: _reversed_view(a, 1))(a0)
-    _assert_identical(fastrnn.loss_and_grads(x2, a02, y, params, backend=backend), expected, layout)
+    assert_identical(fastrnn.loss_and_grads(x2, a02, y, params, backend=backend), expected, layout)
     a, y_hat, _ = fastrnn.rnn_forward(x2, a02, params, backend=backend)
     a_ref, y_hat_ref, _ = fastrnn.rnn_forward(x, a0, params, backend=backend)
     np.testing.assert_array_equal(a, a_ref)
@@ -77,7 +71,7 @@ def test_x_and_a0_in_any_layout(backend, layout):
 )
 def test_labels_of_any_integer_dtype(backend, dtype):
     (x, a0, y, params), expected = _reference(backend)
-    _assert_identical(
+    assert_identical(
         fastrnn.loss_and_grads(x, a0, y.astype(dtype), params, backend=backend),
         expected,
         np.dtype(dtype).name,
@@ -93,10 +87,10 @@ def test_labels_and_indices_in_any_layout(backend, layout):
         "read-only": _read_only,
         "list": lambda a: a.tolist(),
     }[layout]
-    _assert_identical(fastrnn.loss_and_grads(x, a0, change(y), params, backend=backend), expected, layout)
+    assert_identical(fastrnn.loss_and_grads(x, a0, change(y), params, backend=backend), expected, layout)
     x_index = np.random.default_rng(101).integers(0, SHAPE[0], size=y.shape)
     one_hot = fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend=backend)
-    _assert_identical(
+    assert_identical(
         fastrnn.loss_and_grads_onehot(change(x_index), a0, change(y), params, backend=backend),
         one_hot,
         layout,
@@ -109,7 +103,7 @@ def test_params_in_any_layout(backend, layout):
     change = {"fortran": np.asfortranarray, "strided": lambda a: _strided(a, 0), "read-only": _read_only}[
         layout
     ]
-    _assert_identical(
+    assert_identical(
         fastrnn.loss_and_grads(x, a0, y, {k: change(v) for k, v in params.items()}, backend=backend),
         expected,
         layout,
@@ -155,41 +149,10 @@ def test_concurrent_calls_match_sequential_ones(backend, use_workspaces):
         outcomes = list(pool.map(work, range(len(problems))))
     for k, results in enumerate(outcomes):
         for result in results:
-            _assert_identical(result, sequential[k], f"problem {k}")
+            assert_identical(result, sequential[k], f"problem {k}")
 
 
 # -- determinism ---------------------------------------------------------------------------
-
-_DIGEST = """
-import hashlib, numpy as np, fastrnn
-from fastrnn.bench import make_problem
-digest = hashlib.sha256()
-for backend in ("numpy", "numba"):
-    for dtype in (np.float64, np.float32):
-        loss, grads = fastrnn.loss_and_grads(*make_problem(16, 64, 16, 8, 40, dtype=dtype, seed=120), backend=backend)
-        digest.update(np.asarray(loss).tobytes())
-        for key in sorted(grads):
-            digest.update(np.ascontiguousarray(grads[key]).tobytes())
-print(digest.hexdigest())
-"""
-
-
-def _digest(env=None):
-    import os
-
-    result = subprocess.run(
-        [sys.executable, "-c", _DIGEST],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, **(env or {})),
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-def test_results_are_bitwise_identical_across_processes():
-    assert _digest() == _digest()
 
 
 def test_blas_thread_count_changes_at_most_the_last_bits():
@@ -199,7 +162,7 @@ def test_blas_thread_count_changes_at_most_the_last_bits():
     script = textwrap.dedent(
         """
         import sys, numpy as np, fastrnn
-        from fastrnn.bench import make_problem
+        from fastrnn.problems import make_problem
         loss, grads = fastrnn.loss_and_grads(*make_problem(64, 256, 64, 32, 20, seed=121), backend="numba")
         np.savez(sys.argv[1], loss=loss, **grads)
         """

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import BACKENDS, assert_agree, make_problem
-from fastrnn.bench import torch_modules
 from fastrnn.cli import main
-from test_gradcheck import check, numeric_gradient
+from fastrnn.problems import torch_modules
+from helpers import BACKENDS, assert_agree, check, make_problem, numeric_gradient
 
 SHAPES = [(3, 5, 4, 3, 6), (2, 3, 2, 1, 1), (4, 6, 3, 1, 5), (3, 4, 5, 4, 1)]  # m = 1 and T = 1 included
 

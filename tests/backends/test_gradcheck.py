@@ -1,50 +1,13 @@
 """Every gradient against central finite differences, float64, both backends.
 
-The error measure is ``||numeric - analytic|| / (||numeric|| + ||analytic||)`` (the CS231n
-relative error taken over the whole array, so that entries that happen to be near zero do
-not dominate); the bound: below 1e-6.  With step h = 1e-5 the truncation error is
-O(h**2) ~ 1e-10 and the rounding error ~ eps * |L| / h ~ 1e-10.
+The measure and its bound are ``helpers.check``'s.
 """
 
 import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_problem
-
-STEP = 1e-5
-BOUND = 1e-6
-
-
-def numeric_gradient(f, array):
-    """Central differences of the scalar ``f()`` with respect to every entry of ``array``,
-    which ``f`` reads (perturbed in place, restored after)."""
-    grad = np.empty_like(array)
-    for index in np.ndindex(array.shape):
-        saved = array[index]
-        array[index] = saved + STEP
-        plus = f()
-        array[index] = saved - STEP
-        minus = f()
-        array[index] = saved
-        grad[index] = (plus - minus) / (2 * STEP)
-    return grad
-
-
-def check(numeric, analytic, what):
-    error = np.linalg.norm(numeric - analytic) / max(
-        np.linalg.norm(numeric) + np.linalg.norm(analytic), 1e-300
-    )
-    assert error < BOUND, f"{what}: relative error {error:.1e}"
-    assert np.linalg.norm(analytic) > 0, f"{what}: a zero gradient checks nothing"
-
-
-def check_hidden_layer(objective, params, grads, inputs):
-    """Check dW_ax, dW_aa, db_a and the gradient of each input (``{grad key: array}``)."""
-    for name in ("W_ax", "W_aa", "b_a"):
-        check(numeric_gradient(objective, params[name]), grads["d" + name], "d" + name)
-    for key, array in inputs.items():
-        check(numeric_gradient(objective, array), grads[key], key)
+from helpers import check, check_hidden_layer, make_problem, numeric_gradient
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 3, 2, 4), (2, 3, 2, 1, 1), (2, 1, 3, 3, 5)], ids=str)

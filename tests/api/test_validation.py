@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_problem
+from helpers import make_problem
 
 N_X, N_A, N_Y, M, T = 3, 4, 5, 2, 6
 

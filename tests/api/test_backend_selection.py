@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_problem
+from helpers import make_problem
 
 
 def test_both_backends_are_available():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_problem
 from fastrnn.backends import numba_backend, numba_kernels, numpy_backend
+from helpers import make_problem
 
 INTERFACE = [
     "forward", "backward", "loss_and_grads", "sequence_losses", "sgd_update", "adagrad_update", "adam_update",

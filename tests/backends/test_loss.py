@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import BACKENDS, assert_agree, make_problem
 from fastrnn.validation import NonFiniteResultError
+from helpers import BACKENDS, assert_agree, make_problem
 
 SHAPES = [(5, 7), (1, 1), (1, 6), (6, 1), (9, 3)]  # (m, T): m=1 and T=1 included
 

@@ -8,50 +8,11 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import BACKENDS, assert_agree
 from fastrnn import optim
-from test_gradcheck import check, numeric_gradient
+from helpers import BACKENDS, assert_agree, check, numeric_gradient, padding_of, random_network
 
 LAYERS = (1, 2, 3)
 LENGTH_KINDS = ("full", "ragged", "all one", "all T")
-
-
-def draw_lengths(kind, m, T, rng):
-    """Lengths of ``kind``: None (full), ragged and unsorted, all 1, or all T (given)."""
-    if kind == "full":
-        return None
-    if kind == "all one":
-        return np.ones(m, dtype=int)
-    if kind == "all T":
-        return np.full(m, T)
-    lengths = rng.integers(1, T + 1, size=m)
-    lengths[0] = T  # the longest first once, never sorted otherwise
-    return rng.permutation(lengths)
-
-
-def network_problem(n_x, n_a, n_y, m, T, *, num_layers, bidirectional, lengths_kind="ragged",
-                    labels="step", dtype=np.float64, seed=0):  # fmt: skip
-    """Params (biases drawn too), x, x_index, a0 (num_layers * D, n_a, m), y and lengths."""
-    rng = np.random.default_rng(seed)
-    params = fastrnn.init_params(
-        n_x, n_a, n_y, num_layers=num_layers, bidirectional=bidirectional, seed=seed, dtype=dtype
-    )
-    for name, value in params.items():
-        if name.startswith("b"):
-            value[:] = rng.normal(scale=0.3, size=value.shape)
-    D = 2 if bidirectional else 1
-    x = rng.normal(size=(n_x, m, T)).astype(dtype)
-    x_index = rng.integers(0, n_x, size=(m, T))
-    a0 = rng.normal(scale=0.5, size=(num_layers * D, n_a, m)).astype(dtype)
-    y = rng.integers(0, n_y, size=(m, T) if labels == "step" else m)
-    return params, x, x_index, a0, y, draw_lengths(lengths_kind, m, T, rng)
-
-
-def padding_of(lengths, m, T):
-    """(m, T) mask of the padding steps."""
-    if lengths is None:
-        return np.zeros((m, T), dtype=bool)
-    return np.arange(T)[None, :] >= np.asarray(lengths)[:, None]
 
 
 # -- parameters ------------------------------------------------------------------------------
@@ -127,7 +88,7 @@ def all_results(backend, params, x, x_index, a0, y, lengths, nonlinearity):
 def test_the_backends_agree(dtype, num_layers, bidirectional, lengths_kind, labels):
     nonlinearity = "relu" if (num_layers + bidirectional) % 2 else "tanh"
     for shape in ((3, 4, 5, 4, 6), (2, 3, 3, 1, 5), (3, 2, 4, 3, 1)):  # m = 1 and T = 1 among them
-        problem = network_problem(*shape, num_layers=num_layers, bidirectional=bidirectional,
+        problem = random_network(*shape, num_layers=num_layers, bidirectional=bidirectional,
                                   lengths_kind=lengths_kind, labels=labels, dtype=dtype, seed=sum(shape))  # fmt: skip
         results = {backend: all_results(backend, *problem, nonlinearity) for backend in BACKENDS}
         for name, value in results["numba"].items():
@@ -141,7 +102,7 @@ def test_the_backends_agree(dtype, num_layers, bidirectional, lengths_kind, labe
 
 
 def test_results_have_the_documented_shapes():
-    params, x, x_index, a0, y, lengths = network_problem(3, 4, 5, 6, 7, num_layers=2, bidirectional=True)
+    params, x, x_index, a0, y, lengths = random_network(3, 4, 5, 6, 7, num_layers=2, bidirectional=True)
     loss, grads, final = fastrnn.loss_and_grads(x, None, y, params, lengths=lengths, return_state=True)
     assert set(grads) == {"d" + k for k in params} | {"dx", "da0"}
     assert grads["dx"].shape == x.shape and grads["da0"].shape == final.shape == (4, 4, 6)
@@ -150,7 +111,7 @@ def test_results_have_the_documented_shapes():
     seq_loss, seq_grads = fastrnn.loss_and_grads(x, a0, y[:, 0], params, lengths=lengths)
     assert seq_grads["dx"].shape == x.shape
     # a0 of one layer in one direction may be (n_a, m): da0 and the state come back so.
-    one, x1, _, a0_1, y1, lengths1 = network_problem(3, 4, 5, 6, 7, num_layers=1, bidirectional=False)
+    one, x1, _, a0_1, y1, lengths1 = random_network(3, 4, 5, 6, 7, num_layers=1, bidirectional=False)
     _, g1, s1 = fastrnn.loss_and_grads(x1, a0_1[0], y1, one, lengths=lengths1, return_state=True)
     _, g3, s3 = fastrnn.loss_and_grads(x1, a0_1, y1, one, lengths=lengths1, return_state=True)
     assert g1["da0"].shape == s1.shape == (4, 6)
@@ -176,7 +137,7 @@ NETWORKS = [
 def test_gradients_match_central_differences(
     backend, num_layers, bidirectional, nonlinearity, lengths_kind, labels
 ):
-    params, x, x_index, a0, y, lengths = network_problem(
+    params, x, x_index, a0, y, lengths = random_network(
         3, 3, 3, 3, 4, num_layers=num_layers, bidirectional=bidirectional, lengths_kind=lengths_kind,
         labels=labels, seed=11,
     )  # fmt: skip
@@ -203,7 +164,7 @@ def test_gradients_match_central_differences(
 
 
 def test_rnn_backward_matches_central_differences(backend):
-    params, x, _, a0, _, lengths = network_problem(3, 3, 3, 3, 4, num_layers=2, bidirectional=True, seed=12)
+    params, x, _, a0, _, lengths = random_network(3, 3, 3, 3, 4, num_layers=2, bidirectional=True, seed=12)
     weights = np.random.default_rng(1).normal(size=(6, 3, 4))  # L = sum(weights * a)
 
     def objective():
@@ -227,7 +188,7 @@ def test_rnn_backward_matches_central_differences(backend):
 
 @pytest.mark.parametrize("labels", ["step", "sequence"])
 def test_padding_is_never_read(backend, dtype, labels):
-    params, x, x_index, a0, y, lengths = network_problem(
+    params, x, x_index, a0, y, lengths = random_network(
         3, 4, 5, 5, 6, num_layers=2, bidirectional=True, labels=labels, dtype=dtype, seed=3
     )
     padding = padding_of(lengths, 5, 6)
@@ -246,7 +207,7 @@ def test_padding_is_never_read(backend, dtype, labels):
 
 @pytest.mark.parametrize("layout", ["F", "strided"])
 def test_inputs_in_any_layout_give_the_same_bits(backend, layout):
-    params, x, _, a0, y, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=6)
+    params, x, _, a0, y, lengths = random_network(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=6)
     other = np.asfortranarray(x) if layout == "F" else np.repeat(x, 2, axis=1)[:, ::2]
     expected = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, lengths=lengths)
     got = fastrnn.loss_and_grads(other, a0, y, params, backend=backend, lengths=lengths)
@@ -257,7 +218,7 @@ def test_inputs_in_any_layout_give_the_same_bits(backend, layout):
 
 def test_the_cache_owns_its_arrays(backend):
     """Changing x, a0, lengths or params after rnn_forward changes nothing in rnn_backward."""
-    params, x, _, a0, _, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=9)
+    params, x, _, a0, _, lengths = random_network(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=9)
     a0 = np.ascontiguousarray(a0.transpose(0, 2, 1)).transpose(0, 2, 1)  # its sorted rows can be a0 itself
     lengths = lengths.astype(np.intp)  # taken as it is
     a, _, cache = fastrnn.rnn_forward(x, a0, params, backend=backend, lengths=lengths)
@@ -273,7 +234,7 @@ def test_the_cache_owns_its_arrays(backend):
 
 def test_a_batch_of_lengths_equals_each_sequence_alone(backend):
     """A sequence's results do not depend on the others' lengths or on its padding."""
-    params, x, _, a0, y, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=5)
+    params, x, _, a0, y, lengths = random_network(3, 4, 5, 4, 6, num_layers=2, bidirectional=True, seed=5)
     losses = fastrnn.loss(x, a0, y, params, backend=backend, lengths=lengths, per_sequence=True)
     _, _, _, final = fastrnn.rnn_forward(x, a0, params, backend=backend, lengths=lengths, return_state=True)
     for i, length in enumerate(lengths):
@@ -294,7 +255,7 @@ def test_the_packed_path_at_full_length_agrees_with_the_seed_kernels(backend, dt
     from fastrnn import backends, packing
 
     impl = backends.resolve(backend)
-    params, x, x_index, a0, y, _ = network_problem(
+    params, x, x_index, a0, y, _ = random_network(
         3, 4, 5, 4, 6, num_layers=1, bidirectional=False, dtype=dtype
     )
     pk = packing.make_packing(None, 4, 6)
@@ -317,7 +278,7 @@ def test_the_packed_path_at_full_length_agrees_with_the_seed_kernels(backend, dt
 
 
 def test_lengths_all_T_are_the_call_without_lengths(backend):
-    params, x, x_index, a0, y, _ = network_problem(3, 4, 5, 4, 6, num_layers=1, bidirectional=False)
+    params, x, x_index, a0, y, _ = random_network(3, 4, 5, 4, 6, num_layers=1, bidirectional=False)
     without = all_results(backend, params, x, x_index, a0, y, None, "tanh")
     full = all_results(backend, params, x, x_index, a0, y, np.full(4, 6), "tanh")
     for name, value in without.items():
@@ -325,7 +286,7 @@ def test_lengths_all_T_are_the_call_without_lengths(backend):
 
 
 def test_the_seed_network_gives_the_same_bits_whatever_the_a0_layout(backend):
-    params, x, _, a0, y, _ = network_problem(3, 4, 5, 4, 6, num_layers=1, bidirectional=False)
+    params, x, _, a0, y, _ = random_network(3, 4, 5, 4, 6, num_layers=1, bidirectional=False)
     results = [fastrnn.loss_and_grads(x, state, y, params, backend=backend) for state in (a0, a0[0])]
     assert results[0][0] == results[1][0]
     for name in results[0][1]:
@@ -336,7 +297,7 @@ def test_the_seed_network_gives_the_same_bits_whatever_the_a0_layout(backend):
 
 
 def test_workers_agree_with_one_and_repeat_bitwise(backend, dtype):
-    params, x, x_index, a0, y, lengths = network_problem(
+    params, x, x_index, a0, y, lengths = random_network(
         3, 6, 5, 9, 7, num_layers=2, bidirectional=True, dtype=dtype, seed=8
     )
     one = fastrnn.loss_and_grads(
@@ -361,7 +322,7 @@ def test_workers_agree_with_one_and_repeat_bitwise(backend, dtype):
 
 
 def test_a_workspace_holds_the_gradients_of_any_network(backend):
-    params, x, _, a0, y, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True)
+    params, x, _, a0, y, lengths = random_network(3, 4, 5, 4, 6, num_layers=2, bidirectional=True)
     workspace = fastrnn.Workspace()
     loss, grads = fastrnn.loss_and_grads(
         x, a0, y, params, backend=backend, lengths=lengths, workspace=workspace
@@ -385,7 +346,7 @@ def test_a_workspace_holds_the_gradients_of_any_network(backend):
 @pytest.mark.parametrize("optimizer", [optim.SGD(lr=0.1, momentum=0.9), optim.Adagrad(), optim.Adam()],
                          ids=lambda o: type(o).__name__)  # fmt: skip
 def test_optimizers_and_clipping_update_every_key(optimizer):
-    params, x, _, a0, y, lengths = network_problem(3, 4, 5, 4, 6, num_layers=2, bidirectional=True)
+    params, x, _, a0, y, lengths = random_network(3, 4, 5, 4, 6, num_layers=2, bidirectional=True)
     before = {name: value.copy() for name, value in params.items()}
     _, grads = fastrnn.loss_and_grads(x, a0, y, params, lengths=lengths)
     norm = np.sqrt(sum(np.sum(grads["d" + name] ** 2) for name in params))
@@ -418,7 +379,7 @@ def test_optimizers_and_clipping_update_every_key(optimizer):
     ],
 )
 def test_bad_lengths_are_named(lengths, error, match):
-    params, x, x_index, a0, y, _ = network_problem(3, 4, 5, 3, 4, num_layers=2, bidirectional=False)
+    params, x, x_index, a0, y, _ = random_network(3, 4, 5, 3, 4, num_layers=2, bidirectional=False)
     for call in (
         lambda: fastrnn.loss_and_grads(x, a0, y, params, lengths=lengths),
         lambda: fastrnn.loss_onehot(x_index, a0, y, params, lengths=lengths),
@@ -429,7 +390,7 @@ def test_bad_lengths_are_named(lengths, error, match):
 
 
 def test_other_bad_arguments_are_named():
-    params, x, x_index, a0, y, lengths = network_problem(3, 4, 5, 3, 4, num_layers=2, bidirectional=True)
+    params, x, x_index, a0, y, lengths = random_network(3, 4, 5, 3, 4, num_layers=2, bidirectional=True)
     with pytest.raises(ValueError, match=r"a0 must have shape \(num_layers \* D, n_a, m\)"):
         fastrnn.loss_and_grads(x, a0[:2], y, params)
     with pytest.raises(ValueError, match=r"a0 must be 3-dimensional \(num_layers \* D, n_a, m\)"):
@@ -451,7 +412,7 @@ def test_other_bad_arguments_are_named():
 
 
 def test_a_stacked_bidirectional_model_trains_saves_and_loads(tmp_path):
-    params, x, _, _, y, lengths = network_problem(
+    params, x, _, _, y, lengths = random_network(
         3, 4, 5, 6, 7, num_layers=2, bidirectional=True, labels="sequence"
     )
     model = fastrnn.RNN(3, 4, 5, num_layers=2, bidirectional=True, seed=1)
@@ -483,7 +444,7 @@ def test_a_stacked_bidirectional_model_trains_saves_and_loads(tmp_path):
 
 def test_a_stacked_model_carries_every_layers_state():
     model = fastrnn.RNN(3, 4, 5, num_layers=2, seed=1)
-    params, x, _, _, y, _ = network_problem(3, 4, 5, 2, 5, num_layers=2, bidirectional=False)
+    params, x, _, _, y, _ = random_network(3, 4, 5, 2, 5, num_layers=2, bidirectional=False)
     model.loss_and_grads(x, y, carry_state=True)
     assert model.state.shape == (2, 4, 2)
     *_, final = fastrnn.rnn_forward(x, None, model.params, return_state=True)
@@ -521,7 +482,7 @@ def torch_network(params, nonlinearity):
 @pytest.mark.parametrize("labels", ["step", "sequence"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_equals_pytorch_with_packed_sequences(labels, nonlinearity):
-    params, x, _, a0, y, lengths = network_problem(
+    params, x, _, a0, y, lengths = random_network(
         3, 4, 5, 5, 6, num_layers=2, bidirectional=True, labels=labels, seed=2
     )
     torch, rnn, linear = torch_network(params, nonlinearity)

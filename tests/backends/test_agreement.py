@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import assert_agree, make_problem
+from helpers import assert_agree, make_problem
 
 # (n_x, n_a, n_y, m, T): degenerate sizes, both paths of the recurrent product (plain loops
 # up to n_a**2 = 8192 for one sequence and m * n_a**2 = 512 for several, BLAS above), and a

@@ -19,11 +19,11 @@ import pytest
 from distributed import Client, LocalCluster
 
 import fastrnn
-from conftest import assert_agree
 from fastrnn import optim, parallel
 from fastrnn.cli import main
 from fastrnn.distributed import DataParallel, ShardError, StepTimeoutError, score, threads_per_task
 from fastrnn.text import TextError, TextShards, builtin_corpus, text_digest, train_char_rnn
+from helpers import assert_agree
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -534,7 +534,12 @@ def scheduler_and_two_workers(tmp_path):
     command = [sys.executable, "-m", "dask"]
     # The loaders are this file's functions: the scheduler and the workers import it, as a
     # real cluster imports the user's code (LocalCluster's processes inherit sys.path).
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
+    environment = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__)), *sys.path]
+        ),
+    )
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
     processes = []
     with contextlib.ExitStack() as stack:
@@ -623,7 +628,7 @@ class NoDask:
 sys.meta_path.insert(0, NoDask())
 import numpy as np
 import fastrnn
-from fastrnn.bench import make_problem
+from fastrnn.problems import make_problem
 from fastrnn.cli import main
 
 x, a0, y, params = make_problem(3, 4, 2, 2, 3)

@@ -41,7 +41,7 @@ def test_unknown_command_is_an_error():
 def test_ci_runs_the_readme_test_command_unchanged():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text()
     section = readme.split("## Run the tests", 1)[1]
     command = section.split("```bash", 1)[1].split("```", 1)[0].strip()
@@ -123,7 +123,7 @@ def test_python_examples_of_the_docs_run(page, tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / page).read_text()
+    text = (Path(__file__).resolve().parents[2] / page).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks
     monkeypatch.chdir(tmp_path)  # the examples write files

@@ -19,28 +19,13 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import assert_agree, make_problem
 from fastrnn import optim, parallel, text
-from test_gradcheck import check, numeric_gradient
+from helpers import assert_agree, assert_identical, check, copy_results, make_problem, numeric_gradient
 
 WORKERS = [1, 2, 3, 4, 5, -1]
 # (n_x, n_a, n_y, m, T): m divisible or not by the workers, fewer sequences than workers,
 # one sequence, one step.
 SHAPES = [(4, 6, 5, 7, 9), (3, 5, 4, 12, 6), (4, 6, 5, 3, 4), (4, 6, 5, 1, 5), (4, 6, 5, 6, 1)]
-
-
-def _copy(result):
-    loss, grads, *state = result
-    return (loss, {key: value.copy() for key, value in grads.items()}, *[s.copy() for s in state])
-
-
-def _assert_identical(result, expected, what):
-    assert result[0] == expected[0], what
-    assert result[1].keys() == expected[1].keys(), what
-    for key in expected[1]:
-        np.testing.assert_array_equal(result[1][key], expected[1][key], err_msg=f"{what}: {key}")
-    for got, want in zip(result[2:], expected[2:]):
-        np.testing.assert_array_equal(got, want, err_msg=f"{what}: state")
 
 
 def _assert_results_agree(result, expected, dtype, what):
@@ -59,7 +44,9 @@ def _assert_results_agree(result, expected, dtype, what):
 def test_dense_steps_agree_with_one_worker(backend, dtype, shape, workers):
     x, a0, y, params = make_problem(*shape, dtype=dtype, seed=300)
     params["b_a"] += dtype(0.1)  # non-zero biases: every gradient is a real check
-    expected = _copy(fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=1, return_state=True))
+    expected = copy_results(
+        fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=1, return_state=True)
+    )
     result = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True)
     _assert_results_agree(result, expected, dtype, f"workers={workers}")
 
@@ -69,7 +56,7 @@ def test_dense_steps_agree_with_one_worker(backend, dtype, shape, workers):
 def test_one_hot_steps_agree_with_one_worker(backend, dtype, shape, workers):
     _, a0, y, params = make_problem(*shape, dtype=dtype, seed=301)
     x_index = np.random.default_rng(301).integers(0, shape[0], size=y.shape)
-    expected = _copy(
+    expected = copy_results(
         fastrnn.loss_and_grads_onehot(x_index, a0, y, params, backend=backend, workers=1, return_state=True)
     )
     result = fastrnn.loss_and_grads_onehot(
@@ -140,37 +127,12 @@ def test_float32_overflow_is_reported_for_any_workers(backend):
 @pytest.mark.parametrize("workers", [2, 3])
 def test_repeated_calls_are_bitwise_identical(backend, dtype, workers):
     x, a0, y, params = make_problem(6, 16, 5, 11, 13, dtype=dtype, seed=305)
-    first = _copy(
+    first = copy_results(
         fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True)
     )
     for _ in range(5):
         again = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True)
-        _assert_identical(again, first, f"workers={workers}")
-
-
-_DIGEST = """
-import hashlib, numpy as np, fastrnn
-from fastrnn.bench import make_problem
-digest = hashlib.sha256()
-for backend in ("numpy", "numba"):
-    for dtype in (np.float64, np.float32):
-        x, a0, y, params = make_problem(16, 32, 16, 9, 20, dtype=dtype, seed=306)
-        loss, grads = fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=3)
-        digest.update(np.float64(loss).tobytes())
-        for key in sorted(grads):
-            digest.update(np.ascontiguousarray(grads[key]).tobytes())
-print(digest.hexdigest())
-"""
-
-
-def test_bitwise_identical_across_processes():
-    digests = {
-        subprocess.run(
-            [sys.executable, "-c", _DIGEST], capture_output=True, text=True, check=True, timeout=600
-        ).stdout.strip()
-        for _ in range(2)
-    }
-    assert len(digests) == 1 and len(digests.pop()) == 64
+        assert_identical(again, first, f"workers={workers}")
 
 
 def test_many_threads_calling_with_two_workers_at_once(backend):
@@ -180,14 +142,16 @@ def test_many_threads_calling_with_two_workers_at_once(backend):
         make_problem(8, 24, 8, 6, 20, dtype=dtype, seed=310 + k)
         for k, dtype in enumerate([np.float64, np.float32] * 4)
     ]
-    sequential = [_copy(fastrnn.loss_and_grads(*p, backend=backend, workers=2)) for p in problems]
+    sequential = [copy_results(fastrnn.loss_and_grads(*p, backend=backend, workers=2)) for p in problems]
     start = threading.Barrier(len(problems))
 
     def work(k):
         start.wait(timeout=60)
         workspace = fastrnn.Workspace()
         return [
-            _copy(fastrnn.loss_and_grads(*problems[k], backend=backend, workers=2, workspace=workspace))
+            copy_results(
+                fastrnn.loss_and_grads(*problems[k], backend=backend, workers=2, workspace=workspace)
+            )
             for _ in range(6)
         ]
 
@@ -196,20 +160,20 @@ def test_many_threads_calling_with_two_workers_at_once(backend):
         outcomes = [future.result(timeout=300) for future in futures]
     for k, results in enumerate(outcomes):
         for result in results:
-            _assert_identical(result, sequential[k], f"problem {k}")
+            assert_identical(result, sequential[k], f"problem {k}")
 
 
 def test_one_workspace_serves_any_workers(backend, dtype):
     x, a0, y, params = make_problem(5, 8, 4, 9, 7, dtype=dtype, seed=320)
     workspace = fastrnn.Workspace()
     for workers in (1, 3, 2, 1, 3, -1, 5):
-        expected = _copy(
+        expected = copy_results(
             fastrnn.loss_and_grads(x, a0, y, params, backend=backend, workers=workers, return_state=True)
         )
         result = fastrnn.loss_and_grads(
             x, a0, y, params, backend=backend, workers=workers, workspace=workspace, return_state=True
         )
-        _assert_identical(result, expected, f"workers={workers}")
+        assert_identical(result, expected, f"workers={workers}")
     assert "shards" in repr(workspace)
 
 
@@ -256,7 +220,7 @@ def test_model_methods_take_workers(backend):
     model = fastrnn.RNN(5, 8, 5, backend=backend, seed=330)
     x_index = np.random.default_rng(330).integers(0, 5, size=(6, 7))
     y = np.roll(x_index, -1, axis=1)
-    expected = _copy(model.loss_and_grads(x_index, y, workers=1))
+    expected = copy_results(model.loss_and_grads(x_index, y, workers=1))
     _assert_results_agree(
         model.loss_and_grads(x_index, y, workers=3), expected, np.float64, "RNN.loss_and_grads"
     )
