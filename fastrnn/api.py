@@ -52,6 +52,7 @@ __all__ = [
     "loss_and_grads",
     "loss_and_grads_onehot",
     "loss_onehot",
+    "plan_of",
     "rnn_backward",
     "rnn_cell_backward",
     "rnn_cell_forward",
@@ -203,6 +204,38 @@ def _resolve(backend, workspace):
 
 
 # -- the public functions -----------------------------------------------------------------
+
+
+def plan_of(inputs, params, *, workers=None, lengths=None, backend=None):
+    """The plan a call on ``inputs`` runs: how many shards, threads and BLAS threads.
+
+    Every sequence function (``loss_and_grads``, ``loss``, ``rnn_forward`` and its
+    ``rnn_backward``, and their one-hot twins) runs the plan given here for the same
+    arguments; ``fastrnn.parallel.describe(plan)`` says it in words.
+
+    Parameters
+    ----------
+    inputs : array_like
+        Dense ``x`` (n_x, m, T), or one-hot indices ``x_index`` (m, T).
+    params : dict
+        As from ``init_params``.
+    workers, lengths, backend
+        As in ``loss_and_grads``.
+
+    Returns
+    -------
+    fastrnn.parallel.Plan
+    """
+    impl = backends.resolve(backend)
+    workers = parallel.check_workers(workers)
+    _, dims = check_params(params, finite=False)
+    inputs = _as_index_array(inputs)
+    if not isinstance(inputs, np.ndarray) or inputs.ndim not in (2, 3):
+        raise ValueError("inputs must be x (n_x, m, T) or one-hot indices x_index (m, T)")
+    m, T = inputs.shape[-2:]
+    n_x = inputs.shape[0] if inputs.ndim == 3 else 0
+    lengths = _without_full_lengths(check_lengths(lengths, m, T), T)
+    return engine.plan_sizes(workers, T, m, n_x, dims, lengths, impl.NAME)
 
 
 def available_backends():

@@ -74,6 +74,36 @@ def default_budget():
     return budget_from(os.environ, available_cores())
 
 
+#: The environment variable that fixes ``workers=None``'s plan for a whole process.
+WORKERS_VARIABLE = "FASTRNN_WORKERS"
+
+
+@functools.lru_cache(maxsize=1)
+def default_workers():
+    """What ``workers=None`` means in this process: the int that ``FASTRNN_WORKERS`` gives
+    (``k >= 1`` or -1, as if every call that leaves ``workers`` out passed it: a plan fixed
+    without measuring), or None (fastrnn chooses).  Read once per process, at the first
+    call; a value that is not such an int is a ``ValueError`` naming the variable."""
+    return workers_from(os.environ)
+
+
+def workers_from(environ):
+    """``default_workers`` for the environment ``environ``."""
+    value = environ.get(WORKERS_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if workers == -1 or workers >= 1:
+        return workers
+    raise ValueError(
+        f"environment variable {WORKERS_VARIABLE}={value!r} must be an int >= 1, or -1 (every core); "
+        "unset it to let fastrnn choose"
+    )
+
+
 def budget_from(environ, cores):
     """``cores`` capped by the positive integers ``environ`` sets in ``THREAD_LIMIT_VARIABLES``."""
     budget = cores
@@ -84,17 +114,17 @@ def budget_from(environ, cores):
     return budget
 
 
-def check_workers(workers):
+def check_workers(workers, name="workers"):
     """``workers`` as None, -1 or an int >= 1; anything else is a TypeError or ValueError
-    that names ``workers``."""
+    that names ``name``."""
     if workers is None:
         return None
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral):
-        raise TypeError(f"workers must be None, -1 or an int >= 1, got {type(workers).__name__} {workers!r}")
+        raise TypeError(f"{name} must be None, -1 or an int >= 1, got {type(workers).__name__} {workers!r}")
     workers = int(workers)
     if workers == -1 or workers >= 1:
         return workers
-    raise ValueError(f"workers must be None, -1 (every core) or an int >= 1, got {workers}")
+    raise ValueError(f"{name} must be None, -1 (every core) or an int >= 1, got {workers}")
 
 
 class Plan(NamedTuple):
@@ -138,6 +168,8 @@ def plan(workers, m, T, n_x, n_a, n_y, backend="numba"):
     backend : {"numba", "numpy"}
         Whose crossovers ``workers=None`` uses.
     """
+    if workers is None:
+        workers = default_workers()
     return _plan(workers, m, T, n_x, n_a, n_y, backend, available_cores(), default_budget())
 
 
@@ -372,6 +404,7 @@ __all__ = [
     "check_workers",
     "budget_from",
     "default_budget",
+    "default_workers",
     "plan",
     "run_shards",
     "split_batch",

@@ -36,7 +36,7 @@ import numpy as np
 from .. import packing
 from . import caches, dense, finish, packed
 from .caches import ForwardCache, PackedCache, owned_params, read_only
-from .planning import plan_call, uses_packed_path
+from .planning import plan_call, plan_sizes, uses_packed_path
 
 __all__ = [
     "BackwardInputs",
@@ -50,6 +50,7 @@ __all__ = [
     "loss_and_grads",
     "losses",
     "plan_call",
+    "plan_sizes",
     "uses_packed_path",
 ]
 
@@ -128,17 +129,19 @@ def forward(
     that owns its arrays (``state_shape`` is kept in it: ``caches``)."""
     run = plan_call(workers, xs, dims, lengths, impl.NAME)
     if uses_packed_path(dims, lengths):
-        return _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, what)
+        return _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, what)
     xs_c = dense.contiguous(xs)
     h, y_hat, finite = dense.forward(impl, run, xs_c, a0[0], p, dims, nonlinearity)
     finish.finished_arrays({"a": h, "y_hat": y_hat}, finite, dims.dtype, what)
     if np.may_share_memory(xs_c, xs):  # the time-major layout was the caller's x itself
         xs_c = xs_c.copy()
-    cache = ForwardCache(read_only(xs_c), read_only(h), owned_params(p), impl.NAME, nonlinearity, state_shape)
+    cache = ForwardCache(
+        read_only(xs_c), read_only(h), owned_params(p), impl.NAME, nonlinearity, state_shape, workers
+    )
     return ForwardResult(cache.h[1:], y_hat, cache, h[-1][None].copy())
 
 
-def _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, what):
+def _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, what):
     pk, inputs, a0_rows, states, top, y_hat, finite = packed.forward(
         impl, run, xs, a0, lengths, p, dims, nonlinearity
     )
@@ -149,7 +152,7 @@ def _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_sha
     cache = PackedCache(
         read_only(inputs), tuple(read_only(H) for layer in states for H in layer), read_only(a0_rows),
         None if lengths is None else read_only(lengths.copy()), xs.shape[0], owned_params(p), impl.NAME,
-        nonlinearity, state_shape,
+        nonlinearity, state_shape, workers,
     )  # fmt: skip
     final = packing.unsort_rows(packing.final_states(states, pk.last_rows), pk)
     return ForwardResult(packing.unpack(top, pk), packing.unpack(y_hat, pk), cache, final)
@@ -173,10 +176,8 @@ def backward_inputs(cache):
     """``cache`` (from ``forward``) checked against its params, array by array, before any
     kernel reads it: a ``BackwardInputs``.  A ``TypeError`` for anything but a cache."""
     if isinstance(cache, PackedCache):
-        impl, p, dims, pk, inputs, a0, states = caches.checked_packed_cache(cache)
-        return BackwardInputs(
-            cache, impl, p, dims, cache.T, a0.shape[1], cache.lengths, (pk, inputs, a0, states)
-        )
+        impl, p, dims, lengths, pk, inputs, a0, states = caches.checked_packed_cache(cache)
+        return BackwardInputs(cache, impl, p, dims, cache.T, a0.shape[1], lengths, (pk, inputs, a0, states))
     if not isinstance(cache, ForwardCache):
         raise TypeError(f"cache must be the ForwardCache returned by rnn_forward, got {type(cache).__name__}")
     impl, p, dims, xs, h = caches.checked_dense_cache(cache)
@@ -193,10 +194,12 @@ def backward(checked, d_states, what="rnn_backward"):
     impl, p, dims, cache = checked.impl, checked.p, checked.dims, checked.cache
     if isinstance(cache, PackedCache):
         pk, inputs, a0, states = checked.arrays
+        run = plan_sizes(cache.workers, checked.T, checked.m, dims.n_x, dims, checked.lengths, impl.NAME)
         states = [states[k : k + dims.directions] for k in range(0, len(states), dims.directions)]
-        grads, finite = packed.backward(impl, d_states, pk, inputs, a0, states, p, cache.nonlinearity)
+        grads, finite = packed.backward(impl, run, d_states, pk, inputs, a0, states, p, cache.nonlinearity)
     else:
         xs, h = checked.arrays
-        grads, finite = dense.backward(impl, d_states, xs, h, p, cache.nonlinearity)
+        run = plan_call(cache.workers, xs, dims, None, impl.NAME)
+        grads, finite = dense.backward(impl, run, d_states, xs, h, p, dims, cache.nonlinearity)
         grads["da0"] = grads["da0"][None]
     return finish.finished_arrays(grads, finite, dims.dtype, what)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import backends, packing
+from .. import backends, packing, parallel
 from ..validation import check_array, check_lengths, check_nonlinearity, check_params
 
 STATE_SHAPES = ("stacked", "single")
@@ -34,6 +34,7 @@ class ForwardCache(NamedTuple):
     backend: str
     nonlinearity: str = "tanh"
     state_shape: str = "stacked"
+    workers: object = None  # rnn_forward's: the backward pass runs on the same plan
 
 
 class PackedCache(NamedTuple):
@@ -49,6 +50,7 @@ class PackedCache(NamedTuple):
     backend: str
     nonlinearity: str = "tanh"
     state_shape: str = "stacked"
+    workers: object = None  # rnn_forward's: the backward pass runs on the same plan
 
 
 def read_only(array):
@@ -80,6 +82,7 @@ def checked_cache_params(cache, kind):
 
 
 def _check_state_shape(cache):
+    parallel.check_workers(cache.workers, "cache.workers")
     if not isinstance(cache.state_shape, str):
         raise TypeError(f"cache.state_shape must be a str, got {type(cache.state_shape).__name__}")
     if cache.state_shape not in STATE_SHAPES:
@@ -100,8 +103,8 @@ def checked_dense_cache(cache):
 
 
 def checked_packed_cache(cache):
-    """``(impl, p, dims, packing, inputs, a0, states)`` of a ``PackedCache``, every array
-    checked against the params and the packing, C-contiguous."""
+    """``(impl, p, dims, lengths, packing, inputs, a0, states)`` of a ``PackedCache``,
+    every array checked against the params and the packing, C-contiguous."""
     impl, p, dims = checked_cache_params(cache, "rnn_forward")
     _check_state_shape(cache)
     if not isinstance(cache.T, int) or isinstance(cache.T, bool) or cache.T < 1:
@@ -118,4 +121,4 @@ def checked_packed_cache(cache):
         np.ascontiguousarray(check_array(H, f"cache.states[{k}]", (pk.N, dims.n_a), "(N, n_a)", dims.dtype))
         for k, H in enumerate(cache.states)
     ]
-    return impl, p, dims, pk, np.ascontiguousarray(inputs), np.ascontiguousarray(a0), states
+    return impl, p, dims, lengths, pk, np.ascontiguousarray(inputs), np.ascontiguousarray(a0), states

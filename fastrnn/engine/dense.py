@@ -197,11 +197,44 @@ def _sharded_forward(impl, run, xs, a0_rows, p, dims, nonlinearity):
     return h, y_hat, finite
 
 
-def backward(impl, d_states, xs, h, p, nonlinearity):
-    """BPTT of the dense path for ``d_states`` (T, m, n_a) from outside the recurrence:
-    the gradients (``dx`` (T, m, n_x), ``da0`` (m, n_a), the hidden layer's) and whether
-    all are finite."""
-    return impl.backward(contiguous(d_states), xs, h, p, nonlinearity)
+def backward(impl, run, d_states, xs, h, p, dims, nonlinearity):
+    """BPTT of the dense path for ``d_states`` (T, m, n_a) from outside the recurrence,
+    on the forward pass's plan ``run``: the gradients (``dx`` (T, m, n_x), ``da0`` (m,
+    n_a), the hidden layer's) and whether all are finite.
+
+    With several shards, each shard's rows of ``dx`` and ``da0`` are copied into the whole
+    batch's arrays by its own thread, and the weight gradients are added in shard order.
+    The forward pass and its backward pass on one plan: threads of one kind, never
+    fastrnn's shard threads and the BLAS library's own taking turns on the same cores
+    (docs/guide.md, "Every core").
+    """
+    with parallel.blas_threads(run.blas_threads):
+        if run.shards == 1:
+            return impl.backward(contiguous(d_states), xs, h, p, nonlinearity)
+        return _sharded_backward(impl, run, d_states, xs, h, p, dims, nonlinearity)
+
+
+def _sharded_backward(impl, run, d_states, xs, h, p, dims, nonlinearity):
+    T, m = xs.shape[:2]
+    shards = parallel.split_batch(m, run.shards)
+    dx = np.empty((T, m, dims.n_x), dtype=dims.dtype)
+    da0 = np.empty((m, dims.n_a), dtype=dims.dtype)
+
+    def backward_shard(k):
+        rows = shards[k]
+        grads, finite = impl.backward(
+            np.ascontiguousarray(d_states[:, rows]), np.ascontiguousarray(xs[:, rows]),
+            np.ascontiguousarray(h[:, rows]), p, nonlinearity,
+        )  # fmt: skip
+        dx[:, rows] = grads.pop("dx")
+        da0[rows] = grads.pop("da0")
+        return grads, finite
+
+    parts = parallel.run_shards(backward_shard, run.shards, run.threads)
+    names = gradient_names(1, 1)[:3]  # the hidden layer's: dW_ax, dW_aa, db_a
+    grads = parallel.sum_in_order([part[0] for part in parts], names)
+    grads["dx"], grads["da0"] = dx, da0
+    return grads, finish.summed_in_shard_order_finite((part[1] for part in parts), grads, names)
 
 
 def losses(impl, run, inputs, a0_rows, labels, p, dims, nonlinearity):

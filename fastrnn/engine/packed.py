@@ -181,13 +181,16 @@ def forward(impl, run, inputs, a0, lengths, p, dims, nonlinearity):
     return pk, packed, a0_rows, states, top, y_hat, finite
 
 
-def backward(impl, d_top, pk, inputs, a0, states, p, nonlinearity):
+def backward(impl, run, d_top, pk, inputs, a0, states, p, nonlinearity):
     """The packed path's backward pass for ``d_top`` (T, m, D * n_a) from outside the
-    recurrences (its padding never read): the gradients, ``dx`` (T, m, n_x) and ``da0``
+    recurrences (its padding never read), on one shard with the BLAS threads of the
+    forward pass's plan ``run``: the gradients, ``dx`` (T, m, n_x) and ``da0``
     (num_layers * D, m, n_a) in the caller's order, and whether all are finite."""
-    grads, finite = impl.network_backward_grads(
-        packing.pack(d_top, pk), inputs, a0, states, p, pk.batch_sizes, pk.offsets, nonlinearity
-    )
+    blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
+    with parallel.blas_threads(blas_threads):
+        grads, finite = impl.network_backward_grads(
+            packing.pack(d_top, pk), inputs, a0, states, p, pk.batch_sizes, pk.offsets, nonlinearity
+        )
     grads["dx"] = packing.unpack(grads["dx"], pk)
     grads["da0"] = packing.unsort_rows(grads["da0"], pk)
     return grads, finite

@@ -20,12 +20,15 @@ def uses_packed_path(dims, lengths):
 
 def plan_call(workers, inputs, dims, lengths, backend):
     """The ``parallel.Plan`` of a call on time-major ``inputs`` (T, m, n_x) or one-hot
-    (T, m) (whose input layer is a lookup, no product: n_x counts as 0).
-
-    A packed call's products are those of ``num_layers * D`` one-layer networks over the
-    real steps (the upper layers' inputs are D * n_a wide)."""
-    T, m = inputs.shape[:2]
+    (T, m) (whose input layer is a lookup, no product: n_x counts as 0)."""
     n_x = inputs.shape[2] if inputs.ndim == 3 else 0
+    return plan_sizes(workers, *inputs.shape[:2], n_x, dims, lengths, backend)
+
+
+def plan_sizes(workers, T, m, n_x, dims, lengths, backend):
+    """``plan_call`` from the sizes.  A packed call's products are those of ``num_layers *
+    D`` one-layer networks over the real steps (the upper layers' inputs are D * n_a
+    wide)."""
     if not uses_packed_path(dims, lengths):
         return parallel.plan(workers, m, T, n_x, dims.n_a, dims.n_y, backend)
     steps = T if lengths is None else max(1, int(np.sum(lengths)) // m)

@@ -20,7 +20,15 @@ import pytest
 
 import fastrnn
 from fastrnn import optim, parallel, text
-from helpers import assert_agree, assert_identical, check, copy_results, make_problem, numeric_gradient
+from helpers import (
+    assert_agree,
+    assert_identical,
+    check,
+    copy_results,
+    digest_in_fresh_process,
+    make_problem,
+    numeric_gradient,
+)
 
 WORKERS = [1, 2, 3, 4, 5, -1]
 # (n_x, n_a, n_y, m, T): m divisible or not by the workers, fewer sequences than workers,
@@ -426,3 +434,65 @@ def test_blas_threads_are_restored():
     with parallel.blas_threads(None):  # touches nothing
         assert [lib.num_threads for lib in libraries] == before
     assert threadpoolctl.threadpool_info()  # the libraries are still there and readable
+
+
+# -- fixing the plan, and seeing it ---------------------------------------------------------
+
+
+def test_fastrnn_workers_fixes_the_default_plan():
+    assert parallel.workers_from({}) is None
+    assert parallel.workers_from({"FASTRNN_WORKERS": " "}) is None
+    assert parallel.workers_from({"FASTRNN_WORKERS": "3"}) == 3
+    assert parallel.workers_from({"FASTRNN_WORKERS": "-1"}) == -1
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(ValueError, match="FASTRNN_WORKERS"):
+            parallel.workers_from({"FASTRNN_WORKERS": bad})
+
+
+def test_fastrnn_workers_gives_the_results_of_that_many_workers():
+    script = (
+        "import hashlib, numpy as np, fastrnn\n"
+        "from fastrnn.problems import make_problem\n"
+        "x, a0, y, p = make_problem(6, 16, 5, 12, 9, seed=3)\n"
+        "loss, grads = fastrnn.loss_and_grads(x, a0, y, p, workers=WORKERS)\n"
+        "print(fastrnn.parallel.describe(fastrnn.plan_of(x, p, workers=WORKERS)),"
+        " hashlib.sha256(b''.join(np.ascontiguousarray(grads[k]).tobytes() for k in sorted(grads))).hexdigest())\n"
+    )
+    fixed = digest_in_fresh_process(script.replace("WORKERS", "None"), env={"FASTRNN_WORKERS": "3"})
+    explicit = digest_in_fresh_process(script.replace("WORKERS", "3"))
+    assert fixed == explicit and fixed.startswith("3 shards")
+
+
+def test_plan_of_is_the_plan_a_call_runs():
+    x, a0, y, params = make_problem(65, 128, 65, 32, 64, dtype=np.float32, seed=1)
+    x_index = np.zeros((32, 64), dtype=int)
+    one = fastrnn.plan_of(x, params, workers=1)
+    assert (one.shards, one.threads) == (1, 1)
+    three = fastrnn.plan_of(x_index, params, workers=3)
+    assert (three.shards, three.blas_threads) == (3, 1)
+    assert fastrnn.plan_of(x, params, lengths=np.full(32, 64)) == fastrnn.plan_of(x, params)
+    assert fastrnn.plan_of(x, params) == parallel.plan(None, 32, 64, 65, 128, 65)
+    with pytest.raises(ValueError, match="inputs"):
+        fastrnn.plan_of(np.zeros(4), params)
+    with pytest.raises(ValueError, match="workers"):
+        fastrnn.plan_of(x, params, workers=0)
+
+
+@pytest.mark.parametrize("lengths", [None, "ragged"])
+def test_rnn_backward_runs_on_its_forward_pass_plan(backend, dtype, lengths):
+    x, a0, _, params = make_problem(4, 6, 5, 7, 9, dtype=dtype, seed=320)
+    if lengths is not None:
+        lengths = np.random.default_rng(321).integers(1, 10, size=7)
+    da = np.random.default_rng(322).standard_normal((6, 7, 9)).astype(dtype)
+    results = {}
+    for workers in (1, 3):
+        a, _, cache = fastrnn.rnn_forward(x, a0, params, backend=backend, workers=workers, lengths=lengths)
+        assert cache.workers == workers
+        results[workers] = fastrnn.rnn_backward(da, cache)
+        again = fastrnn.rnn_backward(da, cache)
+        for key in results[workers]:  # bitwise the same from run to run on one plan
+            np.testing.assert_array_equal(again[key], results[workers][key], err_msg=key)
+    for key in results[1]:
+        assert_agree(results[3][key], results[1][key], dtype, key)
+    with pytest.raises(ValueError, match="cache.workers"):
+        fastrnn.rnn_backward(da, cache._replace(workers=0))
