@@ -95,8 +95,7 @@ def _time_major_labels(labels):
 def _states_out(stack, state_shape):
     """States (num_layers * D, m, n_a) from the engine in the shape the caller gave ``a0``
     in: (num_layers * D, n_a, m), or (n_a, m) for ``"single"`` (views)."""
-    states = stack.transpose(0, 2, 1)
-    return states[0] if state_shape == "single" else states
+    return stack[0].T if state_shape == "single" else stack.transpose(0, 2, 1)
 
 
 # -- argument checks ----------------------------------------------------------------------
@@ -432,7 +431,7 @@ def rnn_forward(
     p, dims, x, a0, state_shape, lengths = _check_sequence_inputs(params, x, a0, lengths)
     result = engine.forward(
         impl, _time_major(x), a0, p, dims, workers=workers, nonlinearity=nonlinearity, lengths=lengths,
-        state_shape=state_shape,
+        state_shape=state_shape, return_state=return_state,
     )  # fmt: skip
     a, y_hat = _from_time_major(result.outputs), _from_time_major(result.y_hat)
     if return_state:
@@ -477,13 +476,13 @@ def rnn_backward(da, cache):
 def _step_results(result, state_shape, return_state):
     """A training step's public results from the engine's: ``dx`` and the states laid
     back out (views)."""
-    grads = result.grads
+    loss, grads, final = result
     if "dx" in grads:
         grads["dx"] = _from_time_major(grads["dx"])
     grads["da0"] = _states_out(grads["da0"], state_shape)
     if return_state:
-        return result.loss, grads, _states_out(result.final, state_shape)
-    return result.loss, grads
+        return loss, grads, _states_out(final, state_shape)
+    return loss, grads
 
 
 def loss_and_grads(

@@ -43,7 +43,6 @@ __all__ = [
     "ForwardCache",
     "ForwardResult",
     "PackedCache",
-    "StepResult",
     "backward",
     "backward_inputs",
     "forward",
@@ -55,20 +54,10 @@ __all__ = [
 ]
 
 
-class StepResult(NamedTuple):
-    """A training step's results: ``loss`` (the params' dtype), ``grads`` (``"d" + key`` of
-    every parameter, ``da0`` (num_layers * D, m, n_a), ``dx`` (T, m, n_x) for dense
-    inputs) and ``final`` (num_layers * D, m, n_a), or None unless asked for."""
-
-    loss: object
-    grads: dict
-    final: object
-
-
 class ForwardResult(NamedTuple):
     """A forward pass's results: the top layer's states ``outputs`` (T, m, D * n_a), the
     softmax outputs ``y_hat`` (T, m, n_y), the ``cache`` for ``backward``, and the final
-    states (num_layers * D, m, n_a)."""
+    states (num_layers * D, m, n_a) (None unless asked for: ``return_state``)."""
 
     outputs: np.ndarray
     y_hat: np.ndarray
@@ -80,25 +69,29 @@ def loss_and_grads(
     impl, inputs, a0, labels, p, dims, *, workers=None, nonlinearity="tanh", lengths=None, workspace=None,
     return_state=False, what="loss_and_grads",
 ):  # fmt: skip
-    """A training step: loss, every gradient and (with ``return_state``) the final states.
+    """A training step: ``(loss, grads, final)``.
 
-    ``what`` names the caller's function in a ``NonFiniteResultError``.  With a
-    ``workspace``, the gradients are its views, overwritten by its next use.
+    ``loss`` is in the params' dtype; ``grads`` holds ``"d" + key`` of every parameter,
+    ``da0`` (num_layers * D, m, n_a) and, for dense inputs, ``dx`` (T, m, n_x); ``final``
+    is (num_layers * D, m, n_a) with ``return_state``, else None.  (A plain tuple: the
+    tiny step pays for every object made.)  ``what`` names the caller's function in a
+    ``NonFiniteResultError``.  With a ``workspace``, the gradients are its views,
+    overwritten by its next use.
     """
-    run = plan_call(workers, inputs, dims, lengths, impl.NAME)
-    if uses_packed_path(dims, lengths):
+    run, packed_path = plan_call(workers, inputs, dims, lengths, impl.NAME)
+    if packed_path:
         loss, grads, final, finite = packed.loss_and_grads(
             impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity
         )
         loss = finish.finished_loss(loss, grads, finite, dims.dtype, what)
-        return StepResult(loss, finish.into_workspace(grads, workspace), final if return_state else None)
+        return loss, finish.into_workspace(grads, workspace), final if return_state else None
     step_labels = labels if labels.ndim == 2 else labels[None]  # (1, m): one class per sequence
     loss, grads, a_last, finite = dense.loss_and_grads(
         impl, run, workspace, inputs, a0[0], step_labels, p, dims, nonlinearity, return_state
     )
     loss = finish.finished_loss(loss, grads, finite, dims.dtype, what)
     grads["da0"] = grads["da0"][None]
-    return StepResult(loss, grads, a_last[None] if return_state else None)
+    return loss, grads, a_last[None] if return_state else None
 
 
 def losses(
@@ -107,8 +100,8 @@ def losses(
     """Each sequence's loss (m,) float64 (summed over its real steps) and the final
     states (num_layers * D, m, n_a): a forward pass that keeps nothing for a backward
     one."""
-    run = plan_call(workers, inputs, dims, lengths, impl.NAME)
-    if uses_packed_path(dims, lengths):
+    run, packed_path = plan_call(workers, inputs, dims, lengths, impl.NAME)
+    if packed_path:
         sequence_losses, final, finite = packed.losses(
             impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity
         )
@@ -123,13 +116,15 @@ def losses(
 
 def forward(
     impl, xs, a0, p, dims, *, workers=None, nonlinearity="tanh", lengths=None, state_shape="stacked",
-    what="rnn_forward",
+    return_state=False, what="rnn_forward",
 ):  # fmt: skip
     """The forward pass of dense inputs ``xs`` (T, m, n_x), with a cache for ``backward``
     that owns its arrays (``state_shape`` is kept in it: ``caches``)."""
-    run = plan_call(workers, xs, dims, lengths, impl.NAME)
-    if uses_packed_path(dims, lengths):
-        return _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, what)
+    run, packed_path = plan_call(workers, xs, dims, lengths, impl.NAME)
+    if packed_path:
+        return _packed_forward(
+            impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, return_state, what
+        )
     xs_c = dense.contiguous(xs)
     h, y_hat, finite = dense.forward(impl, run, xs_c, a0[0], p, dims, nonlinearity)
     finish.finished_arrays({"a": h, "y_hat": y_hat}, finite, dims.dtype, what)
@@ -138,10 +133,12 @@ def forward(
     cache = ForwardCache(
         read_only(xs_c), read_only(h), owned_params(p), impl.NAME, nonlinearity, state_shape, workers
     )
-    return ForwardResult(cache.h[1:], y_hat, cache, h[-1][None].copy())
+    return ForwardResult(cache.h[1:], y_hat, cache, h[-1][None].copy() if return_state else None)
 
 
-def _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, what):
+def _packed_forward(
+    impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, return_state, what
+):
     pk, inputs, a0_rows, states, top, y_hat, finite = packed.forward(
         impl, run, xs, a0, lengths, p, dims, nonlinearity
     )
@@ -154,7 +151,7 @@ def _packed_forward(impl, run, xs, a0, p, dims, nonlinearity, lengths, state_sha
         None if lengths is None else read_only(lengths.copy()), xs.shape[0], owned_params(p), impl.NAME,
         nonlinearity, state_shape, workers,
     )  # fmt: skip
-    final = packing.unsort_rows(packing.final_states(states, pk.last_rows), pk)
+    final = packing.unsort_rows(packing.final_states(states, pk.last_rows), pk) if return_state else None
     return ForwardResult(packing.unpack(top, pk), packing.unpack(y_hat, pk), cache, final)
 
 
@@ -199,7 +196,7 @@ def backward(checked, d_states, what="rnn_backward"):
         grads, finite = packed.backward(impl, run, d_states, pk, inputs, a0, states, p, cache.nonlinearity)
     else:
         xs, h = checked.arrays
-        run = plan_call(cache.workers, xs, dims, None, impl.NAME)
+        run = plan_call(cache.workers, xs, dims, None, impl.NAME)[0]
         grads, finite = dense.backward(impl, run, d_states, xs, h, p, dims, cache.nonlinearity)
         grads["da0"] = grads["da0"][None]
     return finish.finished_arrays(grads, finite, dims.dtype, what)

@@ -19,16 +19,21 @@ def uses_packed_path(dims, lengths):
 
 
 def plan_call(workers, inputs, dims, lengths, backend):
-    """The ``parallel.Plan`` of a call on time-major ``inputs`` (T, m, n_x) or one-hot
-    (T, m) (whose input layer is a lookup, no product: n_x counts as 0)."""
-    n_x = inputs.shape[2] if inputs.ndim == 3 else 0
-    return plan_sizes(workers, *inputs.shape[:2], n_x, dims, lengths, backend)
+    """``(plan, packed)``: the ``parallel.Plan`` of a call on time-major ``inputs`` (T, m,
+    n_x) or one-hot (T, m) (whose input layer is a lookup, no product: n_x counts as 0),
+    and whether it takes the packed path (``uses_packed_path``).  Every call asks, so this
+    is kept to a few hundred nanoseconds."""
+    shape = inputs.shape
+    n_x = shape[2] if len(shape) == 3 else 0
+    if not uses_packed_path(dims, lengths):
+        return parallel.plan(workers, shape[1], shape[0], n_x, dims.n_a, dims.n_y, backend), False
+    return plan_sizes(workers, shape[0], shape[1], n_x, dims, lengths, backend), True
 
 
 def plan_sizes(workers, T, m, n_x, dims, lengths, backend):
-    """``plan_call`` from the sizes.  A packed call's products are those of ``num_layers *
-    D`` one-layer networks over the real steps (the upper layers' inputs are D * n_a
-    wide)."""
+    """The plan of ``plan_call``, from the sizes.  A packed call's products are those of
+    ``num_layers * D`` one-layer networks over the real steps (the upper layers' inputs
+    are D * n_a wide)."""
     if not uses_packed_path(dims, lengths):
         return parallel.plan(workers, m, T, n_x, dims.n_a, dims.n_y, backend)
     steps = T if lengths is None else max(1, int(np.sum(lengths)) // m)
