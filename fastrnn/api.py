@@ -513,8 +513,8 @@ def loss_and_grads(
     backend : {"numba", "numpy"} or None
     workspace : Workspace or None
         Reuse this workspace's arrays instead of allocating: a training loop of one shape
-        then allocates nothing after its first step (Numba backend; the NumPy reference
-        still makes its temporaries).  The returned gradients are views of the workspace,
+        then allocates nothing the size of its arrays after its first step, for any
+        network (Numba backend; the NumPy reference still makes its temporaries).  The returned gradients are views of the workspace,
         overwritten by its next use.  One workspace serves any ``workers``.
     return_state : bool
         Also return the final state (forward at each sequence's last step, reverse at step

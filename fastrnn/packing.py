@@ -12,7 +12,7 @@ the first ``batch_sizes[t]`` sequences.  This is PyTorch's ``PackedSequence`` la
   outside the recurrence (input projection, output layer, weight gradients) is one
   product over the N rows: the cost follows the sum of the lengths, not m * T;
 - with every sequence T steps long the packed rows are the time-major (T * m, n) rows
-  that the seed's kernels use.
+  that the dense path's kernels use.
 
 - ``order`` (m,): sorted row j is the caller's sequence ``order[j]``;
 - ``lengths`` (m,): the sorted lengths, non-increasing;
@@ -91,27 +91,46 @@ def unpack(packed, packing):
     return out
 
 
-def sort_rows(per_sequence, packing):
+def sort_rows(per_sequence, packing, out=None, scratch=None):
     """An array whose axis 1 runs over the caller's sequences (e.g. a0 (L * D, m, n_a)),
-    in the packing's sorted order, C-contiguous."""
+    in the packing's sorted order, C-contiguous (``out``, when given; ``scratch``, an
+    array of the same shape, then holds a contiguous copy of a non-contiguous input, which
+    ``np.take`` would otherwise make)."""
+    if out is None:
+        if packing.full:
+            return np.ascontiguousarray(per_sequence)
+        return np.ascontiguousarray(per_sequence[:, packing.order])
     if packing.full:
-        return np.ascontiguousarray(per_sequence)
-    return np.ascontiguousarray(per_sequence[:, packing.order])
+        np.copyto(out, per_sequence)
+        return out
+    if scratch is not None and not per_sequence.flags.c_contiguous:
+        np.copyto(scratch, per_sequence)
+        per_sequence = scratch
+    np.take(per_sequence, packing.order, axis=1, out=out, mode="clip")  # clip: unbuffered (valid order)
+    return out
 
 
-def unsort_rows(sorted_rows, packing):
-    """``sort_rows`` undone: axis 1 back in the caller's order."""
-    if packing.full:
+def unsort_rows(sorted_rows, packing, out=None):
+    """``sort_rows`` undone: axis 1 back in the caller's order (in ``out``, when given)."""
+    if packing.full and out is None:
         return sorted_rows
-    out = np.empty_like(sorted_rows)
+    if out is None:
+        out = np.empty_like(sorted_rows)
     out[:, packing.order] = sorted_rows
     return out
 
 
-def final_states(states, last_rows):
+def final_states(states, last_rows, out=None):
     """The state each direction ends in, (num_layers * D, m, n_a): forward at each
-    sequence's last step, reverse at step 0 (PyTorch's ``h_n``)."""
+    sequence's last step, reverse at step 0 (PyTorch's ``h_n``); in ``out`` if given."""
     m = last_rows.size
-    return np.stack(
-        [H[last_rows] if direction == 0 else H[:m] for layer in states for direction, H in enumerate(layer)]
-    )
+    flat = [H for layer in states for H in layer]
+    if out is None:
+        out = np.empty((len(flat), m, flat[0].shape[1]), dtype=flat[0].dtype)
+    directions = len(states[0])
+    for k, H in enumerate(flat):
+        if k % directions == 0:
+            np.take(H, last_rows, axis=0, out=out[k], mode="clip")  # clip: unbuffered (valid rows)
+        else:
+            out[k] = H[:m]
+    return out

@@ -10,7 +10,8 @@ def new_array(name, shape, dtype):
 
 class Workspace:
     """Arrays that repeated ``loss_and_grads`` calls reuse, so that a training loop of one
-    shape allocates nothing after its first step.
+    shape allocates nothing the size of its arrays after its first step (Numba backend,
+    any network: layers, directions, lengths).
 
     Pass the same workspace to every call (``loss_and_grads(..., workspace=ws)``).  Each
     internal array (hidden states, logits, the time-major copy of ``x``, every gradient) is
@@ -53,6 +54,13 @@ class Workspace:
         if array is None or array.shape != shape or array.dtype != dtype:
             array = self._arrays[name] = np.empty(shape, dtype=dtype)
         return array
+
+    def holds(self, array):
+        """Whether ``array`` is (a view of) memory of this workspace or of its shards': an
+        array the next call with this workspace overwrites."""
+        if any(np.shares_memory(array, own) for own in self._arrays.values()):
+            return True
+        return any(child.holds(array) for child in self._shards.values())
 
     @property
     def nbytes(self):

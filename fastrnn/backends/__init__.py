@@ -27,8 +27,8 @@ function                                                  returns
 ``beta1, beta2, eps, correction1, correction2, commit)``
 ``clip_by_value(grad, limit)``, ``scale(grad, factor)``   None (in place)
 ``max_abs(grad)``, ``sum_of_squares(grad, inv_scale)``    float
-``make_packing(lengths, m, T)``                           ``fastrnn.packing.Packing``
-``pack_rows(xs, sequences, steps)``                       packed rows (N, n_x) of ``xs`` (T, m, n_x)
+``make_packing(lengths, m, T, empty)``                    ``fastrnn.packing.Packing``
+``pack_rows(xs, sequences, steps, out)``                  packed rows (N, n) of ``xs`` (T, m, n)
 ``unpack_rows(packed, sequences, steps, out)``            None (rows written into ``out`` (T, m, n))
 ``network_forward_outputs(inputs, a0, p, num_layers,``    ``states`` (``[layer][direction]`` (N,
 ``directions, batch_sizes, offsets, nonlinearity)``       n_a)), ``y_hat`` (N, n_y), ``finite``
@@ -36,7 +36,7 @@ function                                                  returns
 ``batch_sizes, offsets, nonlinearity)``                   ``da0``, ``dx``), ``finite``
 ``network_loss_and_grads(inputs, a0, labels, p,``         ``loss``, grads, ``final`` (num_layers *
 ``num_layers, directions, batch_sizes, offsets,``         D, m, n_a), ``finite``
-``last_rows, *, batch_size, nonlinearity)``
+``last_rows, *, batch_size, nonlinearity, empty)``
 ``network_sequence_losses(inputs, a0, labels, p,``        ``losses`` (m,) float64, ``final``,
 ``num_layers, directions, batch_sizes, offsets,``         ``finite``
 ``last_rows, nonlinearity)``

@@ -13,7 +13,11 @@ chained is the same maths for both, and lives here once:
   directions' gradients of the layer's input add up.
 
 A backend passes its four direction functions as a ``DirectionOps``.  Every array here is
-NumPy; nothing is compiled.
+NumPy; nothing is compiled.  ``empty(name, shape, dtype)`` allocates (a workspace's, so that
+a step of one shape allocates nothing after its first); the direction functions get it
+with ``tag``, the suffix of their layer and direction (``params.layer_key("", layer,
+reverse)``), to name their arrays apart.  The NumPy reference takes both and allocates its
+own temporaries.
 """
 
 from typing import NamedTuple
@@ -22,11 +26,13 @@ import numpy as np
 
 from ..packing import final_states
 from ..params import HIDDEN_NAMES, direction_params, layer_key
+from ..workspace import new_array
 
 
 class DirectionOps(NamedTuple):
     """A backend's functions for one direction of one layer (``numpy_backend`` documents
-    each; ``numba_backend`` has twins of the same names and arguments)."""
+    each; ``numba_backend`` has twins of the same names and arguments).  Each also takes
+    the keywords ``empty`` and ``tag``."""
 
     packed_projection: object  # (layer_input, W_ax) -> z (N, n_a)
     direction_forward: object  # (z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity) -> H
@@ -34,12 +40,21 @@ class DirectionOps(NamedTuple):
     packed_input_backward: object  # (dz, layer_input, W_ax) -> dW_ax, d_input (None for one-hot)
 
 
-def layer_output(layer_states):
-    """A layer's directions' states side by side, (N, D * n_a): what the next layer reads."""
-    return layer_states[0] if len(layer_states) == 1 else np.concatenate(layer_states, axis=1)
+def layer_output(layer_states, empty=None, name="output"):
+    """A layer's directions' states side by side, (N, D * n_a): what the next layer reads
+    (in ``empty(name, ...)``'s memory when given)."""
+    if len(layer_states) == 1:
+        return layer_states[0]
+    if empty is None:
+        return np.concatenate(layer_states, axis=1)
+    first = layer_states[0]
+    out = empty(name, (first.shape[0], len(layer_states) * first.shape[1]), first.dtype)
+    return np.concatenate(layer_states, axis=1, out=out)
 
 
-def network_forward(ops, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+def network_forward(
+    ops, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty=new_array
+):
     """Every layer and direction of a network over packed rows.
 
     Parameters
@@ -50,6 +65,8 @@ def network_forward(ops, inputs, a0, p, num_layers, directions, batch_sizes, off
         Packed dense inputs (N, n_x), or one-hot indices (N,).
     a0 : ndarray, shape (num_layers * D, m, n_a)
         In the packing's sorted order.
+    empty : callable
+        The allocator (see the module).
 
     Returns
     -------
@@ -61,22 +78,23 @@ def network_forward(ops, inputs, a0, p, num_layers, directions, batch_sizes, off
     for layer in range(num_layers):
         layer_states = []
         for direction in range(directions):
-            W_ax, W_aa, b_a = direction_params(p, layer, direction == 1)
-            z = ops.packed_projection(layer_input, W_ax)
+            reverse = direction == 1
+            tag = layer_key("", layer, reverse)
+            W_ax, W_aa, b_a = direction_params(p, layer, reverse)
+            z = ops.packed_projection(layer_input, W_ax, empty=empty, tag=tag)
             initial = a0[layer * directions + direction]
-            layer_states.append(
-                ops.direction_forward(
-                    z, initial, W_aa, b_a, batch_sizes, offsets, direction == 1, nonlinearity
-                )
+            H = ops.direction_forward(
+                z, initial, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity, empty=empty, tag=tag
             )
+            layer_states.append(H)
         states.append(layer_states)
-        layer_input = layer_output(layer_states)
+        layer_input = layer_output(layer_states, empty, f"output_l{layer}")
     return states
 
 
 def network_backward(
     ops, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False,
-    states_are_scratch=False,
+    states_are_scratch=False, empty=new_array,
 ):  # fmt: skip
     """Backpropagation through every layer and direction, from ``d_top`` (N, D * n_a),
     dL/d(the top layer's output) from outside the recurrences.
@@ -94,23 +112,25 @@ def network_backward(
     num_layers, directions = len(states), len(states[0])
     n_a = a0.shape[-1]
     grads = {}
-    da0 = np.empty_like(a0)
+    da0 = empty("da0", a0.shape, a0.dtype)
     d_output = d_top
     for layer in range(num_layers - 1, -1, -1):
-        layer_input = inputs if layer == 0 else layer_output(states[layer - 1])
+        layer_input = inputs if layer == 0 else layer_output(states[layer - 1], empty, f"output_l{layer - 1}")
         d_input = None
         for direction in range(directions):
             reverse = direction == 1
+            tag = layer_key("", layer, reverse)
             W_ax, W_aa, _ = direction_params(p, layer, reverse)
             d_states = d_output[:, direction * n_a : (direction + 1) * n_a]
             index = layer * directions + direction
             # With one direction, d_output is the caller's d_top, or an array of this loop's own
             dz, da0[index], dW_aa, db_a = ops.direction_backward(
                 d_states, states[layer][direction], a0[index], W_aa, batch_sizes, offsets, reverse, nonlinearity,
-                dH_is_scratch=directions == 1 and d_top_is_scratch, H_is_scratch=states_are_scratch,
+                dH_is_scratch=directions == 1 and d_top_is_scratch, H_is_scratch=states_are_scratch, empty=empty,
+                tag=tag,
             )  # fmt: skip
             d_top_is_scratch = True
-            dW_ax, d_part = ops.packed_input_backward(dz, layer_input, W_ax)
+            dW_ax, d_part = ops.packed_input_backward(dz, layer_input, W_ax, empty=empty, tag=tag)
             grads.update(
                 zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a))
             )
@@ -123,23 +143,29 @@ def network_backward(
     return grads
 
 
-def network_top(states, last_rows, sequence_labels):
-    """What the output layer reads: the top layer's output at every step (N, D * n_a), or
-    for one label per sequence its final states side by side (m, D * n_a)."""
+def network_top(states, last_rows, sequence_labels, empty=None):
+    """What the output layer reads, C-contiguous: the top layer's output at every step
+    (N, D * n_a), or for one label per sequence its final states side by side (m, D *
+    n_a); in ``empty``'s memory when given."""
     if not sequence_labels:
-        return layer_output(states[-1])
-    top = final_states(states[-1:], last_rows)
-    return np.concatenate(list(top), axis=1)
+        return np.ascontiguousarray(layer_output(states[-1], empty, "top"))
+    top_layer = states[-1]
+    shape = (len(top_layer), last_rows.size, top_layer[0].shape[1])
+    finals = final_states(
+        [top_layer], last_rows, None if empty is None else empty("top_finals", shape, top_layer[0].dtype)
+    )
+    return np.ascontiguousarray(layer_output(list(finals), empty, "top"))
 
 
-def scatter_top(d_top_read, states, last_rows, sequence_labels):
+def scatter_top(d_top_read, states, last_rows, sequence_labels, empty=new_array):
     """dL/d(the top layer's output) (N, D * n_a) from dL/d(what ``network_top`` read):
     itself at every step, or the final states' rows for one label per sequence."""
     if not sequence_labels:
         return d_top_read
     n_a = states[-1][0].shape[1]
     m = last_rows.size
-    d_top = np.zeros((states[-1][0].shape[0], d_top_read.shape[1]), dtype=d_top_read.dtype)
+    d_top = empty("d_top", (states[-1][0].shape[0], d_top_read.shape[1]), d_top_read.dtype)
+    d_top[...] = 0
     d_top[last_rows, :n_a] = d_top_read[:, :n_a]  # the forward direction's last steps
     d_top[:m, n_a:] = d_top_read[:, n_a:]  # the reverse direction's step 0
     return d_top

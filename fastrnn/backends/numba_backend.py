@@ -157,29 +157,38 @@ def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
 # direction is a few kernel calls.
 
 
-def make_packing(lengths, m, T):
+def make_packing(lengths, m, T, empty=new_array):
     """``fastrnn.packing.make_packing``, its arrays filled by one kernel (a counting sort)
-    instead of a dozen NumPy calls: the shards of a call pack at once, without the GIL."""
-    if lengths is None:
-        return packing.make_packing(lengths, m, T)
+    instead of a dozen NumPy calls: the shards of a call pack at once, without the GIL.
+    ``empty`` allocates them (a workspace's).  Lengths None (every sequence T steps
+    long) are packed as lengths all T, which they are."""
+    full = lengths is None
+    if full:
+        lengths = empty("packing.full_lengths", (m,), np.intp)
+        lengths[...] = T
     T_run, N = int(lengths.max()), int(lengths.sum())
-    order, sorted_lengths, last_rows = np.empty((3, m), dtype=np.intp)
-    batch_sizes, offsets = np.empty(T_run, dtype=np.intp), np.empty(T_run + 1, dtype=np.intp)
-    steps, sequences = np.empty((2, N), dtype=np.intp)
+    order, sorted_lengths, last_rows = empty("packing.sequences", (3, m), np.intp)
+    batch_sizes, offsets = (
+        empty("packing.batch_sizes", (T_run,), np.intp),
+        empty("packing.offsets", (T_run + 1,), np.intp),
+    )
+    steps, sequences = empty("packing.rows", (2, N), np.intp)
     kernels.packing_into(lengths, order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences)
-    return Packing(order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences, T, False)
+    return Packing(order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences, T, full)
 
 
-def pack_rows(xs, sequences, steps):
-    """As the reference's; a kernel where ``xs`` (T, m, n_x) is the transpose of a
-    C-contiguous (n_x, m, T) array, the seed's layout (from each plane, one contiguous
+def pack_rows(xs, sequences, steps, out=None):
+    """As the reference's; a kernel where ``xs`` (T, m, n) is the transpose of a
+    C-contiguous (n, m, T) array, the seed's layout (from each plane, one contiguous
     (m, T) block at a time), NumPy's gather otherwise."""
     x = xs.transpose(2, 1, 0)
+    if out is None:
+        out = np.empty((sequences.size, x.shape[0]), dtype=x.dtype)
     if not x.flags.c_contiguous:
-        return xs[steps, sequences]
-    packed = np.empty((sequences.size, x.shape[0]), dtype=x.dtype)
-    kernels.pack_rows_into(x, sequences, steps, packed)
-    return packed
+        out[...] = xs[steps, sequences]
+        return out
+    kernels.pack_rows_into(x, sequences, steps, out)
+    return out
 
 
 def unpack_rows(packed, sequences, steps, out):
@@ -187,60 +196,69 @@ def unpack_rows(packed, sequences, steps, out):
     kernels.unpack_rows_into(packed, sequences, steps, out)
 
 
-def _transposed(W):
-    """``W.T`` C-contiguous, for the products that multiply by it from the right."""
-    return np.ascontiguousarray(W.T)
+def _transposed(W, empty=new_array, name="W_T"):
+    """``W.T`` C-contiguous (in ``empty(name, ...)``), for the products that multiply by it
+    from the right."""
+    out = empty(name, W.shape[::-1], W.dtype)
+    np.copyto(out, W.T)
+    return out
 
 
-def _scratch_rows(a0):
-    return np.empty(a0.shape[-2:], dtype=a0.dtype)
-
-
-def packed_projection(layer_input, W_ax):
-    z = np.empty((layer_input.shape[0], W_ax.shape[0]), dtype=W_ax.dtype)
+def packed_projection(layer_input, W_ax, empty=new_array, tag=""):
+    """As the reference's; ``empty`` allocates (a workspace's, with names ending in ``tag``:
+    the layer and direction, ``params.layer_key("", layer, reverse)``)."""
+    z = empty("z" + tag, (layer_input.shape[0], W_ax.shape[0]), W_ax.dtype)
+    W_ax_T = _transposed(W_ax, empty, "W_ax_T" + tag)
     if layer_input.ndim == 1:
-        kernels.packed_lookup_into(layer_input, _transposed(W_ax), z)
+        kernels.packed_lookup_into(layer_input, W_ax_T, z)
     else:
-        kernels.matmul_into(layer_input, _transposed(W_ax), z)
+        kernels.matmul_into(layer_input, W_ax_T, z)
     return z
 
 
-def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity):
+def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity, empty=new_array, tag=""):
     """The states (N, n_a), computed in ``z``'s memory."""
     kernels.direction_forward_in_place(
-        _transposed(W_aa), b_a.reshape(-1), a0, z, batch_sizes, offsets, reverse, _scratch_rows(a0),
-        kernels.NONLINEARITY[nonlinearity],
+        _transposed(W_aa, empty, "W_aa_T" + tag), b_a.reshape(-1), a0, z, batch_sizes, offsets, reverse,
+        empty("rows" + tag, a0.shape[-2:], a0.dtype), kernels.NONLINEARITY[nonlinearity],
     )  # fmt: skip
     return z
 
 
 def direction_backward(
-    dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity, dH_is_scratch=False, H_is_scratch=False
-):
+    dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity, dH_is_scratch=False, H_is_scratch=False,
+    empty=new_array, tag="",
+):  # fmt: skip
     """As the reference's.  ``dH_is_scratch``: ``dH`` is a C-contiguous array of the
     caller's own, which becomes ``dz``; ``H_is_scratch``: ``H`` is not needed after this
     call and becomes ``previous_states`` (no copy, no fresh memory either way)."""
-    dz = dH if dH_is_scratch else np.array(dH, order="C")  # the kernel turns it into dz in place
-    da0 = np.empty_like(a0)
-    db_a = np.empty((W_aa.shape[0], 1), dtype=W_aa.dtype)
+    if dH_is_scratch:
+        dz = dH
+    else:  # the kernel turns it into dz in place
+        dz = empty("dz" + tag, dH.shape, dH.dtype)
+        np.copyto(dz, dH)
+    da0 = empty("da0_direction" + tag, a0.shape, a0.dtype)
+    db_a = empty("db_a" + tag, (W_aa.shape[0], 1), W_aa.dtype)
     kernels.direction_backward_in_place(
-        dz, H, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a.reshape(-1), _scratch_rows(a0),
-        kernels.NONLINEARITY[nonlinearity],
+        dz, H, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a.reshape(-1),
+        empty("rows" + tag, a0.shape[-2:], a0.dtype), kernels.NONLINEARITY[nonlinearity],
     )  # fmt: skip
-    prev = H if H_is_scratch else np.empty_like(H)
+    prev = H if H_is_scratch else empty("previous" + tag, H.shape, H.dtype)
     kernels.previous_states_into(H, a0, batch_sizes, offsets, reverse, prev)
-    dW_aa = np.empty_like(W_aa)
+    dW_aa = empty("dW_aa" + tag, W_aa.shape, W_aa.dtype)
     kernels.matmul_transposed_into(dz, prev, dW_aa)
     return dz, da0, dW_aa, db_a
 
 
-def packed_input_backward(dz, layer_input, W_ax):
-    dW_ax = np.empty_like(W_ax)
+def packed_input_backward(dz, layer_input, W_ax, empty=new_array, tag=""):
+    dW_ax = empty("dW_ax" + tag, W_ax.shape, W_ax.dtype)
     if layer_input.ndim == 1:
-        kernels.packed_lookup_backward_into(dz, layer_input, np.empty(W_ax.T.shape, W_ax.dtype), dW_ax)
+        kernels.packed_lookup_backward_into(
+            dz, layer_input, empty("dW_ax_T" + tag, W_ax.T.shape, W_ax.dtype), dW_ax
+        )
         return dW_ax, None
     kernels.matmul_transposed_into(dz, layer_input, dW_ax)
-    d_input = np.empty(layer_input.shape, dtype=dz.dtype)
+    d_input = empty("d_input" + tag, layer_input.shape, dz.dtype)
     kernels.matmul_into(dz, W_ax, d_input)
     return dW_ax, d_input
 
@@ -251,35 +269,29 @@ DIRECTION_OPS = layers.DirectionOps(
 )
 
 
-def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+def network_forward(
+    inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty=new_array
+):
     return layers.network_forward(
-        DIRECTION_OPS, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity
+        DIRECTION_OPS, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty=empty
     )
 
 
 def network_backward(
-    d_top,
-    inputs,
-    a0,
-    states,
-    p,
-    batch_sizes,
-    offsets,
-    nonlinearity,
-    d_top_is_scratch=False,
-    states_are_scratch=False,
-):
+    d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False,
+    states_are_scratch=False, empty=new_array,
+):  # fmt: skip
     """As the reference's, with the scratch flags of ``layers.network_backward``."""
     return layers.network_backward(
         DIRECTION_OPS, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity,
-        d_top_is_scratch=d_top_is_scratch, states_are_scratch=states_are_scratch,
+        d_top_is_scratch=d_top_is_scratch, states_are_scratch=states_are_scratch, empty=empty,
     )  # fmt: skip
 
 
-def _output_logits(top, p):
+def _output_logits(top, p, empty=new_array):
     """``top @ W_ya.T`` (R, n_y), without ``b_y`` (the softmax kernels add it)."""
-    logits = np.empty((top.shape[0], p["W_ya"].shape[0]), dtype=top.dtype)
-    kernels.matmul_into(np.ascontiguousarray(top), _transposed(p["W_ya"]), logits)
+    logits = empty("logits", (top.shape[0], p["W_ya"].shape[0]), top.dtype)
+    kernels.matmul_into(np.ascontiguousarray(top), _transposed(p["W_ya"], empty, "W_ya_T"), logits)
     return logits
 
 
@@ -297,37 +309,30 @@ def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, n
 
 
 def network_loss_and_grads(
-    inputs,
-    a0,
-    labels,
-    p,
-    num_layers,
-    directions,
-    batch_sizes,
-    offsets,
-    last_rows,
-    *,
-    batch_size,
-    nonlinearity,
-):
+    inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, *, batch_size, nonlinearity,
+    empty=new_array,
+):  # fmt: skip
+    """As the reference's; every array it returns or uses is allocated through ``empty``
+    (a workspace's: a step of one shape then allocates nothing after its first)."""
     if num_layers == 1 and directions == 1:  # e.g. variable lengths: one kernel call
         return _one_direction_loss_and_grads(
-            inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity
+            inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity, empty
         )
     sequence_labels = labels.ndim == 2
-    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
-    top = np.ascontiguousarray(layers.network_top(states, last_rows, sequence_labels))
-    dlogits = _output_logits(top, p)
-    db_y = np.empty_like(p["b_y"])
+    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty)
+    top = layers.network_top(states, last_rows, sequence_labels, empty)
+    dlogits = _output_logits(top, p, empty)
+    db_y = empty("db_y", p["b_y"].shape, p["b_y"].dtype)
     loss = kernels.cross_entropy_rows_with_bias(
         dlogits, p["b_y"].reshape(-1), np.ascontiguousarray(labels.reshape(-1)), db_y.reshape(-1), batch_size
     )
-    d_top_read = np.empty(top.shape, dtype=top.dtype)
+    d_top_read = empty("d_top_read", top.shape, top.dtype)
     kernels.matmul_into(dlogits, p["W_ya"], d_top_read)
-    d_top = layers.scatter_top(d_top_read, states, last_rows, sequence_labels)
-    grads = {"dW_ya": np.empty_like(p["W_ya"]), "db_y": db_y}
+    d_top = layers.scatter_top(d_top_read, states, last_rows, sequence_labels, empty)
+    grads = {"dW_ya": empty("dW_ya", p["W_ya"].shape, p["W_ya"].dtype), "db_y": db_y}
     kernels.matmul_transposed_into(dlogits, top, grads["dW_ya"])
-    final = packing.final_states(states, last_rows)  # before the backward pass reuses the states
+    # The final states, before the backward pass reuses the states' memory
+    final = packing.final_states(states, last_rows, empty("final", a0.shape, a0.dtype))
     grads.update(
         network_backward(
             d_top,
@@ -340,6 +345,7 @@ def network_loss_and_grads(
             nonlinearity,
             d_top_is_scratch=True,
             states_are_scratch=True,
+            empty=empty,
         )  # fmt: skip
     )
     finite = math.isfinite(loss) and all(kernels.all_finite(np.ascontiguousarray(g)) for g in grads.values())
@@ -347,36 +353,38 @@ def network_loss_and_grads(
 
 
 def _one_direction_loss_and_grads(
-    inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity
+    inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity, empty=new_array
 ):
     """``network_loss_and_grads`` of one layer in one direction: the whole step in one
-    kernel (``numba_kernels.packed_loss_and_grads_kernel``), as the seed's network has."""
+    kernel (``numba_kernels.packed_loss_and_grads_kernel``), as the dense path has."""
     N, m = inputs.shape[0], last_rows.size
     n_x, n_a, n_y = p["W_ax"].shape[1], p["W_aa"].shape[0], p["b_y"].size
     dtype = p["W_aa"].dtype
-    grads = {"d" + name: np.empty_like(p[name]) for name in ("W_ax", "W_aa", "b_a", "W_ya", "b_y")}
-    da0, final = np.empty((2, m, n_a), dtype=dtype)
+    grads = {
+        "d" + name: empty("d" + name, p[name].shape, dtype) for name in ("W_ax", "W_aa", "b_a", "W_ya", "b_y")
+    }
+    da0, final = empty("da0", (1, m, n_a), dtype), empty("final", (1, m, n_a), dtype)
     arrays = (
         labels.reshape(-1), labels.ndim == 2, last_rows, batch_size,
         p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], a0[0], batch_sizes, offsets,
-        np.empty(forward_scratch_size(p, m) + m * n_a, dtype), np.empty((N, n_a), dtype), final,
-        np.empty((labels.size, n_y), dtype), np.empty((N, n_a), dtype), da0,
+        empty("forward_scratch", (forward_scratch_size(p, m) + m * n_a,), dtype), empty("h", (N, n_a), dtype),
+        final[0], empty("logits", (labels.size, n_y), dtype), empty("dz", (N, n_a), dtype), da0[0],
     )  # fmt: skip
     weight_grads = (grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
     relu = kernels.NONLINEARITY[nonlinearity]
     if inputs.ndim == 1:
         loss, finite = kernels.packed_loss_and_grads_onehot_kernel(
-            inputs, *arrays, np.empty((n_x, n_a), dtype), grads["dW_ax"], *weight_grads, relu
+            inputs, *arrays, empty("dW_ax_T", (n_x, n_a), dtype), grads["dW_ax"], *weight_grads, relu
         )
     else:
         # The packed inputs are the engine's copy for this call: dx is written over them, after
-        # their last read (as ``xs_is_scratch`` for the seed's kernels).
+        # their last read (as ``xs_is_scratch`` on the dense path).
         grads["dx"] = inputs
         loss, finite = kernels.packed_loss_and_grads_kernel(
             inputs, *arrays, grads["dx"], grads["dW_ax"], *weight_grads, relu
         )
-    grads["da0"] = da0[None]
-    return loss, grads, final[None], finite
+    grads["da0"] = da0
+    return loss, grads, final, finite
 
 
 def network_sequence_losses(

@@ -311,8 +311,8 @@ PACKED_LOOP_ROWS = 8
 def add_matmul_rows_into(a, b, out, scratch):
     """``add_matmul_into`` with the crossover of the packed recurrences, whose steps run a
     few rows at the end of a batch of variable lengths: loops up to ``PACKED_LOOP_ROWS``
-    rows, BLAS above.  (The seed's kernels keep ``add_matmul_into``, so that their results
-    stay bitwise what they were.)"""
+    rows, BLAS above.  (The dense path's kernels keep ``add_matmul_into``, so that their
+    results stay bitwise what they were.)"""
     if a.shape[0] > PACKED_LOOP_ROWS:
         _add_blas_product(a, b, out, scratch)
     else:

@@ -34,7 +34,8 @@ lookup and ``dW_ax`` a scatter-add, and no dense one-hot array is ever built.  T
 
 import numpy as np
 
-from ..packing import final_states, make_packing  # noqa: F401  (make_packing: this backend's)
+from .. import packing
+from ..packing import final_states
 from ..workspace import new_array
 from . import layers, overflow_reported_by_the_engine
 from .layers import layer_output, network_top, scatter_top
@@ -379,15 +380,24 @@ def loss_and_grads(
 # sequences still running, always a prefix of the batch (sorted by length).  ``a0`` is
 # (num_layers * D, m, n_a), indexed ``layer * D + direction``.  ``states[layer][direction]``
 # is that direction's (N, n_a) hidden states; a layer's output, what the layer above (or
-# the output layer) reads, is its directions' states side by side, (N, D * n_a).  The seed's
-# network with full-length sequences does not come here: it has the functions above.
+# the output layer) reads, is its directions' states side by side, (N, D * n_a).  One layer
+# in one direction over full-length sequences (the dense path) has the functions above.
 
 
-def pack_rows(xs, sequences, steps):
+def make_packing(lengths, m, T, empty=None):
+    """``fastrnn.packing.make_packing`` (``empty``: the Numba backend's allocator; this
+    reference makes its own arrays)."""
+    return packing.make_packing(lengths, m, T)
+
+
+def pack_rows(xs, sequences, steps, out=None):
     """The packed rows of dense inputs: ``xs[steps[r], sequences[r]]`` for every packed row
     r, shape (N, n_x), from time-major ``xs`` (T, m, n_x) in any memory layout
     (``fastrnn.packing``)."""
-    return xs[steps, sequences]
+    if out is None:
+        return xs[steps, sequences]
+    out[...] = xs[steps, sequences]
+    return out
 
 
 def unpack_rows(packed, sequences, steps, out):
@@ -426,7 +436,7 @@ def previous_states(H, a0, batch_sizes, offsets, reverse):
     return prev
 
 
-def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity):
+def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity, empty=None, tag=""):
     """One direction of one layer: ``hidden_forward`` over packed rows.
 
     Parameters
@@ -451,8 +461,9 @@ def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinear
 
 
 def direction_backward(
-    dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity, dH_is_scratch=False, H_is_scratch=False
-):
+    dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity, dH_is_scratch=False, H_is_scratch=False,
+    empty=None, tag="",
+):  # fmt: skip
     """``hidden_backward`` of one direction over packed rows.
 
     Parameters
@@ -462,6 +473,9 @@ def direction_backward(
     dH_is_scratch, H_is_scratch : bool
         Whether ``dH`` and ``H`` may be overwritten (the Numba backend's memory savings;
         this reference never writes over its arguments).
+    empty, tag
+        The Numba backend's allocator and array names (``layers``); this reference makes
+        its own temporaries.
 
     Returns
     -------
@@ -492,7 +506,7 @@ def direction_backward(
     return dz, da0, dz.T @ prev, dz.sum(axis=0)[:, None]
 
 
-def packed_projection(layer_input, W_ax):
+def packed_projection(layer_input, W_ax, empty=None, tag=""):
     """``W_ax x`` of every packed row, (N, n_a): a product, or a lookup of ``W_ax``'s
     columns for one-hot indices (N,) (``input_projection``)."""
     if layer_input.ndim == 1:
@@ -500,7 +514,7 @@ def packed_projection(layer_input, W_ax):
     return layer_input @ W_ax.T
 
 
-def packed_input_backward(dz, layer_input, W_ax):
+def packed_input_backward(dz, layer_input, W_ax, empty=None, tag=""):
     """``dW_ax`` and ``dL/d(layer_input)`` (None for one-hot indices), as ``input_backward``."""
     if layer_input.ndim == 1:
         dW_ax_T = np.zeros(W_ax.T.shape, dtype=dz.dtype)
@@ -563,8 +577,11 @@ def network_loss_and_grads(
     *,
     batch_size,
     nonlinearity,
+    empty=None,
 ):
-    """``loss_and_grads`` of a network over packed rows.
+    """``loss_and_grads`` of a network over packed rows (``empty``: the Numba backend's
+    allocator; this reference makes its own arrays, and the engine copies its results
+    into a workspace).
 
     Parameters
     ----------

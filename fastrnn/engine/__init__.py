@@ -81,10 +81,12 @@ def loss_and_grads(
     run, packed_path = plan_call(workers, inputs, dims, lengths, impl.NAME)
     if packed_path:
         loss, grads, final, finite = packed.loss_and_grads(
-            impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity
+            impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity, workspace
         )
         loss = finish.finished_loss(loss, grads, finite, dims.dtype, what)
-        return loss, finish.into_workspace(grads, workspace), final if return_state else None
+        if not impl.RESULTS_IN_WORKSPACE:  # the NumPy reference's gradients are its own
+            grads = finish.into_workspace(grads, workspace)
+        return loss, grads, final if return_state else None
     step_labels = labels if labels.ndim == 2 else labels[None]  # (1, m): one class per sequence
     loss, grads, a_last, finite = dense.loss_and_grads(
         impl, run, workspace, inputs, a0[0], step_labels, p, dims, nonlinearity, return_state

@@ -16,44 +16,56 @@ import numpy as np
 from .. import packing, parallel
 from ..params import gradient_names
 from ..validation import all_finite, check_finite_steps
+from ..workspace import new_array
 from . import finish
 
 
-def _caller_sequences(pk, rows):
+def _caller_sequences(pk, rows, empty=new_array):
     """The caller's index of each packed row's sequence, for a shard ``rows`` of the batch
     (a slice, or the sequences' indices)."""
+    out = empty("packing.caller_sequences", pk.sequences.shape, pk.sequences.dtype)
     if isinstance(rows, slice):
-        return pk.sequences + (rows.start or 0)
-    return rows[pk.sequences]
+        return np.add(pk.sequences, rows.start or 0, out=out)
+    return np.take(rows, pk.sequences, out=out, mode="clip")  # clip: unbuffered (valid indices)
 
 
-def _packed_call_inputs(impl, inputs, a0, lengths, rows=slice(None)):
+def _packed_call_inputs(impl, inputs, a0, lengths, rows=slice(None), empty=new_array):
     """The packing of a call's sequences ``rows`` (a shard: a slice or indices; or all),
-    their packed inputs and sorted ``a0`` rows.
+    their packed inputs and sorted ``a0`` rows, in ``empty``'s memory.
 
     ``inputs`` is the whole batch's (T, m, n_x) or (T, m); ``a0`` (num_layers * D, m_k,
-    n_a) and ``lengths`` (m_k,) are the shard's.  Returns ``(packing, packed_inputs,
-    a0_rows)``: (N, n_x) or (N,), and (num_layers * D, m_k, n_a), C-contiguous.
+    n_a) and ``lengths`` (m_k,) are the shard's.  Returns ``(packing, sequences,
+    packed_inputs, a0_rows)``: the caller's sequence of each packed row (N,), (N, n_x) or
+    (N,), and (num_layers * D, m_k, n_a), C-contiguous.
     """
     m_k, T = a0.shape[1], inputs.shape[0]
-    pk = impl.make_packing(lengths, m_k, T)
-    sequences = _caller_sequences(pk, rows)
+    pk = impl.make_packing(lengths, m_k, T, empty)
+    sequences = _caller_sequences(pk, rows, empty)
     if inputs.ndim == 3:  # the backend gathers the rows (a kernel in Numba's)
-        packed = impl.pack_rows(inputs, sequences, pk.steps)
+        packed = impl.pack_rows(
+            inputs, sequences, pk.steps, empty("packed_inputs", (pk.N, inputs.shape[2]), inputs.dtype)
+        )
         if lengths is not None and not all_finite(packed):  # without lengths x was checked whole
             ids = np.arange(inputs.shape[1])[rows]
             check_finite_steps(inputs[:, ids], lengths, "x", ids)
-    else:
-        packed = inputs[pk.steps, sequences]
-    return pk, packed, packing.sort_rows(a0, pk)
+    else:  # one-hot indices, gathered as one-feature rows
+        out = empty("packed_inputs", (pk.N, 1), inputs.dtype)
+        packed = impl.pack_rows(inputs[..., None], sequences, pk.steps, out).reshape(-1)
+    a0_rows = packing.sort_rows(
+        a0, pk, empty("a0_rows", a0.shape, a0.dtype), empty("a0_copy", a0.shape, a0.dtype)
+    )
+    return pk, sequences, packed, a0_rows
 
 
-def _packed_labels(labels, pk):
-    """Labels as the backends' network functions take them: (N,) one per packed row, or
-    (1, m) one per sorted sequence."""
-    if labels.ndim == 2:
-        return packing.pack(labels, pk)
-    return labels[pk.order][None]
+def _packed_labels(labels, rows, pk, sequences, impl, empty=new_array):
+    """A shard's labels as the backends' network functions take them, from the whole
+    batch's ``labels``: (N,) one per packed row, or (1, m_k) one per sorted sequence."""
+    if labels.ndim == 1:
+        return np.take(labels[rows], pk.order, out=empty("labels", (1, pk.m), labels.dtype)[0], mode="clip")[
+            None
+        ]
+    out = empty("labels", (pk.N, 1), labels.dtype)
+    return impl.pack_rows(labels[..., None], sequences, pk.steps, out).reshape(-1)
 
 
 def _shards(run, m, lengths):
@@ -86,8 +98,12 @@ def _shard_of(array, rows):
     return None if array is None else array[rows]
 
 
-def loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
+def loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity, workspace=None):
     """A training step of the packed path on the whole batch.
+
+    With a ``workspace`` every array of the step lives there (each shard's in a
+    ``Workspace.shard`` of its own), so that on the Numba backend a step of one shape
+    allocates nothing after its first; the results are its views.
 
     Returns
     -------
@@ -99,35 +115,55 @@ def loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity
     finite : bool
     """
     T, m = inputs.shape[:2]
+    empty = new_array if workspace is None else workspace.empty
     # dx of dense inputs: each shard writes its real steps; padding stays 0.
-    dx = np.zeros((T, m, dims.n_x), dtype=dims.dtype) if inputs.ndim == 3 else None
+    dx = None
+    if inputs.ndim == 3:
+        dx = empty("dx", (T, m, dims.n_x), dims.dtype)
+        dx[...] = 0
     shards = _shards(run, m, lengths)
+    shape = (a0.shape[0], m, dims.n_a)
+    da0, final = empty("da0", shape, dims.dtype), empty("final", shape, dims.dtype)
 
     def run_shard(k):  # each thread packs and unpacks its own shard, overlapping the others' kernels
         rows = shards[k]
-        pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0[:, rows], _shard_of(lengths, rows), rows)
-        loss, grads, final, finite = impl.network_loss_and_grads(
-            packed, a0_rows, _packed_labels(labels[..., rows], pk), p, dims.num_layers, dims.directions,
-            pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=m, nonlinearity=nonlinearity,
+        own = new_array if workspace is None else workspace.shard(k).empty
+        pk, sequences, packed, a0_rows = _packed_call_inputs(
+            impl, inputs, a0[:, rows], _shard_of(lengths, rows), rows, own
+        )
+        loss, grads, shard_final, finite = impl.network_loss_and_grads(
+            packed, a0_rows, _packed_labels(labels, rows, pk, sequences, impl, own), p, dims.num_layers,
+            dims.directions, pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=m, nonlinearity=nonlinearity,
+            empty=own,
         )  # fmt: skip
         if "dx" in grads:
-            impl.unpack_rows(grads.pop("dx"), _caller_sequences(pk, rows), pk.steps, dx)
-        grads["da0"] = packing.unsort_rows(grads["da0"], pk)
-        return loss, grads, packing.unsort_rows(final, pk), finite
+            impl.unpack_rows(grads.pop("dx"), sequences, pk.steps, dx)
+        _unsort_into(grads.pop("da0"), pk, da0, rows, own)
+        _unsort_into(shard_final, pk, final, rows, own)
+        return loss, grads, finite
 
     parts = parallel.call_with_blas_threads(
         run.blas_threads, parallel.run_shards, run_shard, run.shards, run.threads
     )
     names = gradient_names(dims.num_layers, dims.directions)
     grads = parallel.sum_in_order([part[1] for part in parts], names)
-    shape = (a0.shape[0], m, dims.n_a)
-    grads["da0"] = _gathered([part[1]["da0"] for part in parts], shards, shape, dims.dtype)
+    grads["da0"] = da0
     if dx is not None:
         grads["dx"] = dx
-    final = _gathered([part[2] for part in parts], shards, shape, dims.dtype)
     loss = sum(part[0] for part in parts)  # in shard order
-    finite = finish.summed_in_shard_order_finite((part[3] for part in parts), grads, names)
+    finite = finish.summed_in_shard_order_finite((part[2] for part in parts), grads, names)
     return loss, grads, final, finite
+
+
+def _unsort_into(sorted_rows, pk, out, rows, empty):
+    """A shard's per-sequence array (num_layers * D, m_k, n_a), in the packing's sorted
+    order, into its sequences ``rows`` of the whole batch's ``out``."""
+    if isinstance(rows, slice) and (rows.start or 0) == 0 and rows.stop in (None, out.shape[1]):
+        packing.unsort_rows(sorted_rows, pk, out)  # the whole batch: straight into out
+    else:
+        out[:, rows] = packing.unsort_rows(
+            sorted_rows, pk, empty("unsorted", sorted_rows.shape, sorted_rows.dtype)
+        )
 
 
 def losses(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
@@ -138,9 +174,11 @@ def losses(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
 
     def run_shard(k):
         rows = shards[k]
-        pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0[:, rows], _shard_of(lengths, rows), rows)
+        pk, sequences, packed, a0_rows = _packed_call_inputs(
+            impl, inputs, a0[:, rows], _shard_of(lengths, rows), rows
+        )
         sorted_losses, final, finite = impl.network_sequence_losses(
-            packed, a0_rows, _packed_labels(labels[..., rows], pk), p, dims.num_layers, dims.directions,
+            packed, a0_rows, _packed_labels(labels, rows, pk, sequences, impl), p, dims.num_layers, dims.directions,
             pk.batch_sizes, pk.offsets, pk.last_rows, nonlinearity,
         )  # fmt: skip
         shard_losses = np.empty_like(sorted_losses)
@@ -171,7 +209,7 @@ def forward(impl, run, inputs, a0, lengths, p, dims, nonlinearity):
     y_hat : ndarray, shape (N, n_y)
     finite : bool
     """
-    pk, packed, a0_rows = _packed_call_inputs(impl, inputs, a0, lengths)
+    pk, _, packed, a0_rows = _packed_call_inputs(impl, inputs, a0, lengths)
     blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
     with parallel.blas_threads(blas_threads):
         states, y_hat, finite = impl.network_forward_outputs(

@@ -68,3 +68,56 @@ def test_workspace_of_wrong_type():
     x, a0, y, params = make_problem(3, 4, 2, 2, 5, seed=74)
     with pytest.raises(TypeError, match="workspace must be a fastrnn.Workspace"):
         fastrnn.loss_and_grads(x, a0, y, params, workspace={})
+
+
+def test_workspace_holds_its_arrays_and_its_shards():
+    ws = fastrnn.Workspace()
+    own, shard = ws.empty("a", (3, 4), np.float64), ws.shard(1).empty("b", (5,), np.float32)
+    assert ws.holds(own) and ws.holds(own[1:].T) and ws.holds(shard)
+    assert not ws.holds(np.zeros(3)) and not ws.shard(0).holds(shard)
+
+
+_NETWORK_CASES = {  # num_layers, bidirectional, lengths, one-hot inputs, workers
+    "2 layers bidirectional ragged": (2, True, "ragged", False, 1),
+    "1 layer ragged": (1, False, "ragged", False, 1),
+    "1 layer ragged one-hot, 2 workers": (1, False, "ragged", True, 2),
+    "2 layers full length, 2 workers": (2, True, "full", False, 2),
+    "3 layers ragged one-hot": (3, False, "ragged", True, 1),
+    "bidirectional sequence labels, 2 workers": (1, True, "ragged", False, 2),
+}
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="plain-Python kernels allocate NumPy temporaries")
+@pytest.mark.parametrize("case", list(_NETWORK_CASES))
+def test_a_network_step_in_a_workspace_allocates_nothing_of_its_size(case):
+    """Layers, directions and lengths (the packed path): with a workspace, a repeated step
+    allocates nothing the size of its arrays.  What remains is Python objects and the
+    argument checks of labels with lengths (a mask of the padding, m * T bytes)."""
+    from helpers import random_network
+
+    num_layers, bidirectional, lengths_kind, one_hot, workers = _NETWORK_CASES[case]
+    labels = "sequence" if "sequence labels" in case else "step"
+    params, x, x_index, a0, y, lengths = random_network(
+        32, 48, 8, 48, 80, num_layers=num_layers, bidirectional=bidirectional, lengths_kind=lengths_kind,
+        labels=labels, seed=3,
+    )  # fmt: skip
+    inputs, step = (x_index, fastrnn.loss_and_grads_onehot) if one_hot else (x, fastrnn.loss_and_grads)
+
+    def peak(workspace):
+        call = lambda: step(inputs, a0, y, params, workspace=workspace, lengths=lengths, workers=workers)  # noqa: E731
+        call()
+        tracemalloc.start()
+        try:
+            call()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    ws = fastrnn.Workspace()
+    peak(ws)  # the workspace's arrays are made
+    with_workspace, without = peak(ws), peak(None)
+    # One float array of the step's size (N rows of n_a, N ~ m * T / 2) is 192 * m * T
+    # bytes here; the checks' masks of labels and indices are a few m * T bytes.
+    m, T = y.shape[0], x.shape[2]
+    assert with_workspace < 32 * m * T, (with_workspace, m * T)
+    assert without > 10 * with_workspace, (with_workspace, without)
