@@ -21,7 +21,7 @@ import numpy as np
 from . import backends, engine, parallel
 from .engine import ForwardCache, PackedCache
 from .engine.caches import checked_cache_params, owned_params, read_only
-from .engine.finish import finished_arrays
+from .engine.finish import report_non_finite
 from .params import is_single_layer, layer_key
 from .validation import (
     FLOAT_DTYPES,
@@ -340,7 +340,8 @@ def _cell_step(x_t, a_prev, params, backend, nonlinearity="tanh"):
     # The cell is the T = 1 case of the forward pass: one code path for both.  a_prev goes
     # in as a view: the backends copy it into h[0].
     h, y_hat, finite = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p, nonlinearity)
-    finished_arrays({"a_t": h, "y_hat_t": y_hat}, finite, dims.dtype, "rnn_cell_forward")
+    if not finite:
+        report_non_finite({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
     return impl, p, x_t, h, y_hat
 
 
@@ -375,7 +376,8 @@ def rnn_cell_backward(da_t, cache):
     grads, finite = impl.backward(
         np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(x_t.T[None]), h, p, cache.nonlinearity
     )
-    finished_arrays(grads, finite, h.dtype, "rnn_cell_backward")
+    if not finite:
+        report_non_finite(grads, h.dtype, "rnn_cell_backward")
     return {
         "dx_t": grads["dx"][0].T,
         "da_prev": grads["da0"].T,
@@ -429,14 +431,14 @@ def rnn_forward(
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x, a0, state_shape, lengths = _check_sequence_inputs(params, x, a0, lengths)
-    result = engine.forward(
+    outputs, y_hat, cache, final = engine.forward(
         impl, _time_major(x), a0, p, dims, workers=workers, nonlinearity=nonlinearity, lengths=lengths,
         state_shape=state_shape, return_state=return_state,
     )  # fmt: skip
-    a, y_hat = _from_time_major(result.outputs), _from_time_major(result.y_hat)
+    a, y_hat = _from_time_major(outputs), _from_time_major(y_hat)
     if return_state:
-        return a, y_hat, result.cache, _states_out(result.final, state_shape)
-    return a, y_hat, result.cache
+        return a, y_hat, cache, _states_out(final, state_shape)
+    return a, y_hat, cache
 
 
 def rnn_backward(da, cache):

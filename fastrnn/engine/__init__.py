@@ -41,7 +41,6 @@ from .planning import plan_call, plan_sizes, uses_packed_path
 __all__ = [
     "BackwardInputs",
     "ForwardCache",
-    "ForwardResult",
     "PackedCache",
     "backward",
     "backward_inputs",
@@ -52,17 +51,6 @@ __all__ = [
     "plan_sizes",
     "uses_packed_path",
 ]
-
-
-class ForwardResult(NamedTuple):
-    """A forward pass's results: the top layer's states ``outputs`` (T, m, D * n_a), the
-    softmax outputs ``y_hat`` (T, m, n_y), the ``cache`` for ``backward``, and the final
-    states (num_layers * D, m, n_a) (None unless asked for: ``return_state``)."""
-
-    outputs: np.ndarray
-    y_hat: np.ndarray
-    cache: object
-    final: np.ndarray
 
 
 def loss_and_grads(
@@ -120,8 +108,11 @@ def forward(
     impl, xs, a0, p, dims, *, workers=None, nonlinearity="tanh", lengths=None, state_shape="stacked",
     return_state=False, what="rnn_forward",
 ):  # fmt: skip
-    """The forward pass of dense inputs ``xs`` (T, m, n_x), with a cache for ``backward``
-    that owns its arrays (``state_shape`` is kept in it: ``caches``)."""
+    """The forward pass of dense inputs ``xs`` (T, m, n_x): ``(outputs, y_hat, cache,
+    final)``, the top layer's states (T, m, D * n_a), the softmax outputs (T, m, n_y), a
+    cache for ``backward`` that owns its arrays (``state_shape`` and ``workers`` are kept
+    in it: ``caches``), and the final states (num_layers * D, m, n_a), None unless asked
+    for (``return_state``).  (A plain tuple: the tiny call pays for every object made.)"""
     run, packed_path = plan_call(workers, xs, dims, lengths, impl.NAME)
     if packed_path:
         return _packed_forward(
@@ -129,13 +120,14 @@ def forward(
         )
     xs_c = dense.contiguous(xs)
     h, y_hat, finite = dense.forward(impl, run, xs_c, a0[0], p, dims, nonlinearity)
-    finish.finished_arrays({"a": h, "y_hat": y_hat}, finite, dims.dtype, what)
-    if np.may_share_memory(xs_c, xs):  # the time-major layout was the caller's x itself
+    if not finite:
+        finish.report_non_finite({"a": h, "y_hat": y_hat}, dims.dtype, what)
+    if xs_c is xs:  # the time-major layout was the caller's x itself
         xs_c = xs_c.copy()
     cache = ForwardCache(
         read_only(xs_c), read_only(h), owned_params(p), impl.NAME, nonlinearity, state_shape, workers
     )
-    return ForwardResult(cache.h[1:], y_hat, cache, h[-1][None].copy() if return_state else None)
+    return cache.h[1:], y_hat, cache, h[-1][None].copy() if return_state else None
 
 
 def _packed_forward(
@@ -144,7 +136,8 @@ def _packed_forward(
     pk, inputs, a0_rows, states, top, y_hat, finite = packed.forward(
         impl, run, xs, a0, lengths, p, dims, nonlinearity
     )
-    finish.finished_arrays({"a": top, "y_hat": y_hat}, finite, dims.dtype, what)
+    if not finite:
+        finish.report_non_finite({"a": top, "y_hat": y_hat}, dims.dtype, what)
     # The cache owns its arrays: none may be the caller's (a0's sorted rows can be a0 itself).
     inputs, a0_rows = (array.copy() if np.may_share_memory(array, xs) or np.may_share_memory(array, a0) else array
                        for array in (inputs, a0_rows))  # fmt: skip
@@ -154,7 +147,7 @@ def _packed_forward(
         nonlinearity, state_shape, workers,
     )  # fmt: skip
     final = packing.unsort_rows(packing.final_states(states, pk.last_rows), pk) if return_state else None
-    return ForwardResult(packing.unpack(top, pk), packing.unpack(y_hat, pk), cache, final)
+    return packing.unpack(top, pk), packing.unpack(y_hat, pk), cache, final
 
 
 class BackwardInputs(NamedTuple):
@@ -201,4 +194,6 @@ def backward(checked, d_states, what="rnn_backward"):
         run = plan_call(cache.workers, xs, dims, None, impl.NAME)[0]
         grads, finite = dense.backward(impl, run, d_states, xs, h, p, dims, cache.nonlinearity)
         grads["da0"] = grads["da0"][None]
-    return finish.finished_arrays(grads, finite, dims.dtype, what)
+    if not finite:
+        finish.report_non_finite(grads, dims.dtype, what)
+    return grads

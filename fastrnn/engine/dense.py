@@ -77,8 +77,9 @@ def _step_inputs(inputs, rows, empty):
     caller's: never written over); one-hot indices are made contiguous later."""
     if inputs.ndim == 2:
         return inputs[:, rows], False
-    shard = contiguous(inputs[:, rows], empty, "xs")
-    return shard, not np.may_share_memory(shard, inputs)
+    view = inputs[:, rows]
+    shard = contiguous(view, empty, "xs")
+    return shard, shard is not view  # a copy made here, never the caller's memory
 
 
 def loss_and_grads(impl, run, workspace, inputs, a0_rows, labels, p, dims, nonlinearity, return_state):
@@ -106,7 +107,7 @@ def loss_and_grads(impl, run, workspace, inputs, a0_rows, labels, p, dims, nonli
     empty = new_array if workspace is None else workspace.empty
     if run.shards == 1:  # the common case, inline: a tiny step pays for every call made
         shard_inputs = inputs if inputs.ndim == 2 else contiguous(inputs, empty, "xs")
-        scratch = shard_inputs is not inputs and not np.may_share_memory(shard_inputs, inputs)
+        scratch = shard_inputs is not inputs  # a copy made here, never the caller's memory
         return parallel.call_with_blas_threads(
             run.blas_threads, shard_loss_and_grads, impl, empty, shard_inputs, a0_rows, labels, p, m, nonlinearity,
             scratch,

@@ -38,12 +38,11 @@ def finished_losses(losses, finite, dtype, what):
     return losses
 
 
-def finished_arrays(results, finite, dtype, what):
-    """``results`` (a dict of arrays), after a ``NonFiniteResultError`` naming the first
-    non-finite one unless ``finite``."""
-    if not finite:
-        report_non_finite_results(results, dtype, what)
-    return results
+def report_non_finite(results, dtype, what):
+    """A ``NonFiniteResultError`` naming the first non-finite array of ``results`` (a
+    dict), for a backend that found one; callers check the backend's ``finite`` first, so
+    that a finite call builds nothing."""
+    report_non_finite_results(results, dtype, what)
 
 
 def summed_in_shard_order_finite(parts_finite, grads, names):
