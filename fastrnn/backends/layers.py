@@ -18,6 +18,14 @@ a step of one shape allocates nothing after its first); the direction functions 
 with ``tag``, the suffix of their layer and direction (``params.layer_key("", layer,
 reverse)``), to name their arrays apart.  The NumPy reference takes both and allocates its
 own temporaries.
+
+``between`` lets a front door act between layers (PyTorch's dropout on the outputs of every
+layer but the last, in training): an object with ``forward(layer, output)``, what layer
+``layer + 1`` reads instead of ``output`` (N, D * n_a), a new array (``output`` may be
+the layer's own states, which stay as they are), and ``backward(layer, d_read)``,
+dL/d(``output``) from dL/d(what was read).  The backward pass calls ``forward`` again for
+the same layer and output, so it must give the same array again (a dropout mask drawn
+once per step and kept).
 """
 
 from typing import NamedTuple
@@ -53,7 +61,17 @@ def layer_output(layer_states, empty=None, name="output"):
 
 
 def network_forward(
-    ops, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty=new_array
+    ops,
+    inputs,
+    a0,
+    p,
+    num_layers,
+    directions,
+    batch_sizes,
+    offsets,
+    nonlinearity,
+    empty=new_array,
+    between=None,
 ):
     """Every layer and direction of a network over packed rows.
 
@@ -67,6 +85,8 @@ def network_forward(
         In the packing's sorted order.
     empty : callable
         The allocator (see the module).
+    between : object or None
+        What a front door does between layers (see the module).
 
     Returns
     -------
@@ -89,12 +109,14 @@ def network_forward(
             layer_states.append(H)
         states.append(layer_states)
         layer_input = layer_output(layer_states, empty, f"output_l{layer}")
+        if between is not None and layer < num_layers - 1:
+            layer_input = between.forward(layer, layer_input)
     return states
 
 
 def network_backward(
     ops, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False,
-    states_are_scratch=False, empty=new_array,
+    states_are_scratch=False, empty=new_array, between=None,
 ):  # fmt: skip
     """Backpropagation through every layer and direction, from ``d_top`` (N, D * n_a),
     dL/d(the top layer's output) from outside the recurrences.
@@ -116,6 +138,8 @@ def network_backward(
     d_output = d_top
     for layer in range(num_layers - 1, -1, -1):
         layer_input = inputs if layer == 0 else layer_output(states[layer - 1], empty, f"output_l{layer - 1}")
+        if between is not None and layer > 0:
+            layer_input = between.forward(layer - 1, layer_input)
         d_input = None
         for direction in range(directions):
             reverse = direction == 1
@@ -136,6 +160,8 @@ def network_backward(
             )
             if d_part is not None:
                 d_input = d_part if d_input is None else np.add(d_input, d_part, out=d_input)
+        if between is not None and layer > 0:
+            d_input = between.backward(layer - 1, d_input)
         d_output = d_input
     grads["da0"] = da0
     if d_output is not None:

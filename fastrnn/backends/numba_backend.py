@@ -270,21 +270,22 @@ DIRECTION_OPS = layers.DirectionOps(
 
 
 def network_forward(
-    inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty=new_array
+    inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty=new_array, between=None
 ):
     return layers.network_forward(
-        DIRECTION_OPS, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty=empty
-    )
+        DIRECTION_OPS, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty=empty,
+        between=between,
+    )  # fmt: skip
 
 
 def network_backward(
     d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False,
-    states_are_scratch=False, empty=new_array,
+    states_are_scratch=False, empty=new_array, between=None,
 ):  # fmt: skip
     """As the reference's, with the scratch flags of ``layers.network_backward``."""
     return layers.network_backward(
         DIRECTION_OPS, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity,
-        d_top_is_scratch=d_top_is_scratch, states_are_scratch=states_are_scratch, empty=empty,
+        d_top_is_scratch=d_top_is_scratch, states_are_scratch=states_are_scratch, empty=empty, between=between,
     )  # fmt: skip
 
 
@@ -295,22 +296,28 @@ def _output_logits(top, p, empty=new_array):
     return logits
 
 
-def network_forward_outputs(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
-    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+def network_forward_outputs(
+    inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, between=None
+):
+    states = network_forward(
+        inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, between=between
+    )
     top = layers.layer_output(states[-1])
     y_hat = _output_logits(top, p)
     finite = kernels.softmax_rows_with_bias(y_hat, p["b_y"].reshape(-1)) and kernels.all_finite(top)
     return states, y_hat, finite
 
 
-def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity):
-    grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity)
+def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=None):
+    grads = network_backward(
+        d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=between
+    )
     return grads, all(kernels.all_finite(np.ascontiguousarray(g)) for g in grads.values())
 
 
 def network_loss_and_grads(
     inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, *, batch_size, nonlinearity,
-    empty=new_array,
+    empty=new_array, between=None,
 ):  # fmt: skip
     """As the reference's; every array it returns or uses is allocated through ``empty``
     (a workspace's: a step of one shape then allocates nothing after its first)."""
@@ -319,7 +326,9 @@ def network_loss_and_grads(
             inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity, empty
         )
     sequence_labels = labels.ndim == 2
-    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty)
+    states = network_forward(
+        inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, empty, between
+    )
     top = layers.network_top(states, last_rows, sequence_labels, empty)
     dlogits = _output_logits(top, p, empty)
     db_y = empty("db_y", p["b_y"].shape, p["b_y"].dtype)
@@ -346,6 +355,7 @@ def network_loss_and_grads(
             d_top_is_scratch=True,
             states_are_scratch=True,
             empty=empty,
+            between=between,
         )  # fmt: skip
     )
     finite = math.isfinite(loss) and all(kernels.all_finite(np.ascontiguousarray(g)) for g in grads.values())

@@ -530,36 +530,49 @@ DIRECTION_OPS = layers.DirectionOps(
 )
 
 
-def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+def network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, between=None):
     """``layers.network_forward`` on this backend: ``states[layer][direction]`` (N, n_a)."""
     return layers.network_forward(
-        DIRECTION_OPS, inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity
+        DIRECTION_OPS,
+        inputs,
+        a0,
+        p,
+        num_layers,
+        directions,
+        batch_sizes,
+        offsets,
+        nonlinearity,
+        between=between,
     )
 
 
-def network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity):
+def network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=None):
     """``layers.network_backward`` on this backend: the hidden layers' gradients, ``da0``
     and, for dense inputs, ``dx`` (N, n_x)."""
     return layers.network_backward(
-        DIRECTION_OPS, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity
+        DIRECTION_OPS, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=between
     )
 
 
 @overflow_reported_by_the_engine
-def network_forward_outputs(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity):
+def network_forward_outputs(
+    inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, between=None
+):
     """``forward`` of a network over packed rows: ``states``, softmax outputs (N, n_y) of
-    every step, and whether both are finite."""
-    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+    every step, and whether both are finite.  ``between``: ``layers``."""
+    states = network_forward(
+        inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, between
+    )
     top = layer_output(states[-1])
     y_hat = softmax(top @ p["W_ya"].T + p["b_y"].T)
     return states, y_hat, _all_finite(top, y_hat)
 
 
 @overflow_reported_by_the_engine
-def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity):
+def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=None):
     """``backward`` of a network over packed rows: ``network_backward`` and whether every
     gradient is finite."""
-    grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity)
+    grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between)
     return grads, _all_finite(*grads.values())
 
 
@@ -578,6 +591,7 @@ def network_loss_and_grads(
     batch_size,
     nonlinearity,
     empty=None,
+    between=None,
 ):
     """``loss_and_grads`` of a network over packed rows (``empty``: the Numba backend's
     allocator; this reference makes its own arrays, and the engine copies its results
@@ -601,13 +615,15 @@ def network_loss_and_grads(
         ``dx`` (N, n_x); ``final`` is ``final_states`` (num_layers * D, m, n_a).
     """
     sequence_labels = labels.ndim == 2
-    states = network_forward(inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity)
+    states = network_forward(
+        inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, between
+    )
     top = network_top(states, last_rows, sequence_labels)
     logits = top @ p["W_ya"].T + p["b_y"].T
     loss, dlogits = softmax_cross_entropy(logits[None], labels.reshape(1, -1), batch_size)
     dlogits = dlogits[0]
     d_top = scatter_top(dlogits @ p["W_ya"], states, last_rows, sequence_labels)
-    grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity)
+    grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between)
     grads["dW_ya"] = dlogits.T @ top
     grads["db_y"] = dlogits.sum(axis=0)[:, None]
     finite = bool(np.isfinite(loss)) and _all_finite(*grads.values())

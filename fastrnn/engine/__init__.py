@@ -22,7 +22,8 @@ A call takes one of two paths (``planning.uses_packed_path``):
 - ``dense``: one layer, one direction, full-length sequences; the seed's network, whose
   kernels run a whole step in one call;
 - ``packed``: several layers, two directions or ``lengths``; packed rows
-  (``fastrnn.packing``) through the backends' layer x direction loop.
+  (``fastrnn.packing``) through the backends' layer x direction loop, where a door may act
+  between layers (``between_layers``: the PyTorch door's dropout; ``backends.layers``).
 
 Both cut the batch into shards of whole sequences run by threads (``planning``,
 ``fastrnn.parallel``); both end in ``finish`` (non-finite results reported, results put in
@@ -33,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import packing
+from .. import packing, parallel
 from . import caches, dense, finish, packed
 from .caches import ForwardCache, PackedCache, owned_params, read_only
 from .planning import plan_call, plan_sizes, uses_packed_path
@@ -55,7 +56,7 @@ __all__ = [
 
 def loss_and_grads(
     impl, inputs, a0, labels, p, dims, *, workers=None, nonlinearity="tanh", lengths=None, workspace=None,
-    return_state=False, what="loss_and_grads",
+    return_state=False, between_layers=None, what="loss_and_grads",
 ):  # fmt: skip
     """A training step: ``(loss, grads, final)``.
 
@@ -64,12 +65,15 @@ def loss_and_grads(
     is (num_layers * D, m, n_a) with ``return_state``, else None.  (A plain tuple: the
     tiny step pays for every object made.)  ``what`` names the caller's function in a
     ``NonFiniteResultError``.  With a ``workspace``, the gradients are its views,
-    overwritten by its next use.
+    overwritten by its next use.  ``between_layers``: what the door does between layers
+    (``backends.layers``), for networks of several layers; such a step runs as one shard.
     """
     run, packed_path = plan_call(workers, inputs, dims, lengths, impl.NAME)
     if packed_path:
+        if between_layers is not None:
+            run = _one_shard(run)
         loss, grads, final, finite = packed.loss_and_grads(
-            impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity, workspace
+            impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity, workspace, between_layers
         )
         loss = finish.finished_loss(loss, grads, finite, dims.dtype, what)
         if not impl.RESULTS_IN_WORKSPACE:  # the NumPy reference's gradients are its own
@@ -106,7 +110,7 @@ def losses(
 
 def forward(
     impl, xs, a0, p, dims, *, workers=None, nonlinearity="tanh", lengths=None, state_shape="stacked",
-    return_state=False, what="rnn_forward",
+    return_state=False, between_layers=None, what="rnn_forward",
 ):  # fmt: skip
     """The forward pass of dense inputs ``xs`` (T, m, n_x): ``(outputs, y_hat, cache,
     final)``, the top layer's states (T, m, D * n_a), the softmax outputs (T, m, n_y), a
@@ -116,8 +120,9 @@ def forward(
     run, packed_path = plan_call(workers, xs, dims, lengths, impl.NAME)
     if packed_path:
         return _packed_forward(
-            impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, return_state, what
-        )
+            impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, return_state, between_layers,
+            what,
+        )  # fmt: skip
     xs_c = dense.contiguous(xs)
     h, y_hat, finite = dense.forward(impl, run, xs_c, a0[0], p, dims, nonlinearity)
     if not finite:
@@ -131,10 +136,22 @@ def forward(
 
 
 def _packed_forward(
-    impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, return_state, what
+    impl,
+    run,
+    xs,
+    a0,
+    p,
+    dims,
+    nonlinearity,
+    lengths,
+    state_shape,
+    workers,
+    return_state,
+    between_layers,
+    what,
 ):
     pk, inputs, a0_rows, states, top, y_hat, finite = packed.forward(
-        impl, run, xs, a0, lengths, p, dims, nonlinearity
+        impl, run, xs, a0, lengths, p, dims, nonlinearity, between_layers
     )
     if not finite:
         finish.report_non_finite({"a": top, "y_hat": y_hat}, dims.dtype, what)
@@ -144,10 +161,16 @@ def _packed_forward(
     cache = PackedCache(
         read_only(inputs), tuple(read_only(H) for layer in states for H in layer), read_only(a0_rows),
         None if lengths is None else read_only(lengths.copy()), xs.shape[0], owned_params(p), impl.NAME,
-        nonlinearity, state_shape, workers,
+        nonlinearity, state_shape, workers, between_layers,
     )  # fmt: skip
     final = packing.unsort_rows(packing.final_states(states, pk.last_rows), pk) if return_state else None
     return packing.unpack(top, pk), packing.unpack(y_hat, pk), cache, final
+
+
+def _one_shard(run):
+    """``run`` on one shard, the threads it would have used given to BLAS."""
+    blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
+    return parallel.Plan(1, 1, blas_threads)
 
 
 class BackwardInputs(NamedTuple):
@@ -188,7 +211,9 @@ def backward(checked, d_states, what="rnn_backward"):
         pk, inputs, a0, states = checked.arrays
         run = plan_sizes(cache.workers, checked.T, checked.m, dims.n_x, dims, checked.lengths, impl.NAME)
         states = [states[k : k + dims.directions] for k in range(0, len(states), dims.directions)]
-        grads, finite = packed.backward(impl, run, d_states, pk, inputs, a0, states, p, cache.nonlinearity)
+        grads, finite = packed.backward(
+            impl, run, d_states, pk, inputs, a0, states, p, cache.nonlinearity, cache.between_layers
+        )
     else:
         xs, h = checked.arrays
         run = plan_call(cache.workers, xs, dims, None, impl.NAME)[0]

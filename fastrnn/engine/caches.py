@@ -51,6 +51,7 @@ class PackedCache(NamedTuple):
     nonlinearity: str = "tanh"
     state_shape: str = "stacked"
     workers: object = None  # rnn_forward's: the backward pass runs on the same plan
+    between_layers: object = None  # what the door did between layers (backends.layers)
 
 
 def read_only(array):

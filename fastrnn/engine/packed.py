@@ -98,12 +98,15 @@ def _shard_of(array, rows):
     return None if array is None else array[rows]
 
 
-def loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity, workspace=None):
+def loss_and_grads(
+    impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity, workspace=None, between=None
+):
     """A training step of the packed path on the whole batch.
 
     With a ``workspace`` every array of the step lives there (each shard's in a
     ``Workspace.shard`` of its own), so that on the Numba backend a step of one shape
-    allocates nothing after its first; the results are its views.
+    allocates nothing after its first; the results are its views.  ``between``: what the
+    door does between layers (``backends.layers``; the caller runs it on one shard).
 
     Returns
     -------
@@ -134,7 +137,7 @@ def loss_and_grads(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity
         loss, grads, shard_final, finite = impl.network_loss_and_grads(
             packed, a0_rows, _packed_labels(labels, rows, pk, sequences, impl, own), p, dims.num_layers,
             dims.directions, pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=m, nonlinearity=nonlinearity,
-            empty=own,
+            empty=own, between=between,
         )  # fmt: skip
         if "dx" in grads:
             impl.unpack_rows(grads.pop("dx"), sequences, pk.steps, dx)
@@ -192,7 +195,7 @@ def losses(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
     return sequence_losses, final, all(part[2] for part in parts)
 
 
-def forward(impl, run, inputs, a0, lengths, p, dims, nonlinearity):
+def forward(impl, run, inputs, a0, lengths, p, dims, nonlinearity, between=None):
     """The packed path's forward pass, on one shard (the threads a sharded plan would use
     go to BLAS).
 
@@ -213,13 +216,21 @@ def forward(impl, run, inputs, a0, lengths, p, dims, nonlinearity):
     blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
     with parallel.blas_threads(blas_threads):
         states, y_hat, finite = impl.network_forward_outputs(
-            packed, a0_rows, p, dims.num_layers, dims.directions, pk.batch_sizes, pk.offsets, nonlinearity
+            packed,
+            a0_rows,
+            p,
+            dims.num_layers,
+            dims.directions,
+            pk.batch_sizes,
+            pk.offsets,
+            nonlinearity,
+            between,
         )
     top = np.concatenate(states[-1], axis=1) if dims.directions == 2 else states[-1][0]
     return pk, packed, a0_rows, states, top, y_hat, finite
 
 
-def backward(impl, run, d_top, pk, inputs, a0, states, p, nonlinearity):
+def backward(impl, run, d_top, pk, inputs, a0, states, p, nonlinearity, between=None):
     """The packed path's backward pass for ``d_top`` (T, m, D * n_a) from outside the
     recurrences (its padding never read), on one shard with the BLAS threads of the
     forward pass's plan ``run``: the gradients, ``dx`` (T, m, n_x) and ``da0``
@@ -227,7 +238,7 @@ def backward(impl, run, d_top, pk, inputs, a0, states, p, nonlinearity):
     blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
     with parallel.blas_threads(blas_threads):
         grads, finite = impl.network_backward_grads(
-            packing.pack(d_top, pk), inputs, a0, states, p, pk.batch_sizes, pk.offsets, nonlinearity
+            packing.pack(d_top, pk), inputs, a0, states, p, pk.batch_sizes, pk.offsets, nonlinearity, between
         )
     grads["dx"] = packing.unpack(grads["dx"], pk)
     grads["da0"] = packing.unsort_rows(grads["da0"], pk)
