@@ -30,22 +30,22 @@ function                                                  returns
 ``make_packing(lengths, m, T, empty)``                    ``fastrnn.packing.Packing``
 ``pack_rows(xs, sequences, steps, out)``                  packed rows (N, n) of ``xs`` (T, m, n)
 ``unpack_rows(packed, sequences, steps, out)``            None (rows written into ``out`` (T, m, n))
-``network_forward_outputs(inputs, a0, p, num_layers,``    ``states`` (``[layer][direction]`` (N,
+``packed_forward_outputs(inputs, a0, p, num_layers,``    ``states`` (``[layer][direction]`` (N,
 ``directions, batch_sizes, offsets, nonlinearity)``       n_a)), ``y_hat`` (N, n_y), ``finite``
-``network_backward_grads(d_top, inputs, a0, states, p,``  dict (``"d" + key`` of the hidden layers,
+``packed_backward_grads(d_top, inputs, a0, states, p,``  dict (``"d" + key`` of the hidden layers,
 ``batch_sizes, offsets, nonlinearity)``                   ``da0``, ``dx``), ``finite``
-``network_loss_and_grads(inputs, a0, labels, p,``         ``loss``, grads, ``final`` (num_layers *
+``packed_loss_and_grads(inputs, a0, labels, p,``         ``loss``, grads, ``final`` (num_layers *
 ``num_layers, directions, batch_sizes, offsets,``         D, m, n_a), ``finite``
 ``last_rows, *, batch_size, nonlinearity, empty)``
-``network_sequence_losses(inputs, a0, labels, p,``        ``losses`` (m,) float64, ``final``,
+``packed_sequence_losses(inputs, a0, labels, p,``        ``losses`` (m,) float64, ``final``,
 ``num_layers, directions, batch_sizes, offsets,``         ``finite``
 ``last_rows, nonlinearity)``
 ========================================================  ========================================
 
-The ``network_*`` functions run networks of several layers, two directions or variable
+The ``packed_*`` functions run networks of several layers, two directions or variable
 lengths over packed rows (``fastrnn.packing``, ``numpy_backend``'s last section): ``inputs``
 (N, n_x) or one-hot (N,), ``a0`` (num_layers * D, m, n_a) in the packing's sorted order,
-``labels`` (N,) per step or (1, m) per sequence.  ``network_loss_and_grads`` may write
+``labels`` (N,) per step or (1, m) per sequence.  ``packed_loss_and_grads`` may write
 ``dx`` over dense ``inputs``: the engine packs a copy for each call.  Both backends chain
 layers and directions with the same loop (``layers``), over their own functions for one
 direction of one layer (``layers.DirectionOps``).

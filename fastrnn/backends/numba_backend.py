@@ -296,7 +296,7 @@ def _output_logits(top, p, empty=new_array):
     return logits
 
 
-def network_forward_outputs(
+def packed_forward_outputs(
     inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, between=None
 ):
     states = network_forward(
@@ -308,14 +308,14 @@ def network_forward_outputs(
     return states, y_hat, finite
 
 
-def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=None):
+def packed_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=None):
     grads = network_backward(
         d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=between
     )
     return grads, all(kernels.all_finite(np.ascontiguousarray(g)) for g in grads.values())
 
 
-def network_loss_and_grads(
+def packed_loss_and_grads(
     inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, *, batch_size, nonlinearity,
     empty=new_array, between=None,
 ):  # fmt: skip
@@ -365,7 +365,7 @@ def network_loss_and_grads(
 def _one_direction_loss_and_grads(
     inputs, a0, labels, p, batch_sizes, offsets, last_rows, batch_size, nonlinearity, empty=new_array
 ):
-    """``network_loss_and_grads`` of one layer in one direction: the whole step in one
+    """``packed_loss_and_grads`` of one layer in one direction: the whole step in one
     kernel (``numba_kernels.packed_loss_and_grads_kernel``), as the dense path has."""
     N, m = inputs.shape[0], last_rows.size
     n_x, n_a, n_y = p["W_ax"].shape[1], p["W_aa"].shape[0], p["b_y"].size
@@ -397,7 +397,7 @@ def _one_direction_loss_and_grads(
     return loss, grads, final, finite
 
 
-def network_sequence_losses(
+def packed_sequence_losses(
     inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity
 ):
     sequence_labels = labels.ndim == 2
@@ -418,9 +418,9 @@ if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where com
     forward, backward, loss_and_grads, sequence_losses = map(
         overflow_reported_by_the_engine, (forward, backward, loss_and_grads, sequence_losses)
     )
-    network_forward_outputs, network_backward_grads, network_loss_and_grads, network_sequence_losses = map(
+    packed_forward_outputs, packed_backward_grads, packed_loss_and_grads, packed_sequence_losses = map(
         overflow_reported_by_the_engine,
-        (network_forward_outputs, network_backward_grads, network_loss_and_grads, network_sequence_losses),
+        (packed_forward_outputs, packed_backward_grads, packed_loss_and_grads, packed_sequence_losses),
     )
 
 

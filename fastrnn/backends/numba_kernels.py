@@ -35,7 +35,7 @@ kernel                                      reference step(s) it computes
 ``direction_forward_in_place``              ``direction_forward``, over the projection in ``h``
 ``direction_backward_in_place``             ``direction_backward`` less ``dW_aa``
 ``previous_states_into``                    ``previous_states``
-``packed_loss_and_grads_kernel`` (and       ``network_loss_and_grads`` of one layer in one
+``packed_loss_and_grads_kernel`` (and       ``packed_loss_and_grads`` of one layer in one
 ``_onehot``)                                direction, plus a finiteness scan
 ``matmul_into``, ``matmul_transposed_into``  the products of the other networks' layers
 ==========================================  ==================================================
@@ -1151,7 +1151,7 @@ def _packed_after_the_input_layer(
     batch_sizes, offsets, rec, h, final, top, logits, dz, da0, dW_aa, db_a, dW_ya, db_y, relu,
 ):  # fmt: skip
     """``_after_the_input_layer`` over packed rows, for one layer in one direction
-    (``numpy_backend.network_loss_and_grads``): the recurrence, the output layer (every
+    (``numpy_backend.packed_loss_and_grads``): the recurrence, the output layer (every
     row, or each sequence's last row into ``top`` (m, n_a) for ``one_per_sequence``), the
     loss, and the backward pass into ``dz`` (N, n_a), ``da0``, ``dW_aa``, ``db_a``,
     ``dW_ya``, ``db_y``; ``final`` (m, n_a) gets each sequence's last state.  ``h`` holds

@@ -555,7 +555,7 @@ def network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonline
 
 
 @overflow_reported_by_the_engine
-def network_forward_outputs(
+def packed_forward_outputs(
     inputs, a0, p, num_layers, directions, batch_sizes, offsets, nonlinearity, between=None
 ):
     """``forward`` of a network over packed rows: ``states``, softmax outputs (N, n_y) of
@@ -569,7 +569,7 @@ def network_forward_outputs(
 
 
 @overflow_reported_by_the_engine
-def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=None):
+def packed_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between=None):
     """``backward`` of a network over packed rows: ``network_backward`` and whether every
     gradient is finite."""
     grads = network_backward(d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, between)
@@ -577,7 +577,7 @@ def network_backward_grads(d_top, inputs, a0, states, p, batch_sizes, offsets, n
 
 
 @overflow_reported_by_the_engine
-def network_loss_and_grads(
+def packed_loss_and_grads(
     inputs,
     a0,
     labels,
@@ -631,7 +631,7 @@ def network_loss_and_grads(
 
 
 @overflow_reported_by_the_engine
-def network_sequence_losses(
+def packed_sequence_losses(
     inputs, a0, labels, p, num_layers, directions, batch_sizes, offsets, last_rows, nonlinearity
 ):
     """``sequence_losses`` of a network over packed rows: each sorted sequence's loss

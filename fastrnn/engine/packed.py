@@ -2,7 +2,7 @@
 
 The batch is packed (``fastrnn.packing``): sorted by length, one row per real step, so that
 padding is never stored nor read.  A call is cut into shards of whole sequences (balanced
-by their lengths), each packed by its own thread, run by a backend's ``network_*``
+by their lengths), each packed by its own thread, run by a backend's ``packed_*``
 functions (the layer x direction loop of ``backends.layers``), and unpacked into the
 whole batch's arrays; the weight gradients are added in shard order.
 
@@ -134,7 +134,7 @@ def loss_and_grads(
         pk, sequences, packed, a0_rows = _packed_call_inputs(
             impl, inputs, a0[:, rows], _shard_of(lengths, rows), rows, own
         )
-        loss, grads, shard_final, finite = impl.network_loss_and_grads(
+        loss, grads, shard_final, finite = impl.packed_loss_and_grads(
             packed, a0_rows, _packed_labels(labels, rows, pk, sequences, impl, own), p, dims.num_layers,
             dims.directions, pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=m, nonlinearity=nonlinearity,
             empty=own, between=between,
@@ -180,7 +180,7 @@ def losses(impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity):
         pk, sequences, packed, a0_rows = _packed_call_inputs(
             impl, inputs, a0[:, rows], _shard_of(lengths, rows), rows
         )
-        sorted_losses, final, finite = impl.network_sequence_losses(
+        sorted_losses, final, finite = impl.packed_sequence_losses(
             packed, a0_rows, _packed_labels(labels, rows, pk, sequences, impl), p, dims.num_layers, dims.directions,
             pk.batch_sizes, pk.offsets, pk.last_rows, nonlinearity,
         )  # fmt: skip
@@ -215,7 +215,7 @@ def forward(impl, run, inputs, a0, lengths, p, dims, nonlinearity, between=None)
     pk, _, packed, a0_rows = _packed_call_inputs(impl, inputs, a0, lengths)
     blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
     with parallel.blas_threads(blas_threads):
-        states, y_hat, finite = impl.network_forward_outputs(
+        states, y_hat, finite = impl.packed_forward_outputs(
             packed,
             a0_rows,
             p,
@@ -237,7 +237,7 @@ def backward(impl, run, d_top, pk, inputs, a0, states, p, nonlinearity, between=
     (num_layers * D, m, n_a) in the caller's order, and whether all are finite."""
     blas_threads = None if run.blas_threads is None else run.threads * run.blas_threads
     with parallel.blas_threads(blas_threads):
-        grads, finite = impl.network_backward_grads(
+        grads, finite = impl.packed_backward_grads(
             packing.pack(d_top, pk), inputs, a0, states, p, pk.batch_sizes, pk.offsets, nonlinearity, between
         )
     grads["dx"] = packing.unpack(grads["dx"], pk)

@@ -14,8 +14,8 @@ from helpers import make_problem
 INTERFACE = [
     "forward", "backward", "loss_and_grads", "sequence_losses", "sgd_update", "adagrad_update", "adam_update",
     "clip_by_value", "max_abs", "sum_of_squares", "scale",
-    "make_packing", "pack_rows", "unpack_rows", "network_forward_outputs", "network_backward_grads",
-    "network_loss_and_grads", "network_sequence_losses",
+    "make_packing", "pack_rows", "unpack_rows", "packed_forward_outputs", "packed_backward_grads",
+    "packed_loss_and_grads", "packed_sequence_losses",
 ]  # fmt: skip
 
 

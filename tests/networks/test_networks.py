@@ -263,7 +263,7 @@ def test_the_packed_path_at_full_length_agrees_with_the_seed_kernels(backend, dt
     labels = np.ascontiguousarray(y.T)
     for inputs, packed in ((xs, xs.reshape(-1, 3)), (np.ascontiguousarray(x_index.T), x_index.T.reshape(-1))):
         loss, grads, a_last, _ = impl.loss_and_grads(inputs, a0[0].T, labels, params)
-        packed_loss, packed_grads, final, _ = impl.network_loss_and_grads(
+        packed_loss, packed_grads, final, _ = impl.packed_loss_and_grads(
             packed, np.ascontiguousarray(a0.transpose(0, 2, 1)), labels.reshape(-1), params, 1, 1,
             pk.batch_sizes, pk.offsets, pk.last_rows, batch_size=4, nonlinearity="tanh",
         )  # fmt: skip
