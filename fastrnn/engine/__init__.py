@@ -10,7 +10,8 @@ name        shape                                meaning
 ``inputs``  (T, m, n_x), or (T, m) intp          dense inputs, or one-hot indices
 ``a0``      (num_layers * D, m, n_a)             initial states, ``layer * D + direction``
 ``labels``  (T, m) intp, or (m,) intp            a class per step, or per sequence
-``lengths`` None, or (m,) intp                   None: every sequence T steps long
+``lengths`` None, or (m,) intp                   None: every sequence T steps long (the
+                                                 doors pass lengths all T as None)
 ==========  ===================================  =========================================
 
 views in any memory layout (the engine copies only what a kernel needs contiguous), and

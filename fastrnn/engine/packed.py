@@ -61,9 +61,9 @@ def _packed_labels(labels, rows, pk, sequences, impl, empty=new_array):
     """A shard's labels as the backends' network functions take them, from the whole
     batch's ``labels``: (N,) one per packed row, or (1, m_k) one per sorted sequence."""
     if labels.ndim == 1:
-        return np.take(labels[rows], pk.order, out=empty("labels", (1, pk.m), labels.dtype)[0], mode="clip")[
-            None
-        ]
+        out = empty("labels", (1, pk.m), labels.dtype)
+        np.take(labels[rows], pk.order, out=out[0], mode="clip")  # clip: unbuffered (valid order)
+        return out
     out = empty("labels", (pk.N, 1), labels.dtype)
     return impl.pack_rows(labels[..., None], sequences, pk.steps, out).reshape(-1)
 
