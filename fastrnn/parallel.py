@@ -161,8 +161,9 @@ def plan(workers, m, T, n_x, n_a, n_y, backend="numba"):
     workers : None, -1 or int >= 1
         Checked by ``check_workers``.  An int is the number of shards (at most ``m``), run
         by at most as many threads as there are cores; -1 is one shard per core.  None
-        lets fastrnn choose, within ``default_budget()`` (docs/guide.md, "Every core").  A single
-        shard's BLAS threads stay within that budget too.
+        is ``FASTRNN_WORKERS`` where it is set (``default_workers``), else fastrnn chooses,
+        within ``default_budget()`` (docs/guide.md, "Every core").  A single shard's BLAS
+        threads stay within that budget too.
     m, T, n_x, n_a, n_y : int
         The problem's sizes; ``n_x = 0`` for one-hot inputs (a lookup, no products).
     backend : {"numba", "numpy"}
