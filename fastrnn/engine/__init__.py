@@ -78,7 +78,7 @@ def loss_and_grads(
         )
         loss = finish.finished_loss(loss, grads, finite, dims.dtype, what)
         if not impl.RESULTS_IN_WORKSPACE:  # the NumPy reference's gradients are its own
-            grads = finish.into_workspace(grads, workspace)
+            grads = finish.into_workspace(grads, None if workspace is None else workspace.empty)
         return loss, grads, final if return_state else None
     step_labels = labels if labels.ndim == 2 else labels[None]  # (1, m): one class per sequence
     loss, grads, a_last, finite = dense.loss_and_grads(

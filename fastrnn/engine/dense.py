@@ -65,9 +65,7 @@ def shard_loss_and_grads(
     )  # fmt: skip
     if empty is not new_array and not impl.RESULTS_IN_WORKSPACE:
         # A workspace holds the results whatever the backend: this layer puts them there.
-        for name, value in grads.items():
-            grads[name] = empty(name, value.shape, value.dtype)
-            np.copyto(grads[name], value)
+        grads = finish.into_workspace(grads, empty)
     return loss, grads, a_last, finite
 
 

@@ -52,13 +52,14 @@ def summed_in_shard_order_finite(parts_finite, grads, names):
     return all(parts_finite) and (len(parts_finite) == 1 or all(all_finite(grads[name]) for name in names))
 
 
-def into_workspace(grads, workspace):
-    """``grads`` with each array copied into ``workspace`` (when one is given): they are
-    then its views, overwritten by its next use.  For the paths whose backend does not
-    allocate through the workspace itself."""
-    if workspace is None:
+def into_workspace(grads, empty):
+    """``grads`` with each array copied into ``empty(name, shape, dtype)``, a workspace's
+    allocator (None: no workspace, nothing copied): they are then its views, overwritten
+    by its next use.  For a backend that does not allocate through the workspace itself
+    (``RESULTS_IN_WORKSPACE``)."""
+    if empty is None:
         return grads
     for name, value in grads.items():
-        grads[name] = workspace.empty(name, value.shape, value.dtype)
+        grads[name] = empty(name, value.shape, value.dtype)
         np.copyto(grads[name], value)
     return grads
