@@ -21,3 +21,10 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "none"
 myst_heading_anchors = 2  # links to sections, e.g. guide.md#the-command-line
 html_theme = "alabaster"
+
+# fastrnn.torch's page documents a PyTorch module; without PyTorch installed (it is optional,
+# and not in the docs extra: pip's default build is several GB) autodoc reads it against a mock.
+try:
+    import torch  # noqa: F401
+except ImportError:
+    autodoc_mock_imports = ["torch"]

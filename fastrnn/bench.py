@@ -450,3 +450,47 @@ def run_distributed(client, dtypes=(np.float64, np.float32), repeat=7):
         "sets OMP/OPENBLAS/MKL_NUM_THREADS=1 here too (Dask does), which caps the threads of workers=1"
     )
     return rows
+
+
+# -- the PyTorch door against torch.nn.RNN --------------------------------------------------
+
+TORCH_CASES = (
+    "tiny", "small", "char-rnn", "char-rnn packed", "char-rnn 2-layer bi", "large", "char-rnn inference",
+)  # fmt: skip
+
+
+def _torch_side(impl, case, dtype, threads):
+    """One side's median step time (ms), timed in a fresh process (``fastrnn.torch.bench``)."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "fastrnn.torch.bench", impl, case, dtype, str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["ms"]
+
+
+def run_torch(cases=TORCH_CASES, dtypes=("float32",), rounds=3, threads=None):
+    """``fastrnn.torch.RNN`` against ``torch.nn.RNN``: a full training step (RNN,
+    ``nn.Linear``, cross-entropy, backward) of each case (``fastrnn.torch.bench.CASES``),
+    each side in ``rounds`` fresh processes, alternating; the medians and their ratio."""
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch is not installed: pip install 'fastrnn[torch]' (torch==2.13.0 is a CPU build)")
+        return 1
+    threads = threads or parallel.available_cores()
+    print(f"fastrnn.torch.RNN vs torch.nn.RNN: torch {torch.__version__}, torch.set_num_threads({threads}),")
+    print(f"each side in {rounds} fresh processes, alternating; medians of the per-process medians (ms)")
+    print(f"{'case':<22} {'dtype':<8} {'nn.RNN':>9} {'fastrnn':>9} {'speed-up':>8}")
+    rows = []
+    for case in cases:
+        for dtype in dtypes:
+            times = {"nn": [], "fastrnn": []}
+            for _ in range(rounds):
+                for impl in times:
+                    times[impl].append(_torch_side(impl, case, dtype, threads))
+            nn_ms, fast_ms = (float(np.median(times[impl])) for impl in ("nn", "fastrnn"))
+            rows.append({"case": case, "dtype": dtype, "nn_ms": nn_ms, "fastrnn_ms": fast_ms})
+            print(f"{case:<22} {dtype:<8} {nn_ms:>9.3f} {fast_ms:>9.3f} {nn_ms / fast_ms:>7.2f}x")
+    return rows

@@ -96,6 +96,10 @@ def build_parser():
     bench_parser.add_argument("--dask", metavar="ADDRESS", type=_dask_address, default=None,
                               help="instead: time fastrnn.distributed (DataParallel steps, score) on a Dask cluster, "
                                    "a scheduler's address or local:N, against one process")  # fmt: skip
+    bench_parser.add_argument("--torch", action="store_true",
+                              help="instead: a PyTorch training step with fastrnn.torch.RNN against torch.nn.RNN, "
+                                   "each side in fresh processes (needs fastrnn[torch]); --sizes then names "
+                                   "cases of fastrnn.bench.TORCH_CASES, or 'all'")  # fmt: skip
 
     train = sub.add_parser("train", help="train a character-level language model on a text file")
     train.add_argument("text_file", nargs="?", help="UTF-8 text to learn (default: the Zen of Python)")
@@ -215,6 +219,8 @@ def main(argv=None):
 
 
 def run_bench(args):
+    if args.torch:
+        return _run_torch_bench(args)
     known = {size[0]: size for size in bench.BENCH_SIZES}
     names = [name.strip() for name in args.sizes.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]
@@ -231,6 +237,22 @@ def run_bench(args):
         return 0
     bench.run([known[name] for name in names], [np.dtype(d).type for d in dtypes], repeat=args.repeat)
     return 0
+
+
+def _run_torch_bench(args):
+    default_sizes = ",".join(size[0] for size in bench.BENCH_SIZES)
+    names = list(bench.TORCH_CASES) if args.sizes in (default_sizes, "all") else [
+        name.strip() for name in args.sizes.split(",") if name.strip()
+    ]  # fmt: skip
+    unknown = [name for name in names if name not in bench.TORCH_CASES]
+    if not names or unknown:
+        raise UsageError(f"--sizes: unknown case(s) {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(bench.TORCH_CASES)}")  # fmt: skip
+    dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
+    if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
+        raise UsageError(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
+    result = bench.run_torch(names, dtypes, rounds=3)
+    return result if isinstance(result, int) else 0
 
 
 def run_train(args):

@@ -25,6 +25,7 @@ to its first (``pack_padded_sequence`` semantics): at step t it reads the state 
 had at step t + 1, or ``a0`` for a sequence whose last step is t.
 """
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -73,6 +74,53 @@ def make_packing(lengths, m, T):
     sequences = order[np.arange(offsets[-1]) - offsets[steps]]
     full = lengths is None
     return Packing(order, sorted_lengths, batch_sizes, offsets, last_rows, steps, sequences, T, full)
+
+
+class Rows(NamedTuple):
+    """Packed rows as they come (a PyTorch ``PackedSequence``'s, or a full batch's), without
+    the caller's order: ``batch_sizes`` (T_run,), ``offsets`` (T_run + 1,) and ``last_rows``
+    (m,) as in ``Packing``."""
+
+    batch_sizes: np.ndarray
+    offsets: np.ndarray
+    last_rows: np.ndarray
+
+
+def rows_of_batch_sizes(batch_sizes, m):
+    """The ``Rows`` given by ``batch_sizes`` (T_run,) intp, a checked non-increasing
+    sequence starting at ``m`` (a PyTorch ``PackedSequence``'s)."""
+    offsets = np.zeros(batch_sizes.size + 1, dtype=np.intp)
+    np.cumsum(batch_sizes, out=offsets[1:])
+    return Rows(batch_sizes, offsets, offsets[sorted_lengths_of(batch_sizes, m) - 1] + np.arange(m))
+
+
+@functools.lru_cache(maxsize=64)
+def full_rows(T, m):
+    """The ``Rows`` of ``m`` sequences all ``T`` steps long (read-only, kept: a training loop
+    asks for the same ones at every step)."""
+    rows = rows_of_batch_sizes(np.full(T, m, dtype=np.intp), m)
+    for array in rows:
+        array.flags.writeable = False
+    return rows
+
+
+def sorted_lengths_of(batch_sizes, m):
+    """The lengths (m,) of the sorted sequences of packed rows given by ``batch_sizes``."""
+    # sorted sequence j runs while batch_sizes[t] > j: its length is the first t where not
+    return np.searchsorted(-batch_sizes, -np.arange(m), side="left")
+
+
+def shard_rows(batch_sizes, offsets, start, stop):
+    """The sorted sequences ``start:stop`` of packed rows as packed rows of their own:
+    ``(batch_sizes, rows)``, their batch sizes (T_k,) and the rows (N_k,) of the whole
+    packing that they are, in their own packed order."""
+    sizes = np.clip(batch_sizes - start, 0, stop - start)
+    sizes = sizes[: np.count_nonzero(sizes)]  # non-increasing: the running steps are a prefix
+    own_offsets = np.zeros(sizes.size + 1, dtype=np.intp)
+    np.cumsum(sizes, out=own_offsets[1:])
+    steps = np.repeat(np.arange(sizes.size), sizes)
+    rows = offsets[steps] + start + (np.arange(own_offsets[-1]) - own_offsets[steps])
+    return sizes, rows
 
 
 def pack(time_major, packing):

@@ -116,10 +116,13 @@ def network_forward(
 
 def network_backward(
     ops, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False,
-    states_are_scratch=False, empty=new_array, between=None,
+    states_are_scratch=False, empty=new_array, between=None, d_final=None, last_rows=None,
 ):  # fmt: skip
     """Backpropagation through every layer and direction, from ``d_top`` (N, D * n_a),
-    dL/d(the top layer's output) from outside the recurrences.
+    dL/d(the top layer's output) from outside the recurrences, and ``d_final`` (num_layers
+    * D, m, n_a) when given: dL/d(the final states) from outside (PyTorch's ``h_n``), added
+    at each sequence's last packed row ``last_rows`` (m,) for the forward direction and at
+    step 0 for the reverse one (``packing.final_states``).
 
     ``d_top_is_scratch``: ``d_top`` may be overwritten; ``states_are_scratch``: so may
     ``states``, each after its last read (a layer's states are read by the layer above's
@@ -136,7 +139,11 @@ def network_backward(
     grads = {}
     da0 = empty("da0", a0.shape, a0.dtype)
     d_output = d_top
+    if d_final is not None and not d_top_is_scratch:  # d_final is added into it
+        d_output, d_top_is_scratch = d_top.copy(), True
     for layer in range(num_layers - 1, -1, -1):
+        if d_final is not None:
+            _add_final_gradients(d_output, d_final, layer, directions, last_rows)
         layer_input = inputs if layer == 0 else layer_output(states[layer - 1], empty, f"output_l{layer - 1}")
         if between is not None and layer > 0:
             layer_input = between.forward(layer - 1, layer_input)
@@ -167,6 +174,18 @@ def network_backward(
     if d_output is not None:
         grads["dx"] = d_output
     return grads
+
+
+def _add_final_gradients(d_output, d_final, layer, directions, last_rows):
+    """dL/d(layer ``layer``'s final states) added into dL/d(its output) (N, D * n_a), in
+    place: the forward direction's at each sequence's last row, the reverse one's at step 0."""
+    n_a, m = d_final.shape[2], d_final.shape[1]
+    for direction in range(directions):
+        columns = slice(direction * n_a, (direction + 1) * n_a)
+        if direction == 0:
+            d_output[last_rows, columns] += d_final[layer * directions]  # distinct rows: no repeats
+        else:
+            d_output[:m, columns] += d_final[layer * directions + 1]
 
 
 def network_top(states, last_rows, sequence_labels, empty=None):

@@ -1,0 +1,128 @@
+"""The PyTorch door (``fastrnn.torch.RNN``) against ``torch.nn.RNN``: a full PyTorch training
+step, the ratio of the two, and what a user waits for on first use.
+
+Every benchmark here needs PyTorch (``pip install 'fastrnn[torch]'``); without it, setup
+raises ``NotImplementedError`` and asv skips them.  The step is
+``fastrnn.torch.bench.make_step``'s, the one ``python -m fastrnn bench --torch`` times.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+CASES = ["tiny", "char-rnn", "char-rnn packed", "char-rnn 2-layer bi", "large"]
+DTYPES = ["float32", "float64"]
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise NotImplementedError("PyTorch is not installed (pip install 'fastrnn[torch]')") from None
+    return torch
+
+
+class TorchStep:
+    """One training step: the RNN, an ``nn.Linear``, cross-entropy, backward."""
+
+    params = (CASES, DTYPES, ["fastrnn", "nn"])
+    param_names = ["case", "dtype", "rnn"]
+    timeout = 300
+
+    def setup(self, case, dtype, rnn):
+        torch = _torch()
+        from fastrnn.torch.bench import make_step
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.step = make_step(rnn, case, dtype)
+        self.step()  # compile or load the kernels
+
+    def time_training_step(self, case, dtype, rnn):
+        self.step()
+
+
+class TorchSpeedup:
+    """``fastrnn.torch.RNN``'s step time over ``nn.RNN``'s, timed in turn in one process
+    (7 rounds, the median of the rounds' ratios): below 1 is faster.  A time over a time,
+    so that larger is worse, as asv reads every ``track_``."""
+
+    params = (["tiny", "char-rnn", "char-rnn packed", "large"], ["float32"])
+    param_names = ["case", "dtype"]
+    unit = "fastrnn time / nn.RNN time"
+    timeout = 600
+
+    def setup(self, case, dtype):
+        torch = _torch()
+        from fastrnn.torch.bench import make_step
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.steps = {rnn: make_step(rnn, case, dtype) for rnn in ("fastrnn", "nn")}
+        for step in self.steps.values():
+            step()
+
+    def track_time_over_nn_rnn(self, case, dtype):
+        from fastrnn.bench import median_seconds
+
+        ratios = []
+        for _ in range(7):
+            seconds = {
+                rnn: median_seconds(step, repeat=3, min_seconds=0.02) for rnn, step in self.steps.items()
+            }
+            ratios.append(seconds["fastrnn"] / seconds["nn"])
+        return sorted(ratios)[len(ratios) // 2]
+
+
+_FIRST_USE = """
+import time
+start = time.perf_counter()
+import fastrnn.torch
+imported = time.perf_counter()
+import torch
+rnn = fastrnn.torch.RNN(8, 16, dtype=torch.{dtype})
+output, _ = rnn(torch.randn(10, 2, 8, dtype=torch.{dtype}))
+output.sum().backward()
+print(imported - start, time.perf_counter() - imported)
+"""
+
+
+def _first_use(dtype, cache_dir):
+    """``(import seconds, first forward + backward seconds)`` in a new interpreter whose
+    Numba cache is ``cache_dir``."""
+    environment = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    result = subprocess.run(
+        [sys.executable, "-c", _FIRST_USE.format(dtype=dtype)], env=environment,
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    imported, first = result.stdout.strip().splitlines()[-1].split()
+    return float(imported), float(first)
+
+
+class TorchCompileTime:
+    """First use in a fresh process: ``import fastrnn.torch`` (PyTorch's import included),
+    and the first forward and backward pass, cold (empty Numba cache: its kernels compile)
+    and warm (kernels loaded from the cache an earlier process filled)."""
+
+    params = ["float32"]
+    param_names = ["dtype"]
+    unit = "seconds"
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, dtype):
+        _torch()
+
+    def track_import(self, dtype):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            _first_use(dtype, cache_dir)
+            return _first_use(dtype, cache_dir)[0]
+
+    def track_first_step_cold(self, dtype):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            return _first_use(dtype, cache_dir)[1]
+
+    def track_first_step_warm(self, dtype):
+        with tempfile.TemporaryDirectory() as cache_dir:
+            _first_use(dtype, cache_dir)
+            return _first_use(dtype, cache_dir)[1]

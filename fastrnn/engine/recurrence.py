@@ -1,0 +1,246 @@
+"""The recurrence alone, on packed rows: the engine's entry for a door that keeps its own
+output layer (the PyTorch door, ``fastrnn.torch``).
+
+PyTorch's ``PackedSequence`` is fastrnn's packed layout (``fastrnn.packing``): rows sorted by
+length, step by step, ``batch_sizes`` sequences at step t.  And a batch of full-length
+sequences, time-major (T, m, n) and C-contiguous, is already its packed rows (T * m, n).
+So this path takes packed rows as they come, without packing or sorting anything: no
+output layer, no loss, no finiteness checks (PyTorch propagates NaN; so does this).
+
+``inputs`` (N, n_x) and ``a0`` (num_layers * D, m, n_a) (in the packing's sorted order)
+are C-contiguous; ``p`` holds the hidden layers' params (``params.layer_key``);
+``rows`` (``packing.Rows``) describes the packed rows: its ``batch_sizes`` (T_run,) are
+checked by the door (non-increasing, from ``m``, summing to N), as the kernels trust them.  Both directions of every layer run through the backends'
+shared layer loop (``backends.layers``).
+
+``forward`` and ``backward`` run a call on its plan (``plan``): the sorted sequences cut
+into shards (balanced by their lengths), each shard's rows gathered into packed rows of
+its own and run by a thread of fastrnn's pool with one BLAS thread, the results scattered
+back and the weight gradients added in shard order (deterministic: the plan decides the
+bits).  One shard runs where it is (``forward_rows``, ``backward_rows``), its BLAS calls on
+the plan's threads.  A call with a ``between`` runs as one shard, as the engine's other
+paths do.
+"""
+
+import numpy as np
+
+from .. import packing, parallel
+from ..backends import layers
+from ..params import gradient_names, layer_key
+
+
+def plan(workers, budget, m, N, n_x, n_a, num_layers, directions, backend):
+    """The ``parallel.Plan`` of a call on packed rows: ``workers`` shards when given
+    (``parallel.plan``), else fastrnn's choice within ``budget`` threads
+    (``parallel.plan_within``), for the products of ``num_layers * D`` one-layer networks
+    over the N / m steps of an average sequence (no output layer).
+
+    fastrnn's choice cuts no shard below ``n_a / MIN_ROWS_PER_STATE`` sequences: each step
+    of a recurrence multiplies its rows by ``W_aa``, and with few rows the product's cost
+    is that of reading ``W_aa`` (the BLAS packs it on every call), not of the rows; halving
+    the rows then saves nothing, and the BLAS threads of one shard, which split ``W_aa``,
+    are faster (the large size, m = 64 and n_a = 512: two shards of 32 sequences took
+    31.7 ms for a forward pass that one shard on two BLAS threads ran in 16.0 ms; at the
+    char-rnn size, m = 32 and n_a = 128, two shards were the faster, 7.1 against 8.0 ms a
+    step).
+    """
+    steps = max(1, N // max(m, 1)) * num_layers * directions
+    if workers is not None:
+        return parallel.plan(workers, m, steps, n_x, n_a, 0, backend)
+    run = parallel.plan_within(budget, m, steps, n_x, n_a, 0, backend)
+    most_shards = max(1, m * MIN_ROWS_PER_STATE // n_a)
+    if run.shards <= most_shards:
+        return run
+    if most_shards > 1:
+        return parallel.Plan(most_shards, most_shards, 1)
+    return parallel.Plan(1, 1, min(budget, parallel.available_cores()))  # the budget to BLAS
+
+
+#: A shard's sequences times this must reach n_a for fastrnn to choose it (``plan``).
+MIN_ROWS_PER_STATE = 8
+
+
+def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity, between=None):
+    """``forward_rows`` on the plan ``run`` (see the module): ``(output, final, lower)``."""
+    if run.shards == 1 or between is not None:
+        return forward_rows(
+            impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, _one_shard_blas(run), between
+        )
+    N, m, n_a = inputs.shape[0], a0.shape[1], a0.shape[2]
+    output = np.empty((N, directions * n_a), dtype=a0.dtype)
+    final = np.empty_like(a0)
+    lower = np.empty(((num_layers - 1) * directions, N, n_a), dtype=a0.dtype)
+    shards = _shards(run, rows, m)
+
+    def run_shard(k):
+        sequences, own_rows, taken = shards[k]
+        out_k, final_k, lower_k = forward_rows(
+            impl, inputs[taken], np.ascontiguousarray(a0[:, sequences]), p, num_layers, directions, own_rows,
+            nonlinearity,
+        )  # fmt: skip
+        output[taken], final[:, sequences], lower[:, taken] = out_k, final_k, lower_k
+
+    with parallel.blas_threads(run.blas_threads):
+        parallel.run_shards(run_shard, run.shards, run.threads)
+    return output, final, lower
+
+
+def backward(impl, run, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, between=None):
+    """``backward_rows`` on the plan ``run`` of its forward pass (see the module)."""
+    if run.shards == 1 or between is not None:
+        return backward_rows(
+            impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, _one_shard_blas(run),
+            between,
+        )  # fmt: skip
+    directions = output.shape[1] // a0.shape[2]
+    num_layers = a0.shape[0] // directions
+    m = a0.shape[1]
+    dx = np.empty_like(inputs)
+    da0 = np.empty_like(a0)
+    shards = _shards(run, rows, m)
+
+    def run_shard(k):
+        sequences, own_rows, taken = shards[k]
+        grads = backward_rows(
+            impl, None if d_output is None else d_output[taken],
+            None if d_final is None else np.ascontiguousarray(d_final[:, sequences]), inputs[taken],
+            np.ascontiguousarray(a0[:, sequences]), output[taken], lower[:, taken], p, own_rows, nonlinearity,
+        )  # fmt: skip
+        dx[taken], da0[:, sequences] = grads.pop("dx"), grads.pop("da0")
+        return grads
+
+    with parallel.blas_threads(run.blas_threads):
+        parts = parallel.run_shards(run_shard, run.shards, run.threads)
+    grads = parallel.sum_in_order(parts, gradient_names(num_layers, directions)[:-2])  # no output layer
+    grads["dx"], grads["da0"] = dx, da0
+    return grads
+
+
+def _one_shard_blas(run):
+    """A one-shard call's BLAS threads: the plan's, or its shard threads' where a
+    ``between`` made it one shard."""
+    if run.shards == 1 or run.blas_threads is None:
+        return run.blas_threads
+    return run.threads * run.blas_threads
+
+
+def _shards(run, rows, m):
+    """Each shard's ``(sequences, own_rows, taken)``: its slice of the sorted sequences,
+    balanced by their lengths, its packed rows as a ``packing.Rows`` of their own, and which
+    rows of the whole call they are (``packing.shard_rows``)."""
+    shards = []
+    for sequences in parallel.split_batch(m, run.shards, packing.sorted_lengths_of(rows.batch_sizes, m)):
+        sizes, taken = packing.shard_rows(rows.batch_sizes, rows.offsets, sequences.start, sequences.stop)
+        shards.append((sequences, packing.rows_of_batch_sizes(sizes, sequences.stop - sequences.start), taken))
+    return shards
+
+
+class RowsAllocator:
+    """``empty(name, shape, dtype)`` for the layer loop (``backends.layers``) that puts the
+    top layer's output straight into ``output`` (N, D * n_a) and every lower layer's states
+    into ``lower[layer * D + direction]`` (N, n_a): the arrays a door returns, written by
+    the kernels, not copied there.  (The Numba backend computes a direction's states in its
+    input projection's memory, ``"z" + tag``; the NumPy reference allocates its own, which
+    ``forward_rows`` copies.)"""
+
+    def __init__(self, output, lower, num_layers, directions):
+        self.named = {f"output_l{num_layers - 1}": output}
+        for layer in range(num_layers):
+            for direction in range(directions):
+                tag = layer_key("", layer, direction == 1)
+                if layer < num_layers - 1:
+                    self.named["z" + tag] = lower[layer * directions + direction]
+                elif directions == 1:
+                    self.named["z" + tag] = output
+
+    def __call__(self, name, shape, dtype):
+        array = self.named.get(name)
+        if array is not None and array.shape == shape and array.dtype == dtype:
+            return array
+        return np.empty(shape, dtype=dtype)
+
+
+def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, blas_threads=None,
+                 between=None, output=None, lower=None):  # fmt: skip
+    """Every layer and direction over packed rows.
+
+    Parameters
+    ----------
+    output : ndarray, shape (N, D * n_a), optional
+        Where the top layer's output is written.
+    lower : ndarray, shape ((num_layers - 1) * D, N, n_a), optional
+        Where the lower layers' states are written (what ``backward_rows`` reads again).
+
+    Returns
+    -------
+    output, final, lower
+        The top layer's output (N, D * n_a); the final states (num_layers * D, m, n_a),
+        in the sorted order (``packing.final_states``); the lower layers' states.
+    """
+    N, n_a = inputs.shape[0], a0.shape[2]
+    dtype = a0.dtype
+    if output is None:
+        output = np.empty((N, directions * n_a), dtype=dtype)
+    if lower is None:
+        lower = np.empty(((num_layers - 1) * directions, N, n_a), dtype=dtype)
+    empty = RowsAllocator(output, lower, num_layers, directions)
+    with parallel.blas_threads(blas_threads):
+        states = layers.network_forward(
+            impl.DIRECTION_OPS, inputs, a0, p, num_layers, directions, rows.batch_sizes, rows.offsets, nonlinearity,
+            empty, between,
+        )  # fmt: skip
+    for layer in range(num_layers - 1):  # the NumPy reference's own arrays
+        for direction in range(directions):
+            H = states[layer][direction]
+            if H is not lower[layer * directions + direction]:
+                lower[layer * directions + direction] = H
+    top = layers.layer_output(states[-1])
+    if top is not output:
+        output[...] = top
+    return output, packing.final_states(states, rows.last_rows), lower
+
+
+def states_of(output, lower, num_layers, directions):
+    """``states[layer][direction]`` (N, n_a) again, from ``forward_rows``' output and lower
+    layers' states (the top layer's directions are column blocks of the output, made
+    contiguous for the kernels)."""
+    n_a = output.shape[1] // directions
+    states = [[lower[layer * directions + d] for d in range(directions)] for layer in range(num_layers - 1)]
+    top = (
+        [output]
+        if directions == 1
+        else [np.ascontiguousarray(output[:, d * n_a : (d + 1) * n_a]) for d in range(directions)]
+    )
+    return states + [top]
+
+
+def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity,
+                  blas_threads=None, between=None):  # fmt: skip
+    """Backpropagation through every layer and direction of ``forward_rows``.
+
+    Parameters
+    ----------
+    d_output : ndarray, shape (N, D * n_a), or None (zero)
+        dL/d(the top layer's output).
+    d_final : ndarray, shape (num_layers * D, m, n_a), or None (zero)
+        dL/d(the final states), sorted order.
+    output, lower
+        ``forward_rows``' results (read, not written).
+
+    Returns
+    -------
+    grads : dict
+        ``"d" + key`` of every hidden-layer parameter (``db_a`` (n_a, 1)), ``da0``
+        (num_layers * D, m, n_a) sorted, and ``dx`` (N, n_x).
+    """
+    directions = output.shape[1] // a0.shape[2]
+    num_layers = a0.shape[0] // directions
+    states = states_of(output, lower, num_layers, directions)
+    scratch = False
+    if d_output is None:
+        d_output, scratch = np.zeros_like(output), True
+    with parallel.blas_threads(blas_threads):
+        return layers.network_backward(
+            impl.DIRECTION_OPS, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets, nonlinearity,
+            d_top_is_scratch=scratch, between=between, d_final=d_final, last_rows=rows.last_rows,
+        )  # fmt: skip

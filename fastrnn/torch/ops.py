@@ -1,0 +1,334 @@
+"""fastrnn's recurrence as PyTorch operators: ``torch.ops.fastrnn.rnn`` and its backward.
+
+Two ``torch.library.custom_op``\\ s, so that autograd, ``torch.compile`` (no graph break:
+each op has a fake implementation that gives its results' shapes) and
+``torch.library.opcheck`` treat them as PyTorch's own:
+
+- ``fastrnn::rnn(input, hx, weights, batch_sizes, dropout_masks, ...) -> (output, h_n,
+  lower)`` runs ``engine.recurrence.forward_rows``;
+- ``fastrnn::rnn_backward(...)`` runs ``engine.recurrence.backward_rows``; it is the
+  first op's autograd formula (``register_autograd``) and has none of its own: a double
+  backward is an error that says so.
+
+The tensors share memory with the arrays the kernels read and write (``Tensor.numpy()``,
+``torch.from_numpy``): nothing is copied on the way in or out.  ``input`` is packed rows
+(N, n_x) with ``batch_sizes`` (a ``PackedSequence``'s), or time-major (T, m, n_x) with
+``batch_sizes`` None (every sequence T steps long, whose rows are already packed), and
+C-contiguous either way; ``hx`` (num_layers * D, m, n_a) is in the rows' sorted order;
+``weights`` is ``nn.RNN``'s ``_flat_weights`` (per layer, per direction: ``weight_ih``,
+``weight_hh`` and, with ``has_biases``, ``bias_ih`` and ``bias_hh``).  ``lower`` holds the
+lower layers' states ((num_layers - 1) * D, N, n_a), what the backward pass reads again;
+the top layer's are ``output`` itself.  The module (``fastrnn.torch.RNN``) checks every
+argument before it calls these (the kernels trust shapes).
+"""
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from .. import backends, packing
+from ..engine import recurrence
+from ..params import layer_key
+
+Tensor = torch.Tensor
+
+
+def _array(tensor):
+    """The ndarray that shares ``tensor``'s memory."""
+    return tensor.detach().numpy()
+
+
+def _params(weights, num_layers, directions, has_biases):
+    """The kernels' params dict from ``nn.RNN``'s flat weights: ``W_ax``, ``W_aa`` and one
+    ``b_a`` (n_a, 1), the sum of PyTorch's two biases (zero without them)."""
+    per = 4 if has_biases else 2
+    p = {}
+    for layer in range(num_layers):
+        for direction in range(directions):
+            group = weights[(layer * directions + direction) * per :][:per]
+            reverse = direction == 1
+            w_ih, w_hh = _array(group[0]), _array(group[1])
+            p[layer_key("W_ax", layer, reverse)] = w_ih
+            p[layer_key("W_aa", layer, reverse)] = w_hh
+            if has_biases:
+                b_a = np.add(_array(group[2]), _array(group[3]))
+            else:
+                b_a = np.zeros(w_hh.shape[0], dtype=w_hh.dtype)
+            p[layer_key("b_a", layer, reverse)] = b_a.reshape(-1, 1)
+    return p
+
+
+def _rows(input, batch_sizes, m):
+    """``input`` as packed rows (N, n_x), and their ``packing.Rows``."""
+    if batch_sizes is None:
+        T = input.shape[0]
+        return _array(input).reshape(T * m, input.shape[2]), packing.full_rows(T, m)
+    return _array(input), packing.rows_of_batch_sizes(np.asarray(_array(batch_sizes), dtype=np.intp), m)
+
+
+class Dropout:
+    """Between layers (``backends.layers``): each layer but the last's output times its
+    mask (drawn by the module with PyTorch's generator, already scaled by 1 / (1 - p))."""
+
+    def __init__(self, masks):
+        self.masks = masks  # (num_layers - 1, N, D * n_a)
+
+    def forward(self, layer, output):
+        return np.multiply(output, self.masks[layer])
+
+    def backward(self, layer, d_read):
+        return np.multiply(d_read, self.masks[layer])
+
+
+def _between(dropout_masks):
+    return None if dropout_masks is None else Dropout(_array(dropout_masks))
+
+
+def _plan(impl, workers, budget, inputs, hx, num_layers, directions):
+    """The call's ``parallel.Plan`` (``engine.recurrence.plan``; ``workers`` 0: None, and
+    ``budget`` 0: PyTorch's thread setting now)."""
+    m, n_a = hx.shape[1], hx.shape[2]
+    return recurrence.plan(
+        workers or None,
+        budget or torch.get_num_threads(),
+        m,
+        inputs.shape[0],
+        inputs.shape[1],
+        n_a,
+        num_layers,
+        directions,
+        impl.NAME,
+    )
+
+
+def forward_impl(
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    batch_sizes: Tensor | None,
+    dropout_masks: Tensor | None,
+    num_layers: int,
+    bidirectional: bool,
+    has_biases: bool,
+    nonlinearity: str,
+    backend: str,
+    workers: int,
+    budget: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward pass: ``(output, h_n, lower)`` (see the module)."""
+    directions = 2 if bidirectional else 1
+    m, n_a = hx.shape[1], hx.shape[2]
+    inputs, sizes = _rows(input, batch_sizes, m)
+    impl = backends.resolve(backend)
+    output, final, lower = recurrence.forward(
+        impl, _plan(impl, workers, budget, inputs, hx, num_layers, directions), inputs, _array(hx),
+        _params(weights, num_layers, directions, has_biases), num_layers, directions, sizes, nonlinearity,
+        _between(dropout_masks),
+    )  # fmt: skip
+    output = torch.from_numpy(output)
+    if batch_sizes is None:
+        output = output.view(input.shape[0], m, directions * n_a)
+    return output, torch.from_numpy(final), torch.from_numpy(lower)
+
+
+@torch.library.custom_op("fastrnn::rnn", mutates_args=(), device_types="cpu")
+def rnn_op(
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    batch_sizes: Tensor | None,
+    dropout_masks: Tensor | None,
+    num_layers: int,
+    bidirectional: bool,
+    has_biases: bool,
+    nonlinearity: str,
+    backend: str,
+    workers: int,
+    budget: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``forward_impl`` as a PyTorch operator."""
+    return forward_impl(
+        input, hx, weights, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity, backend,
+        workers, budget,
+    )  # fmt: skip
+
+
+@rnn_op.register_fake
+def _(input, hx, weights, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity,
+      backend, workers, budget):  # fmt: skip
+    directions = 2 if bidirectional else 1
+    n_a = hx.shape[2]
+    N = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
+    output_shape = input.shape[:-1] + (directions * n_a,)
+    return (
+        input.new_empty(output_shape),
+        hx.new_empty(hx.shape),
+        input.new_empty(((num_layers - 1) * directions, N, n_a)),
+    )
+
+
+def backward_impl(
+    grad_output: Tensor | None,
+    grad_h_n: Tensor | None,
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    batch_sizes: Tensor | None,
+    dropout_masks: Tensor | None,
+    output: Tensor,
+    lower: Tensor,
+    num_layers: int,
+    bidirectional: bool,
+    has_biases: bool,
+    nonlinearity: str,
+    backend: str,
+    workers: int,
+    budget: int,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The gradients of ``input``, ``hx`` and every weight, for those of ``output`` and
+    ``h_n`` (C-contiguous, as ``rnn``'s results)."""
+    directions = 2 if bidirectional else 1
+    m = hx.shape[1]
+    inputs, sizes = _rows(input, batch_sizes, m)
+    output_rows = _array(output).reshape(inputs.shape[0], -1)
+    d_output = None if grad_output is None else _array(grad_output).reshape(output_rows.shape)
+    impl = backends.resolve(backend)
+    grads = recurrence.backward(
+        impl, _plan(impl, workers, budget, inputs, hx, num_layers, directions), d_output,
+        None if grad_h_n is None else _array(grad_h_n),
+        inputs, _array(hx), output_rows, _array(lower), _params(weights, num_layers, directions, has_biases),
+        sizes, nonlinearity, _between(dropout_masks),
+    )  # fmt: skip
+    d_weights = []
+    for layer in range(num_layers):
+        for direction in range(directions):
+            reverse = direction == 1
+            d_weights.append(torch.from_numpy(grads["d" + layer_key("W_ax", layer, reverse)]))
+            d_weights.append(torch.from_numpy(grads["d" + layer_key("W_aa", layer, reverse)]))
+            if has_biases:
+                db_a = grads["d" + layer_key("b_a", layer, reverse)].reshape(-1)
+                d_weights.append(torch.from_numpy(db_a))  # both biases get dL/db_a
+                d_weights.append(torch.from_numpy(db_a.copy()))
+    d_input = torch.from_numpy(grads["dx"]).view(input.shape)
+    return d_input, torch.from_numpy(grads["da0"]), d_weights
+
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=(), device_types="cpu")
+def rnn_backward_op(
+    grad_output: Tensor,
+    grad_h_n: Tensor,
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    batch_sizes: Tensor | None,
+    dropout_masks: Tensor | None,
+    output: Tensor,
+    lower: Tensor,
+    num_layers: int,
+    bidirectional: bool,
+    has_biases: bool,
+    nonlinearity: str,
+    backend: str,
+    workers: int,
+    budget: int,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """``backward_impl`` as a PyTorch operator."""
+    return backward_impl(
+        grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
+        bidirectional, has_biases, nonlinearity, backend, workers, budget,
+    )  # fmt: skip
+
+
+@rnn_backward_op.register_fake
+def _(grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
+      bidirectional, has_biases, nonlinearity, backend, workers, budget):  # fmt: skip
+    return input.new_empty(input.shape), hx.new_empty(hx.shape), [w.new_empty(w.shape) for w in weights]
+
+
+def _setup_context(ctx, inputs, output):
+    input, hx, weights, batch_sizes, dropout_masks, *settings = inputs
+    out, _, lower = output
+    ctx.settings = settings
+    ctx.n_weights = len(weights)
+    ctx.has_batch_sizes = batch_sizes is not None
+    ctx.has_masks = dropout_masks is not None
+    saved = [input, hx, out, lower, *weights]
+    saved += [batch_sizes] if batch_sizes is not None else []
+    saved += [dropout_masks] if dropout_masks is not None else []
+    ctx.save_for_backward(*saved)  # PyTorch's version counters: in-place changes are its usual error
+
+
+def _gradients(ctx, grad_output, grad_h_n, backward):
+    """The gradients of ``rnn``'s inputs, by ``backward`` (``backward_impl`` or its
+    operator), for those of its results."""
+    saved = list(ctx.saved_tensors)
+    input, hx, out, lower = saved[:4]
+    weights = saved[4 : 4 + ctx.n_weights]
+    rest = saved[4 + ctx.n_weights :]
+    batch_sizes = rest.pop(0) if ctx.has_batch_sizes else None
+    dropout_masks = rest.pop(0) if ctx.has_masks else None
+    # An unused result's gradient is zero: None where the autograd engine gives None
+    # (``set_materialize_grads(False)``), so that the kernels skip it; the operator's schema
+    # takes tensors.
+    grad_output = grad_output.contiguous() if grad_output is not None else None
+    grad_h_n = grad_h_n.contiguous() if grad_h_n is not None else None
+    if backward is rnn_backward_op:
+        grad_output = torch.zeros_like(out) if grad_output is None else grad_output
+        grad_h_n = torch.zeros_like(hx) if grad_h_n is None else grad_h_n
+    d_input, d_hx, d_weights = backward(
+        grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, out, lower, *ctx.settings
+    )
+    return d_input, d_hx, list(d_weights)
+
+
+def _op_backward(ctx, grad_output, grad_h_n, grad_lower):
+    return (
+        *_gradients(ctx, grad_output, grad_h_n, rnn_backward_op),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+rnn_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class _RNNFunction(torch.autograd.Function):
+    """``rnn_op``'s autograd without the operator: what eager calls run.  The operator's
+    Python dispatch (its schema's defaults and pytree flattening, twice per step) costs
+    about 0.25 ms per training step, more than the whole recurrence at small sizes; a
+    ``torch.autograd.Function`` costs a tenth of it.  Under ``torch.compile`` the
+    operator runs instead (``rnn``), which the compiler traces without a graph break."""
+
+    @staticmethod
+    def forward(ctx, input, hx, batch_sizes, dropout_masks, settings, *weights):
+        # (forward with ctx, not setup_context: Function.apply then binds no signature, 30 us saved)
+        output = forward_impl(input, hx, list(weights), batch_sizes, dropout_masks, *settings)
+        _setup_context(ctx, (input, hx, weights, batch_sizes, dropout_masks, *settings), output)
+        ctx.mark_non_differentiable(output[2])
+        ctx.set_materialize_grads(False)  # None for an unused result: no gradient to add
+        return output
+
+    @staticmethod
+    @once_differentiable  # no double backward: differentiating these gradients is PyTorch's clear error
+    def backward(ctx, grad_output, grad_h_n, grad_lower):
+        d_input, d_hx, d_weights = _gradients(ctx, grad_output, grad_h_n, backward_impl)
+        return d_input, d_hx, None, None, None, *d_weights
+
+
+def rnn(input, hx, weights, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity,
+        backend, workers, budget):  # fmt: skip
+    """``(output, h_n)`` of fastrnn's recurrence with PyTorch's autograd: ``rnn_op`` under
+    ``torch.compile``, the same functions through ``_RNNFunction`` in eager mode."""
+    settings = (num_layers, bidirectional, has_biases, nonlinearity, backend, workers, budget)
+    if torch.compiler.is_compiling():
+        output, h_n, _ = rnn_op(input, hx, weights, batch_sizes, dropout_masks, *settings)
+    else:
+        output, h_n, _ = _RNNFunction.apply(input, hx, batch_sizes, dropout_masks, settings, *weights)
+    return output, h_n

@@ -1,0 +1,250 @@
+"""``fastrnn.torch.RNN`` behaves as an ``nn.RNN`` beyond ``forward``: construction and its
+errors, initialisation, serialisation, conversions, PyTorch's errors, the fallback, threads,
+dropout."""
+
+import copy
+import io
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is optional (pip install 'fastrnn[torch]'); .ci/run installs a CPU build"
+)
+
+from torch import nn  # noqa: E402
+
+import fastrnn.torch as ft  # noqa: E402
+from fastrnn.engine import recurrence  # noqa: E402
+
+
+def test_is_an_nn_rnn_with_the_same_parameters_and_initialisation():
+    torch.manual_seed(7)
+    reference = nn.RNN(3, 4, num_layers=2, bidirectional=True)
+    torch.manual_seed(7)
+    ours = ft.RNN(3, 4, num_layers=2, bidirectional=True)
+    assert isinstance(ours, nn.RNN)
+    assert [name for name, _ in ours.named_parameters()] == [name for name, _ in reference.named_parameters()]
+    for (_, got), (_, want) in zip(ours.named_parameters(), reference.named_parameters()):
+        assert got.shape == want.shape
+        assert torch.equal(got, want)  # the same draws for the same seed
+    # state_dicts load both ways
+    reference.load_state_dict(ours.state_dict())
+    ours.load_state_dict(reference.state_dict())
+    ours.flatten_parameters()  # a no-op, as nn.RNN's on the CPU
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        ((3, 4), dict(nonlinearity="sigmoid")),
+        ((3, 4), dict(dropout=1.5)),
+        ((3, 0), {}),
+        ((3, 4), dict(num_layers=0)),
+        ((3, 4), dict(proj_size=2)),
+    ],
+)
+def test_constructor_errors_are_nn_rnns(args, kwargs):
+    with pytest.raises(Exception) as want:
+        nn.RNN(*args, **kwargs)
+    with pytest.raises(type(want.value)) as got:
+        ft.RNN(*args, **kwargs)
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m(torch.randn(6, 3, 7)),  # wrong input_size
+        lambda m: m(torch.randn(6, 3, 4), torch.randn(2, 3, 5)),  # wrong hx shape
+        lambda m: m(torch.randn(6, 3, 4, dtype=torch.float64)),  # dtype mismatch with the weights
+        lambda m: m(torch.randn(6, 3, 4), torch.randn(1, 3, 5, dtype=torch.float64)),  # hx of another dtype
+        lambda m: m(torch.randn(2, 6, 3, 4)),  # 4-D input
+        lambda m: m(torch.randn(6, 4), torch.randn(1, 1, 5)),  # unbatched input, batched hx
+        lambda m: m(torch.randn(6, 3, 4), torch.randn(3, 5)),  # batched input, unbatched hx
+    ],
+    ids=["input_size", "hx-shape", "dtype", "hx-dtype", "4-D", "unbatched-hx", "batched-hx"],
+)
+def test_bad_input_gets_pytorchs_own_error(call):
+    torch.manual_seed(0)
+    reference = nn.RNN(4, 5)
+    ours = ft.RNN(4, 5, fallback=False)
+    with pytest.raises(Exception) as want:
+        call(reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no fallback warning on the way
+        with pytest.raises(type(want.value)) as got:
+            call(ours)
+    assert str(got.value) == str(want.value)
+
+
+def test_malformed_packed_sequence_is_an_error_before_any_kernel():
+    from torch.nn.utils.rnn import PackedSequence
+
+    rnn = ft.RNN(4, 5)
+    data = torch.randn(6, 4)
+    for batch_sizes, match in [
+        (torch.tensor([2, 3, 1]), "non-increasing"),
+        (torch.tensor([3, 3, 1]), "sum to 7"),
+        (torch.tensor([3, 3, 0]), "positive"),
+    ]:
+        with pytest.raises(RuntimeError, match=match):
+            rnn(PackedSequence(data, batch_sizes))
+
+
+def test_serialisation_copies_and_dtype_moves():
+    torch.manual_seed(1)
+    rnn = ft.RNN(3, 4, num_layers=2, workers=1)
+    x = torch.randn(5, 2, 3)
+    want = rnn(x)[0]
+    buffer = io.BytesIO()
+    torch.save(rnn, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (loaded, pickle.loads(pickle.dumps(rnn)), copy.deepcopy(rnn)):
+        assert type(other) is ft.RNN and other.workers == 1
+        assert torch.equal(other(x)[0], want)
+    state = io.BytesIO()
+    torch.save(rnn.state_dict(), state)
+    state.seek(0)
+    fresh = ft.RNN(3, 4, num_layers=2)
+    fresh.load_state_dict(torch.load(state))
+    assert torch.equal(fresh(x)[0], want)
+    doubled = copy.deepcopy(rnn).double()
+    assert doubled.weight_ih_l0.dtype == torch.float64
+    torch.testing.assert_close(doubled(x.double())[0].float(), want, rtol=1e-5, atol=1e-6)
+    assert doubled.float().to("cpu")(x)[0].dtype == torch.float32
+
+
+def test_fallback_for_what_the_kernels_cannot_run(monkeypatch):
+    monkeypatch.setattr(ft.module, "_warned", set())
+    torch.manual_seed(2)
+    reference = nn.RNN(3, 4, dtype=torch.bfloat16)
+    ours = ft.RNN(3, 4, dtype=torch.bfloat16)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="bfloat16"):
+        got = ours(x)[0]
+    assert torch.equal(got, reference(x)[0])  # PyTorch's own path: the same bits
+    strict = ft.RNN(3, 4, dtype=torch.bfloat16, fallback=False)
+    with pytest.raises(RuntimeError, match="fallback=False"):
+        strict(x)
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+def test_fallback_for_a_tensor_subclass(monkeypatch):
+    monkeypatch.setattr(ft.module, "_warned", set())  # the warning is given once per reason per process
+    torch.manual_seed(3)
+    ours = ft.RNN(3, 4)
+    x = torch.randn(5, 2, 3).as_subclass(_Subclass)
+    with pytest.warns(RuntimeWarning, match="the input is a _Subclass"):
+        output = ours(x)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours(x)  # once only
+    reference = nn.RNN(3, 4)
+    reference.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(torch.Tensor(output), torch.Tensor(reference(torch.Tensor(x))[0]))
+    with pytest.raises(RuntimeError, match="_Subclass"):
+        ft.RNN(3, 4, fallback=False)(x)
+
+
+def test_thread_budget_follows_torch_set_num_threads(monkeypatch):
+    seen = []
+    real_plan = recurrence.plan
+
+    def spy(workers, budget, *args):
+        seen.append((workers, budget))
+        return real_plan(workers, budget, *args)
+
+    monkeypatch.setattr(recurrence, "plan", spy)
+    rnn = ft.RNN(65, 128)
+    x = torch.randn(64, 32, 65)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rnn(x)[0].sum().backward()
+        assert seen and all(budget == 1 for _, budget in seen)
+        assert real_plan(None, 1, 32, 64 * 32, 65, 128, 1, 1, "numba").shards == 1
+    finally:
+        torch.set_num_threads(before)
+    seen.clear()
+    ft.RNN(65, 128, workers=3)(x)
+    assert seen == [(3, before)]  # workers= overrides: that many shards
+
+
+def test_dropout_is_drawn_by_torch_and_off_in_eval():
+    torch.manual_seed(4)
+    rnn = ft.RNN(3, 4, num_layers=3, dropout=0.5, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    torch.manual_seed(10)
+    first = rnn(x)[0]
+    torch.manual_seed(10)
+    assert torch.equal(rnn(x)[0], first)  # torch.manual_seed decides the masks
+    assert not torch.equal(rnn(x)[0], first)
+    rnn.eval()
+    reference = nn.RNN(3, 4, num_layers=3, dropout=0.5, bidirectional=True).eval()
+    reference.load_state_dict(rnn.state_dict())
+    torch.testing.assert_close(rnn(x)[0], reference(x)[0])
+
+
+def test_dropout_gradients_match_central_differences():
+    torch.manual_seed(5)
+    rnn = ft.RNN(3, 4, num_layers=2, dropout=0.3, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x):
+        torch.manual_seed(11)  # the same masks at every evaluation
+        return rnn(x)[0]
+
+    assert torch.autograd.gradcheck(f, (x,))
+
+
+def test_zero_dropout_probability_one_keeps_nothing():
+    rnn = ft.RNN(3, 4, num_layers=2, dropout=1.0)
+    reference = nn.RNN(3, 4, num_layers=2, dropout=1.0)
+    reference.load_state_dict(rnn.state_dict())
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(rnn(x)[0], reference(x)[0])  # the second layer sees only zeros
+
+
+def test_replace_rnns_changes_no_output():
+    torch.manual_seed(6)
+    model = nn.Sequential()
+    model.add_module("rnn", nn.RNN(3, 4, num_layers=2, batch_first=True))
+    model.add_module("inner", nn.ModuleDict({"rnn": nn.RNN(4, 4, nonlinearity="relu", bias=False)}))
+    x = torch.randn(2, 5, 3)
+
+    def run(model):
+        h = model.rnn(x)[0]
+        return model.inner["rnn"](h.transpose(0, 1))[0]
+
+    want = run(model)
+    assert ft.replace_rnns(model) == 2
+    assert isinstance(model.rnn, ft.RNN) and isinstance(model.inner["rnn"], ft.RNN)
+    assert model.inner["rnn"].nonlinearity == "relu" and not model.inner["rnn"].bias
+    torch.testing.assert_close(run(model), want)
+    assert ft.replace_rnns(model) == 0  # already fastrnn's
+
+
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, True)])
+def test_conversion_both_ways_with_a_fastrnn_model(layers, bidirectional):
+    import fastrnn
+
+    model = fastrnn.RNN(3, 4, 5, num_layers=layers, bidirectional=bidirectional, seed=0)
+    rnn, linear = ft.from_fastrnn(model)
+    x = np.random.default_rng(0).standard_normal((3, 2, 6))  # (n_x, m, T): fastrnn's layout
+    want = model.forward(x)[1]  # (n_y, m, T) probabilities
+    logits = linear(rnn(torch.from_numpy(x.transpose(2, 1, 0).copy()))[0])
+    got = torch.softmax(logits, -1).detach().numpy().transpose(2, 1, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    back = ft.to_fastrnn(rnn, linear)
+    for name, value in model.params.items():
+        np.testing.assert_allclose(back.params[name], value, rtol=1e-15, atol=1e-15)
+    with pytest.raises(ValueError, match="in_features"):
+        ft.to_fastrnn(rnn, nn.Linear(3, 5, dtype=torch.float64))
