@@ -174,12 +174,6 @@ def plan(workers, m, T, n_x, n_a, n_y, backend="numba"):
     return _plan(workers, m, T, n_x, n_a, n_y, backend, available_cores(), default_budget())
 
 
-def plan_within(budget, m, T, n_x, n_a, n_y, backend="numba"):
-    """``plan(None, ...)`` with a thread budget of the caller's instead of
-    ``default_budget()``: the PyTorch door's, ``torch.get_num_threads()``."""
-    return _plan(None, m, T, n_x, n_a, n_y, backend, available_cores(), max(1, int(budget)))
-
-
 @functools.lru_cache(maxsize=256)
 def _plan(workers, m, T, n_x, n_a, n_y, backend, cores, budget):
     if workers is None:
@@ -406,7 +400,6 @@ def describe(plan_):
 
 __all__ = [
     "Plan",
-    "plan_within",
     "available_cores",
     "blas_threads",
     "check_workers",

@@ -10,7 +10,9 @@ Importing this module imports Numba (and SciPy, whose BLAS Numba's ``np.dot`` ca
 kernels compile on first use per dtype, or load from Numba's on-disk cache.
 """
 
+import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import config
@@ -196,6 +198,19 @@ def unpack_rows(packed, sequences, steps, out):
     kernels.unpack_rows_into(packed, sequences, steps, out)
 
 
+class Products(NamedTuple):
+    """The two matrix products of the direction functions below: ``matmul_into(a, b, out)``,
+    ``out = a @ b``, and ``matmul_transposed_into(a, b, out)``, ``out = a.T @ b``.  The
+    kernels' (SciPy's BLAS, ``KERNEL_PRODUCTS``) by default; a door may bring its own (the
+    PyTorch door runs them on PyTorch's threads: ``fastrnn.torch.ops``)."""
+
+    matmul_into: object
+    matmul_transposed_into: object
+
+
+KERNEL_PRODUCTS = Products(kernels.matmul_into, kernels.matmul_transposed_into)
+
+
 def _transposed(W, empty=new_array, name="W_T"):
     """``W.T`` C-contiguous (in ``empty(name, ...)``), for the products that multiply by it
     from the right."""
@@ -204,15 +219,16 @@ def _transposed(W, empty=new_array, name="W_T"):
     return out
 
 
-def packed_projection(layer_input, W_ax, empty=new_array, tag=""):
+def packed_projection(layer_input, W_ax, empty=new_array, tag="", products=KERNEL_PRODUCTS):
     """As the reference's; ``empty`` allocates (a workspace's, with names ending in ``tag``:
-    the layer and direction, ``params.layer_key("", layer, reverse)``)."""
+    the layer and direction, ``params.layer_key("", layer, reverse)``); ``products``: whose
+    matrix products (``Products``)."""
     z = empty("z" + tag, (layer_input.shape[0], W_ax.shape[0]), W_ax.dtype)
     W_ax_T = _transposed(W_ax, empty, "W_ax_T" + tag)
     if layer_input.ndim == 1:
         kernels.packed_lookup_into(layer_input, W_ax_T, z)
     else:
-        kernels.matmul_into(layer_input, W_ax_T, z)
+        products.matmul_into(layer_input, W_ax_T, z)
     return z
 
 
@@ -227,7 +243,7 @@ def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinear
 
 def direction_backward(
     dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity, dH_is_scratch=False, H_is_scratch=False,
-    empty=new_array, tag="",
+    empty=new_array, tag="", products=KERNEL_PRODUCTS,
 ):  # fmt: skip
     """As the reference's.  ``dH_is_scratch``: ``dH`` is a C-contiguous array of the
     caller's own, which becomes ``dz``; ``H_is_scratch``: ``H`` is not needed after this
@@ -246,21 +262,32 @@ def direction_backward(
     prev = H if H_is_scratch else empty("previous" + tag, H.shape, H.dtype)
     kernels.previous_states_into(H, a0, batch_sizes, offsets, reverse, prev)
     dW_aa = empty("dW_aa" + tag, W_aa.shape, W_aa.dtype)
-    kernels.matmul_transposed_into(dz, prev, dW_aa)
+    products.matmul_transposed_into(dz, prev, dW_aa)
     return dz, da0, dW_aa, db_a
 
 
-def packed_input_backward(dz, layer_input, W_ax, empty=new_array, tag=""):
+def packed_input_backward(dz, layer_input, W_ax, empty=new_array, tag="", products=KERNEL_PRODUCTS):
     dW_ax = empty("dW_ax" + tag, W_ax.shape, W_ax.dtype)
     if layer_input.ndim == 1:
         kernels.packed_lookup_backward_into(
             dz, layer_input, empty("dW_ax_T" + tag, W_ax.T.shape, W_ax.dtype), dW_ax
         )
         return dW_ax, None
-    kernels.matmul_transposed_into(dz, layer_input, dW_ax)
+    products.matmul_transposed_into(dz, layer_input, dW_ax)
     d_input = empty("d_input" + tag, layer_input.shape, dz.dtype)
-    kernels.matmul_into(dz, W_ax, d_input)
+    products.matmul_into(dz, W_ax, d_input)
     return dW_ax, d_input
+
+
+def direction_ops(products):
+    """This backend's direction functions with ``products`` (``Products``) for their matrix
+    products, as a ``layers.DirectionOps``."""
+    return layers.DirectionOps(
+        functools.partial(packed_projection, products=products),
+        direction_forward,
+        functools.partial(direction_backward, products=products),
+        functools.partial(packed_input_backward, products=products),
+    )
 
 
 # The layer x direction loop is the reference's (``layers``), over this backend's direction functions.

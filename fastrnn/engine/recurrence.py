@@ -29,42 +29,43 @@ from ..backends import layers
 from ..params import gradient_names, layer_key
 
 
-def plan(workers, budget, m, N, n_x, n_a, num_layers, directions, backend):
-    """The ``parallel.Plan`` of a call on packed rows: ``workers`` shards when given
-    (``parallel.plan``), else fastrnn's choice within ``budget`` threads
-    (``parallel.plan_within``), for the products of ``num_layers * D`` one-layer networks
-    over the N / m steps of an average sequence (no output layer).
+def plan(workers, m, N, n_x, n_a, num_layers, directions, backend):
+    """The ``parallel.Plan`` of a call on packed rows.
 
-    fastrnn's choice cuts no shard below ``n_a / MIN_ROWS_PER_STATE`` sequences: each step
-    of a recurrence multiplies its rows by ``W_aa``, and with few rows the product's cost
-    is that of reading ``W_aa`` (the BLAS packs it on every call), not of the rows; halving
-    the rows then saves nothing, and the BLAS threads of one shard, which split ``W_aa``,
-    are faster (the large size, m = 64 and n_a = 512: two shards of 32 sequences took
-    31.7 ms for a forward pass that one shard on two BLAS threads ran in 16.0 ms; at the
-    char-rnn size, m = 32 and n_a = 128, two shards were the faster, 7.1 against 8.0 ms a
-    step).
+    ``workers`` None: the calling thread alone, its BLAS calls on one thread (None, left as
+    set, where every product is too small for BLAS threads anyway).  An int: that many
+    shards (``parallel.plan``'s rules), each with one BLAS thread.
+
+    Why one thread by default: this path serves the PyTorch door, whose caller runs
+    PyTorch's operators between its calls, and PyTorch's OpenMP threads keep spinning after
+    each of them.  Any thread of fastrnn's then competes with them for the cores: at the
+    char-rnn size a PyTorch training step took 6.0 ms with this plan, 9.0 ms with two
+    shards and 8.0 ms with one shard on two BLAS threads (inference: 1.7, 2.2 and 8.0 ms),
+    and nothing was faster at any size measured (docs/pytorch.md, "Threads").
     """
+    if workers is None:
+        largest_product = N * n_a * max(n_x, directions * n_a)
+        return parallel.Plan(1, 1, None if largest_product < parallel.BLAS_SINGLE_THREAD_MULTIPLY_ADDS else 1)
     steps = max(1, N // max(m, 1)) * num_layers * directions
-    if workers is not None:
-        return parallel.plan(workers, m, steps, n_x, n_a, 0, backend)
-    run = parallel.plan_within(budget, m, steps, n_x, n_a, 0, backend)
-    most_shards = max(1, m * MIN_ROWS_PER_STATE // n_a)
-    if run.shards <= most_shards:
-        return run
-    if most_shards > 1:
-        return parallel.Plan(most_shards, most_shards, 1)
-    return parallel.Plan(1, 1, min(budget, parallel.available_cores()))  # the budget to BLAS
+    run = parallel.plan(workers, m, steps, n_x, n_a, 0, backend)
+    return run if run.shards > 1 or run.blas_threads is None else parallel.Plan(1, 1, 1)
 
 
-#: A shard's sequences times this must reach n_a for fastrnn to choose it (``plan``).
-MIN_ROWS_PER_STATE = 8
-
-
-def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity, between=None):
+def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity, between=None, ops=None):
     """``forward_rows`` on the plan ``run`` (see the module): ``(output, final, lower)``."""
     if run.shards == 1 or between is not None:
         return forward_rows(
-            impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, _one_shard_blas(run), between
+            impl,
+            inputs,
+            a0,
+            p,
+            num_layers,
+            directions,
+            rows,
+            nonlinearity,
+            _one_shard_blas(run),
+            between,
+            ops=ops,
         )
     N, m, n_a = inputs.shape[0], a0.shape[1], a0.shape[2]
     output = np.empty((N, directions * n_a), dtype=a0.dtype)
@@ -76,7 +77,7 @@ def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity
         sequences, own_rows, taken = shards[k]
         out_k, final_k, lower_k = forward_rows(
             impl, inputs[taken], np.ascontiguousarray(a0[:, sequences]), p, num_layers, directions, own_rows,
-            nonlinearity,
+            nonlinearity, ops=ops,
         )  # fmt: skip
         output[taken], final[:, sequences], lower[:, taken] = out_k, final_k, lower_k
 
@@ -85,12 +86,14 @@ def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity
     return output, final, lower
 
 
-def backward(impl, run, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, between=None):
+def backward(
+    impl, run, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, between=None, ops=None
+):
     """``backward_rows`` on the plan ``run`` of its forward pass (see the module)."""
     if run.shards == 1 or between is not None:
         return backward_rows(
             impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, _one_shard_blas(run),
-            between,
+            between, ops,
         )  # fmt: skip
     directions = output.shape[1] // a0.shape[2]
     num_layers = a0.shape[0] // directions
@@ -105,6 +108,7 @@ def backward(impl, run, d_output, d_final, inputs, a0, output, lower, p, rows, n
             impl, None if d_output is None else d_output[taken],
             None if d_final is None else np.ascontiguousarray(d_final[:, sequences]), inputs[taken],
             np.ascontiguousarray(a0[:, sequences]), output[taken], lower[:, taken], p, own_rows, nonlinearity,
+            ops=ops,
         )  # fmt: skip
         dx[taken], da0[:, sequences] = grads.pop("dx"), grads.pop("da0")
         return grads
@@ -131,7 +135,9 @@ def _shards(run, rows, m):
     shards = []
     for sequences in parallel.split_batch(m, run.shards, packing.sorted_lengths_of(rows.batch_sizes, m)):
         sizes, taken = packing.shard_rows(rows.batch_sizes, rows.offsets, sequences.start, sequences.stop)
-        shards.append((sequences, packing.rows_of_batch_sizes(sizes, sequences.stop - sequences.start), taken))
+        shards.append(
+            (sequences, packing.rows_of_batch_sizes(sizes, sequences.stop - sequences.start), taken)
+        )
     return shards
 
 
@@ -161,8 +167,9 @@ class RowsAllocator:
 
 
 def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, blas_threads=None,
-                 between=None, output=None, lower=None):  # fmt: skip
-    """Every layer and direction over packed rows.
+                 between=None, output=None, lower=None, ops=None):  # fmt: skip
+    """Every layer and direction over packed rows, by ``ops`` (a ``layers.DirectionOps``;
+    None: the backend's own, ``impl.DIRECTION_OPS``).
 
     Parameters
     ----------
@@ -186,7 +193,8 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
     empty = RowsAllocator(output, lower, num_layers, directions)
     with parallel.blas_threads(blas_threads):
         states = layers.network_forward(
-            impl.DIRECTION_OPS, inputs, a0, p, num_layers, directions, rows.batch_sizes, rows.offsets, nonlinearity,
+            ops or impl.DIRECTION_OPS, inputs, a0, p, num_layers, directions, rows.batch_sizes, rows.offsets,
+            nonlinearity,
             empty, between,
         )  # fmt: skip
     for layer in range(num_layers - 1):  # the NumPy reference's own arrays
@@ -215,8 +223,9 @@ def states_of(output, lower, num_layers, directions):
 
 
 def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity,
-                  blas_threads=None, between=None):  # fmt: skip
-    """Backpropagation through every layer and direction of ``forward_rows``.
+                  blas_threads=None, between=None, ops=None):  # fmt: skip
+    """Backpropagation through every layer and direction of ``forward_rows`` (``ops`` as
+    there).
 
     Parameters
     ----------
@@ -241,6 +250,7 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
         d_output, scratch = np.zeros_like(output), True
     with parallel.blas_threads(blas_threads):
         return layers.network_backward(
-            impl.DIRECTION_OPS, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets, nonlinearity,
+            ops or impl.DIRECTION_OPS, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets,
+            nonlinearity,
             d_top_is_scratch=scratch, between=between, d_final=d_final, last_rows=rows.last_rows,
         )  # fmt: skip

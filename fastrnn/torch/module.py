@@ -39,9 +39,10 @@ class RNN(nn.RNN):
         What the kernels cannot run (see the module) runs PyTorch's own path, after a
         warning given once per reason; False makes it a ``RuntimeError``.
     workers : int or None
-        The threads the kernels' matrix products use; None follows
-        ``torch.get_num_threads()`` at each call, so a PyTorch thread setting keeps its
-        meaning.
+        None: the kernels run on the calling thread, within any ``torch.set_num_threads``
+        (PyTorch's own threads, spinning after its operators, would only compete with more:
+        see docs/pytorch.md, "Threads").  An int (or -1, every core): that many shards of
+        whole sequences, run by fastrnn's thread pool.
     backend : {"numba", "numpy"} or None
         fastrnn's backend (None: ``fastrnn``'s default, ``FASTRNN_BACKEND``).
 
@@ -59,7 +60,6 @@ class RNN(nn.RNN):
         self.fallback = bool(fallback)
         self.workers = workers
         self.backend = backends.resolve(backend).NAME
-        self._thread_budget = None
 
     def flatten_parameters(self):
         """Nothing to do: the kernels read the parameters where they are (``nn.RNN``'s does
@@ -145,7 +145,7 @@ class RNN(nn.RNN):
         masks = self._dropout_masks(input, batch_sizes)
         output, h_n = ops.rnn(
             input, hx, self._flat_weights, batch_sizes, masks, self.num_layers, self.bidirectional, self.bias,
-            self.nonlinearity, self.backend, self.workers or 0, _thread_budget(),
+            self.nonlinearity, self.backend, self.workers or 0,
         )  # fmt: skip
         if batch_sizes is None and self.batch_first:
             output = output.transpose(0, 1)
@@ -201,12 +201,6 @@ class RNN(nn.RNN):
         if keep == 0:
             return masks.zero_()
         return masks.bernoulli_(keep).div_(keep)
-
-
-def _thread_budget():
-    """PyTorch's thread setting, read now; 0 (read when the operator runs) under
-    ``torch.compile``, which cannot trace the read."""
-    return 0 if torch.compiler.is_compiling() else torch.get_num_threads()
 
 
 def _check_batch_sizes(batch_sizes, rows):

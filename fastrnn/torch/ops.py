@@ -1,14 +1,17 @@
-"""fastrnn's recurrence as PyTorch operators: ``torch.ops.fastrnn.rnn`` and its backward.
+"""fastrnn's recurrence for PyTorch: its forward and backward passes on tensors, as
+PyTorch operators and as an autograd function.
 
-Two ``torch.library.custom_op``\\ s, so that autograd, ``torch.compile`` (no graph break:
-each op has a fake implementation that gives its results' shapes) and
-``torch.library.opcheck`` treat them as PyTorch's own:
-
-- ``fastrnn::rnn(input, hx, weights, batch_sizes, dropout_masks, ...) -> (output, h_n,
-  lower)`` runs ``engine.recurrence.forward_rows``;
-- ``fastrnn::rnn_backward(...)`` runs ``engine.recurrence.backward_rows``; it is the
-  first op's autograd formula (``register_autograd``) and has none of its own: a double
-  backward is an error that says so.
+- ``forward_impl(input, hx, weights, batch_sizes, dropout_masks, ...) -> (output, h_n,
+  lower)`` runs ``engine.recurrence.forward``; ``backward_impl`` runs
+  ``engine.recurrence.backward`` for the gradients of ``output`` and ``h_n``.
+- ``rnn_op`` (``torch.ops.fastrnn.rnn``) and ``rnn_backward_op``
+  (``torch.ops.fastrnn.rnn_backward``) are the two as ``torch.library.custom_op`` operators, each
+  with a fake implementation that gives its results' shapes, the second registered as the
+  first's autograd formula: what ``torch.compile`` traces (no graph break) and
+  ``torch.library.opcheck`` checks.
+- ``rnn`` is what the module calls: the operator under ``torch.compile``, else
+  ``_RNNFunction``, a ``torch.autograd.Function`` over the same two functions, cheaper to
+  dispatch.  Neither can be differentiated twice.
 
 The tensors share memory with the arrays the kernels read and write (``Tensor.numpy()``,
 ``torch.from_numpy``): nothing is copied on the way in or out.  ``input`` is packed rows
@@ -16,10 +19,11 @@ The tensors share memory with the arrays the kernels read and write (``Tensor.nu
 ``batch_sizes`` None (every sequence T steps long, whose rows are already packed), and
 C-contiguous either way; ``hx`` (num_layers * D, m, n_a) is in the rows' sorted order;
 ``weights`` is ``nn.RNN``'s ``_flat_weights`` (per layer, per direction: ``weight_ih``,
-``weight_hh`` and, with ``has_biases``, ``bias_ih`` and ``bias_hh``).  ``lower`` holds the
-lower layers' states ((num_layers - 1) * D, N, n_a), what the backward pass reads again;
-the top layer's are ``output`` itself.  The module (``fastrnn.torch.RNN``) checks every
-argument before it calls these (the kernels trust shapes).
+``weight_hh`` and, with ``has_biases``, ``bias_ih`` and ``bias_hh``); ``workers`` is the
+module's (0 for None).  ``lower`` holds the lower layers' states ((num_layers - 1) * D, N,
+n_a), what the backward pass reads again; the top layer's are ``output`` itself.  The
+module (``fastrnn.torch.RNN``) checks every argument before it calls these (the kernels
+trust shapes).
 """
 
 import numpy as np
@@ -84,20 +88,36 @@ def _between(dropout_masks):
     return None if dropout_masks is None else Dropout(_array(dropout_masks))
 
 
-def _plan(impl, workers, budget, inputs, hx, num_layers, directions):
-    """The call's ``parallel.Plan`` (``engine.recurrence.plan``; ``workers`` 0: None, and
-    ``budget`` 0: PyTorch's thread setting now)."""
+def _matmul_into(a, b, out):
+    """``out = a @ b`` by PyTorch (its BLAS, on its threads)."""
+    torch.mm(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+
+
+def _matmul_transposed_into(a, b, out):
+    """``out = a.T @ b`` by PyTorch."""
+    torch.mm(torch.from_numpy(a).t(), torch.from_numpy(b), out=torch.from_numpy(out))
+
+
+_DIRECTION_OPS = {}
+
+
+def _direction_ops(impl):
+    """The direction functions the door runs: the Numba backend's with PyTorch's matrix
+    products, so that the products outside the recurrence (input projections, weight and
+    input gradients) run on PyTorch's threads, which a training loop keeps busy anyway,
+    and never beside them (docs/pytorch.md, "Threads"); the NumPy reference as it is."""
+    if not hasattr(impl, "direction_ops"):
+        return impl.DIRECTION_OPS
+    if impl.NAME not in _DIRECTION_OPS:
+        _DIRECTION_OPS[impl.NAME] = impl.direction_ops(impl.Products(_matmul_into, _matmul_transposed_into))
+    return _DIRECTION_OPS[impl.NAME]
+
+
+def _plan(impl, workers, inputs, hx, num_layers, directions):
+    """The call's ``parallel.Plan`` (``engine.recurrence.plan``; ``workers`` 0: None)."""
     m, n_a = hx.shape[1], hx.shape[2]
     return recurrence.plan(
-        workers or None,
-        budget or torch.get_num_threads(),
-        m,
-        inputs.shape[0],
-        inputs.shape[1],
-        n_a,
-        num_layers,
-        directions,
-        impl.NAME,
+        workers or None, m, inputs.shape[0], inputs.shape[1], n_a, num_layers, directions, impl.NAME
     )
 
 
@@ -113,17 +133,16 @@ def forward_impl(
     nonlinearity: str,
     backend: str,
     workers: int,
-    budget: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The forward pass: ``(output, h_n, lower)`` (see the module)."""
     directions = 2 if bidirectional else 1
     m, n_a = hx.shape[1], hx.shape[2]
-    inputs, sizes = _rows(input, batch_sizes, m)
+    inputs, rows = _rows(input, batch_sizes, m)
     impl = backends.resolve(backend)
     output, final, lower = recurrence.forward(
-        impl, _plan(impl, workers, budget, inputs, hx, num_layers, directions), inputs, _array(hx),
-        _params(weights, num_layers, directions, has_biases), num_layers, directions, sizes, nonlinearity,
-        _between(dropout_masks),
+        impl, _plan(impl, workers, inputs, hx, num_layers, directions), inputs, _array(hx),
+        _params(weights, num_layers, directions, has_biases), num_layers, directions, rows, nonlinearity,
+        _between(dropout_masks), _direction_ops(impl),
     )  # fmt: skip
     output = torch.from_numpy(output)
     if batch_sizes is None:
@@ -144,18 +163,17 @@ def rnn_op(
     nonlinearity: str,
     backend: str,
     workers: int,
-    budget: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``forward_impl`` as a PyTorch operator."""
     return forward_impl(
         input, hx, weights, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity, backend,
-        workers, budget,
+        workers,
     )  # fmt: skip
 
 
 @rnn_op.register_fake
 def _(input, hx, weights, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity,
-      backend, workers, budget):  # fmt: skip
+      backend, workers):  # fmt: skip
     directions = 2 if bidirectional else 1
     n_a = hx.shape[2]
     N = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
@@ -183,21 +201,20 @@ def backward_impl(
     nonlinearity: str,
     backend: str,
     workers: int,
-    budget: int,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """The gradients of ``input``, ``hx`` and every weight, for those of ``output`` and
     ``h_n`` (C-contiguous, as ``rnn``'s results)."""
     directions = 2 if bidirectional else 1
     m = hx.shape[1]
-    inputs, sizes = _rows(input, batch_sizes, m)
+    inputs, rows = _rows(input, batch_sizes, m)
     output_rows = _array(output).reshape(inputs.shape[0], -1)
     d_output = None if grad_output is None else _array(grad_output).reshape(output_rows.shape)
     impl = backends.resolve(backend)
     grads = recurrence.backward(
-        impl, _plan(impl, workers, budget, inputs, hx, num_layers, directions), d_output,
+        impl, _plan(impl, workers, inputs, hx, num_layers, directions), d_output,
         None if grad_h_n is None else _array(grad_h_n),
         inputs, _array(hx), output_rows, _array(lower), _params(weights, num_layers, directions, has_biases),
-        sizes, nonlinearity, _between(dropout_masks),
+        rows, nonlinearity, _between(dropout_masks), _direction_ops(impl),
     )  # fmt: skip
     d_weights = []
     for layer in range(num_layers):
@@ -230,18 +247,17 @@ def rnn_backward_op(
     nonlinearity: str,
     backend: str,
     workers: int,
-    budget: int,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """``backward_impl`` as a PyTorch operator."""
     return backward_impl(
         grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
-        bidirectional, has_biases, nonlinearity, backend, workers, budget,
+        bidirectional, has_biases, nonlinearity, backend, workers,
     )  # fmt: skip
 
 
 @rnn_backward_op.register_fake
 def _(grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
-      bidirectional, has_biases, nonlinearity, backend, workers, budget):  # fmt: skip
+      bidirectional, has_biases, nonlinearity, backend, workers):  # fmt: skip
     return input.new_empty(input.shape), hx.new_empty(hx.shape), [w.new_empty(w.shape) for w in weights]
 
 
@@ -282,18 +298,8 @@ def _gradients(ctx, grad_output, grad_h_n, backward):
 
 
 def _op_backward(ctx, grad_output, grad_h_n, grad_lower):
-    return (
-        *_gradients(ctx, grad_output, grad_h_n, rnn_backward_op),
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    # input, hx and the weights; none for batch_sizes, the masks and the six settings
+    return *_gradients(ctx, grad_output, grad_h_n, rnn_backward_op), *(None,) * 8
 
 
 rnn_op.register_autograd(_op_backward, setup_context=_setup_context)
@@ -323,10 +329,10 @@ class _RNNFunction(torch.autograd.Function):
 
 
 def rnn(input, hx, weights, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity,
-        backend, workers, budget):  # fmt: skip
+        backend, workers):  # fmt: skip
     """``(output, h_n)`` of fastrnn's recurrence with PyTorch's autograd: ``rnn_op`` under
     ``torch.compile``, the same functions through ``_RNNFunction`` in eager mode."""
-    settings = (num_layers, bidirectional, has_biases, nonlinearity, backend, workers, budget)
+    settings = (num_layers, bidirectional, has_biases, nonlinearity, backend, workers)
     if torch.compiler.is_compiling():
         output, h_n, _ = rnn_op(input, hx, weights, batch_sizes, dropout_masks, *settings)
     else:

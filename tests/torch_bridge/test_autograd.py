@@ -55,7 +55,7 @@ def _op_arguments(packed, nonlinearity="tanh"):
         x = torch.randn(4, 3, 3, dtype=DOUBLE, requires_grad=True)
         batch_sizes = None
     masks = torch.rand(1, x.shape[0] * (1 if packed else x.shape[1]), 8, dtype=DOUBLE) if packed else None
-    return (x, hx, weights, batch_sizes, masks, 2, True, True, nonlinearity, "numba", 0, 2)
+    return (x, hx, weights, batch_sizes, masks, 2, True, True, nonlinearity, "numba", 0)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed-with-dropout"])

@@ -17,6 +17,7 @@ torch = pytest.importorskip(
 from torch import nn  # noqa: E402
 
 import fastrnn.torch as ft  # noqa: E402
+from fastrnn import parallel  # noqa: E402
 from fastrnn.engine import recurrence  # noqa: E402
 
 
@@ -154,28 +155,37 @@ def test_fallback_for_a_tensor_subclass(monkeypatch):
         ft.RNN(3, 4, fallback=False)(x)
 
 
-def test_thread_budget_follows_torch_set_num_threads(monkeypatch):
-    seen = []
-    real_plan = recurrence.plan
+def test_threads_default_to_the_calling_thread_and_workers_overrides(monkeypatch):
+    """By default the kernels run on the calling thread with one BLAS thread, whatever
+    ``torch.set_num_threads`` says (so ``set_num_threads(1)`` means one thread); ``workers=``
+    cuts the batch into that many shards, run by fastrnn's pool."""
+    plans, shard_calls = [], []
+    real_plan, real_run_shards = recurrence.plan, parallel.run_shards
 
-    def spy(workers, budget, *args):
-        seen.append((workers, budget))
-        return real_plan(workers, budget, *args)
+    def spy_plan(*args):
+        plans.append(real_plan(*args))
+        return plans[-1]
 
-    monkeypatch.setattr(recurrence, "plan", spy)
-    rnn = ft.RNN(65, 128)
+    def spy_run_shards(task, shards, threads):
+        shard_calls.append((shards, threads))
+        return real_run_shards(task, shards, threads)
+
+    monkeypatch.setattr(recurrence, "plan", spy_plan)
+    monkeypatch.setattr(parallel, "run_shards", spy_run_shards)
     x = torch.randn(64, 32, 65)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        rnn(x)[0].sum().backward()
-        assert seen and all(budget == 1 for _, budget in seen)
-        assert real_plan(None, 1, 32, 64 * 32, 65, 128, 1, 1, "numba").shards == 1
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            ft.RNN(65, 128)(x)[0].sum().backward()
     finally:
         torch.set_num_threads(before)
-    seen.clear()
-    ft.RNN(65, 128, workers=3)(x)
-    assert seen == [(3, before)]  # workers= overrides: that many shards
+    assert plans and all(plan == parallel.Plan(1, 1, 1) for plan in plans)
+    assert shard_calls == []
+    plans.clear()
+    ft.RNN(65, 128, workers=3)(x)[0].sum().backward()
+    assert [plan.shards for plan in plans] == [3, 3]  # forward and backward, the same plan
+    assert [calls[0] for calls in shard_calls] == [3, 3]
 
 
 def test_dropout_is_drawn_by_torch_and_off_in_eval():
