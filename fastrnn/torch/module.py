@@ -162,17 +162,16 @@ class RNN(nn.RNN):
     def _unsupported(self, input, hx):
         """Why the kernels cannot run this call, or None; ``_PYTORCH_ERROR`` for a call
         that PyTorch's path rejects with its own error (hx of another dtype)."""
-        tensors = [input, hx, *self._flat_weights]
-        if any(t.device.type != "cpu" for t in tensors):
-            return f"the tensors are on {input.device.type if input.device.type != 'cpu' else hx.device.type}"
-        if input.dtype not in _KERNEL_DTYPES:
-            return f"the dtype is {input.dtype} (fastrnn's kernels take float32 and float64)"
-        if any(t.dtype != input.dtype for t in tensors):
-            return _PYTORCH_ERROR
-        if type(input) is not torch.Tensor or type(hx) is not torch.Tensor:
-            return f"the input is a {type(input).__name__ if type(input) is not torch.Tensor else type(hx).__name__}"
-        if any(type(w) not in (torch.Tensor, nn.Parameter) for w in self._flat_weights):
-            return "a weight is a tensor subclass"
+        dtype = input.dtype
+        for k, tensor in enumerate((input, hx, *self._flat_weights)):  # one pass: every call pays for it
+            if tensor.device.type != "cpu":
+                return f"the tensors are on {tensor.device.type}"
+            if tensor.dtype != dtype:
+                return _PYTORCH_ERROR if dtype in _KERNEL_DTYPES else f"the dtype is {dtype}"
+            if type(tensor) is not torch.Tensor and type(tensor) is not nn.Parameter:
+                return f"{('the input', 'hx')[k] if k < 2 else 'a weight'} is a {type(tensor).__name__}"
+        if dtype not in _KERNEL_DTYPES:
+            return f"the dtype is {dtype} (fastrnn's kernels take float32 and float64)"
         if input.numel() == 0 or hx.numel() == 0:
             return "the batch is empty"
         return None

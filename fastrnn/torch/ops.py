@@ -101,12 +101,14 @@ def _matmul_transposed_into(a, b, out):
 _DIRECTION_OPS = {}
 
 
-def _direction_ops(impl):
-    """The direction functions the door runs: the Numba backend's with PyTorch's matrix
-    products, so that the products outside the recurrence (input projections, weight and
-    input gradients) run on PyTorch's threads, which a training loop keeps busy anyway,
-    and never beside them (docs/pytorch.md, "Threads"); the NumPy reference as it is."""
-    if not hasattr(impl, "direction_ops"):
+def _direction_ops(impl, run):
+    """The direction functions the door runs on the plan ``run``: the Numba backend's with
+    PyTorch's matrix products, so that the products outside the recurrence (input
+    projections, weight and input gradients) run on PyTorch's threads, which a training
+    loop keeps busy anyway, and never beside them (docs/pytorch.md, "Threads").  Where
+    every product is too small for threads (``run.blas_threads`` None), the kernels' own:
+    a call into PyTorch costs more than such a product.  The NumPy reference as it is."""
+    if not hasattr(impl, "direction_ops") or run.blas_threads is None:
         return impl.DIRECTION_OPS
     if impl.NAME not in _DIRECTION_OPS:
         _DIRECTION_OPS[impl.NAME] = impl.direction_ops(impl.Products(_matmul_into, _matmul_transposed_into))
@@ -139,10 +141,10 @@ def forward_impl(
     m, n_a = hx.shape[1], hx.shape[2]
     inputs, rows = _rows(input, batch_sizes, m)
     impl = backends.resolve(backend)
+    run = _plan(impl, workers, inputs, hx, num_layers, directions)
     output, final, lower = recurrence.forward(
-        impl, _plan(impl, workers, inputs, hx, num_layers, directions), inputs, _array(hx),
-        _params(weights, num_layers, directions, has_biases), num_layers, directions, rows, nonlinearity,
-        _between(dropout_masks), _direction_ops(impl),
+        impl, run, inputs, _array(hx), _params(weights, num_layers, directions, has_biases), num_layers,
+        directions, rows, nonlinearity, _between(dropout_masks), _direction_ops(impl, run),
     )  # fmt: skip
     output = torch.from_numpy(output)
     if batch_sizes is None:
@@ -210,11 +212,11 @@ def backward_impl(
     output_rows = _array(output).reshape(inputs.shape[0], -1)
     d_output = None if grad_output is None else _array(grad_output).reshape(output_rows.shape)
     impl = backends.resolve(backend)
+    run = _plan(impl, workers, inputs, hx, num_layers, directions)
     grads = recurrence.backward(
-        impl, _plan(impl, workers, inputs, hx, num_layers, directions), d_output,
-        None if grad_h_n is None else _array(grad_h_n),
-        inputs, _array(hx), output_rows, _array(lower), _params(weights, num_layers, directions, has_biases),
-        rows, nonlinearity, _between(dropout_masks), _direction_ops(impl),
+        impl, run, d_output, None if grad_h_n is None else _array(grad_h_n), inputs, _array(hx), output_rows,
+        _array(lower), _params(weights, num_layers, directions, has_biases), rows, nonlinearity,
+        _between(dropout_masks), _direction_ops(impl, run),
     )  # fmt: skip
     d_weights = []
     for layer in range(num_layers):
