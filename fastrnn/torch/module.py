@@ -73,18 +73,11 @@ class RNN(nn.RNN):
         H_in), ``batch_first`` (N, L, H_in), or unbatched (L, H_in)) or a
         ``PackedSequence``, and ``hx`` (num_layers * D, N, H) or None (zeros)."""
         self._update_flat_weights()
-        num_directions = 2 if self.bidirectional else 1
         orig_input = input
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = int(batch_sizes[0]) if batch_sizes.numel() else 0
-            if hx is None:
-                hx = torch.zeros(
-                    self.num_layers * num_directions, max_batch_size, self.hidden_size, dtype=input.dtype,
-                    device=input.device,
-                )  # fmt: skip
-            else:
-                hx = self.permute_hidden(hx, sorted_indices)
+            hx = self._initial_state(input, hx, max_batch_size, sorted_indices)
         else:
             batch_sizes = None
             if input.dim() not in (2, 3):
@@ -105,13 +98,7 @@ class RNN(nn.RNN):
                 )
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
             sorted_indices = unsorted_indices = None
-            if hx is None:
-                hx = torch.zeros(
-                    self.num_layers * num_directions, max_batch_size, self.hidden_size, dtype=input.dtype,
-                    device=input.device,
-                )  # fmt: skip
-            else:
-                hx = self.permute_hidden(hx, sorted_indices)
+            hx = self._initial_state(input, hx, max_batch_size, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
 
         reason = self._unsupported(input, hx)
@@ -130,6 +117,14 @@ class RNN(nn.RNN):
             output = output.squeeze(batch_dim)
             hidden = hidden.squeeze(1)
         return output, self.permute_hidden(hidden, unsorted_indices)
+
+    def _initial_state(self, input, hx, max_batch_size, sorted_indices):
+        """``hx`` in the packed order, or zeros (num_layers * D, N, H), as ``nn.RNN``."""
+        if hx is not None:
+            return self.permute_hidden(hx, sorted_indices)
+        num_directions = 2 if self.bidirectional else 1
+        shape = (self.num_layers * num_directions, max_batch_size, self.hidden_size)
+        return torch.zeros(shape, dtype=input.dtype, device=input.device)
 
     # -- the two paths ----------------------------------------------------------------------
 

@@ -152,25 +152,8 @@ def forward_impl(
     return output, torch.from_numpy(final), torch.from_numpy(lower)
 
 
-@torch.library.custom_op("fastrnn::rnn", mutates_args=(), device_types="cpu")
-def rnn_op(
-    input: Tensor,
-    hx: Tensor,
-    weights: list[Tensor],
-    batch_sizes: Tensor | None,
-    dropout_masks: Tensor | None,
-    num_layers: int,
-    bidirectional: bool,
-    has_biases: bool,
-    nonlinearity: str,
-    backend: str,
-    workers: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``forward_impl`` as a PyTorch operator."""
-    return forward_impl(
-        input, hx, weights, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity, backend,
-        workers,
-    )  # fmt: skip
+#: ``forward_impl`` as a PyTorch operator (its schema read from the annotations).
+rnn_op = torch.library.custom_op("fastrnn::rnn", forward_impl, mutates_args=(), device_types="cpu")
 
 
 @rnn_op.register_fake
@@ -232,29 +215,10 @@ def backward_impl(
     return d_input, torch.from_numpy(grads["da0"]), d_weights
 
 
-@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=(), device_types="cpu")
-def rnn_backward_op(
-    grad_output: Tensor,
-    grad_h_n: Tensor,
-    input: Tensor,
-    hx: Tensor,
-    weights: list[Tensor],
-    batch_sizes: Tensor | None,
-    dropout_masks: Tensor | None,
-    output: Tensor,
-    lower: Tensor,
-    num_layers: int,
-    bidirectional: bool,
-    has_biases: bool,
-    nonlinearity: str,
-    backend: str,
-    workers: int,
-) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """``backward_impl`` as a PyTorch operator."""
-    return backward_impl(
-        grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
-        bidirectional, has_biases, nonlinearity, backend, workers,
-    )  # fmt: skip
+#: ``backward_impl`` as a PyTorch operator.
+rnn_backward_op = torch.library.custom_op(
+    "fastrnn::rnn_backward", backward_impl, mutates_args=(), device_types="cpu"
+)
 
 
 @rnn_backward_op.register_fake
@@ -286,13 +250,9 @@ def _gradients(ctx, grad_output, grad_h_n, backward):
     batch_sizes = rest.pop(0) if ctx.has_batch_sizes else None
     dropout_masks = rest.pop(0) if ctx.has_masks else None
     # An unused result's gradient is zero: None where the autograd engine gives None
-    # (``set_materialize_grads(False)``), so that the kernels skip it; the operator's schema
-    # takes tensors.
+    # (``set_materialize_grads(False)``), so that the kernels skip it.
     grad_output = grad_output.contiguous() if grad_output is not None else None
     grad_h_n = grad_h_n.contiguous() if grad_h_n is not None else None
-    if backward is rnn_backward_op:
-        grad_output = torch.zeros_like(out) if grad_output is None else grad_output
-        grad_h_n = torch.zeros_like(hx) if grad_h_n is None else grad_h_n
     d_input, d_hx, d_weights = backward(
         grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, out, lower, *ctx.settings
     )
