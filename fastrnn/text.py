@@ -254,7 +254,7 @@ def train_char_rnn(
         training after that step (``run.stopped_early``).
     workers : int or None
         Threads per step, as in ``fastrnn.loss_and_grads`` (None: fastrnn chooses).
-    resume : RNN, optional
+    resume : fastrnn.RNN, optional
         A model loaded from a checkpoint of a run on the same text (``RNN.load``; saved with
         its optimizer).  Training continues where it stopped: its parameters, carried state,
         optimizer state and step count, and its settings (which replace ``hidden``,
@@ -393,7 +393,7 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
 
     Parameters
     ----------
-    model : RNN
+    model : fastrnn.RNN
         With a ``vocab``.
     prime : str
         Text to condition on (every character must be in the vocabulary).  Empty: the first
