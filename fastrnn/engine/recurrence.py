@@ -10,16 +10,18 @@ output layer, no loss, no finiteness checks (PyTorch propagates NaN; so does thi
 ``inputs`` (N, n_x) and ``a0`` (num_layers * D, m, n_a) (in the packing's sorted order)
 are C-contiguous; ``p`` holds the hidden layers' params (``params.layer_key``);
 ``rows`` (``packing.Rows``) describes the packed rows: its ``batch_sizes`` (T_run,) are
-checked by the door (non-increasing, from ``m``, summing to N), as the kernels trust them.  Both directions of every layer run through the backends'
-shared layer loop (``backends.layers``).
+checked by the door (non-increasing, from ``m``, summing to N), as the kernels trust them.
+Every layer and direction runs through the backends' shared layer loop
+(``backends.layers``), by the backend's direction functions or by ``ops``, the same
+functions with a door's own matrix products (``numba_backend.direction_ops``).
 
-``forward`` and ``backward`` run a call on its plan (``plan``): the sorted sequences cut
-into shards (balanced by their lengths), each shard's rows gathered into packed rows of
-its own and run by a thread of fastrnn's pool with one BLAS thread, the results scattered
-back and the weight gradients added in shard order (deterministic: the plan decides the
-bits).  One shard runs where it is (``forward_rows``, ``backward_rows``), its BLAS calls on
-the plan's threads.  A call with a ``between`` runs as one shard, as the engine's other
-paths do.
+``forward`` and ``backward`` run a call on its plan (``plan``).  One shard runs on the
+calling thread (``forward_rows``, ``backward_rows``), its BLAS calls on the plan's BLAS
+threads.  Several shards: the sorted sequences are cut into shards (balanced by their
+lengths), each shard's rows gathered into packed rows of its own and run by a thread of
+fastrnn's pool with one BLAS thread, the results scattered back and the weight gradients
+added in shard order (deterministic: the plan decides the bits).  A call with a
+``between`` runs as one shard, as the engine's other paths do.
 """
 
 import numpy as np
