@@ -60,6 +60,7 @@ class RNN(nn.RNN):
         self.fallback = bool(fallback)
         self.workers = workers
         self.backend = backends.resolve(backend).NAME
+        self._expected_shapes = self._weight_shapes()
 
     def flatten_parameters(self):
         """Nothing to do: the kernels read the parameters where they are (``nn.RNN``'s does
@@ -167,9 +168,21 @@ class RNN(nn.RNN):
                 return f"{('the input', 'hx')[k] if k < 2 else 'a weight'} is a {type(tensor).__name__}"
         if dtype not in _KERNEL_DTYPES:
             return f"the dtype is {dtype} (fastrnn's kernels take float32 and float64)"
+        if [tuple(w.shape) for w in self._flat_weights] != self._expected_shapes:
+            return _PYTORCH_ERROR  # a parameter replaced by one of another shape: the kernels trust shapes
         if input.numel() == 0 or hx.numel() == 0:
             return "the batch is empty"
         return None
+
+    def _weight_shapes(self):
+        """The shapes ``_flat_weights`` must have (per layer and direction: ``weight_ih``,
+        ``weight_hh`` and the two biases): the kernels read them without checking."""
+        H, directions = self.hidden_size, 2 if self.bidirectional else 1
+        shapes = []
+        for layer in range(self.num_layers):
+            width = self.input_size if layer == 0 else directions * H
+            shapes += ([(H, width), (H, H)] + ([(H,), (H,)] if self.bias else [])) * directions
+        return shapes
 
     def _fall_back(self, reason):
         if not self.fallback:

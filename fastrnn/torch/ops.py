@@ -51,7 +51,8 @@ def _params(weights, num_layers, directions, has_biases):
         for direction in range(directions):
             group = weights[(layer * directions + direction) * per :][:per]
             reverse = direction == 1
-            w_ih, w_hh = _array(group[0]), _array(group[1])
+            # (a weight made non-contiguous in place, e.g. through .data, is copied for the kernels)
+            w_ih, w_hh = np.ascontiguousarray(_array(group[0])), np.ascontiguousarray(_array(group[1]))
             p[layer_key("W_ax", layer, reverse)] = w_ih
             p[layer_key("W_aa", layer, reverse)] = w_hh
             if has_biases:

@@ -81,6 +81,21 @@ def test_bad_input_gets_pytorchs_own_error(call):
     assert str(got.value) == str(want.value)
 
 
+def test_a_weight_of_another_shape_gets_pytorchs_error_not_a_kernel():
+    """The kernels trust shapes: a parameter replaced by one of another shape goes to
+    PyTorch's own path, which raises its error."""
+    torch.manual_seed(0)
+    reference, ours = nn.RNN(4, 5), ft.RNN(4, 5, fallback=False)
+    for module in (reference, ours):
+        module.weight_hh_l0 = nn.Parameter(torch.randn(5, 3))
+    x = torch.randn(6, 3, 4)
+    with pytest.raises(Exception) as want:
+        reference(x)
+    with pytest.raises(type(want.value)) as got:
+        ours(x)
+    assert str(got.value) == str(want.value)
+
+
 def test_malformed_packed_sequence_is_an_error_before_any_kernel():
     from torch.nn.utils.rnn import PackedSequence
 
