@@ -96,6 +96,7 @@ def test_train_defaults_to_the_zen_of_python(tmp_path):
         (("bad.npz", b"garbage"), ["sample", "bad.npz"], "not a fastrnn checkpoint"),
         (None, ["sample", "missing.npz"], "no such checkpoint"),
         (None, ["bench", "--sizes", "huge"], "unknown size"),
+        (None, ["bench", "--torch", "--sizes", "huge"], "unknown case"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path, setup, args, message):
@@ -106,6 +107,23 @@ def test_errors_are_one_line_without_traceback(tmp_path, setup, args, message):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_bench_torch_compares_the_two_rnns(tmp_path):
+    """``bench --torch``: each side in fresh processes, the medians and their ratio."""
+    pytest.importorskip(
+        "torch", reason="PyTorch is optional (pip install 'fastrnn[torch]'); .ci/run installs a CPU build"
+    )
+    result = run_cli("bench", "--torch", "--sizes", "tiny", "--dtypes", "float32", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = [line for line in result.stdout.splitlines() if line.startswith("tiny")]
+    assert len(row) == 1, result.stdout
+    name, dtype, nn_ms, fastrnn_ms, speed_up = row[0].split()
+    assert dtype == "float32" and float(nn_ms) > 0 and float(fastrnn_ms) > 0
+    assert (
+        abs(float(speed_up.rstrip("x")) - float(nn_ms) / float(fastrnn_ms))
+        < 0.01 * float(speed_up.rstrip("x")) + 0.01
+    )
 
 
 def test_bad_settings_are_usage_errors(tmp_path):
