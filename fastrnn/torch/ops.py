@@ -270,9 +270,9 @@ rnn_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 class _RNNFunction(torch.autograd.Function):
     """``rnn_op``'s autograd without the operator: what eager calls run.  The operator's
-    Python dispatch (its schema's defaults and pytree flattening, twice per step) costs
-    about 0.25 ms per training step, more than the whole recurrence at small sizes; a
-    ``torch.autograd.Function`` costs a tenth of it.  Under ``torch.compile`` the
+    Python dispatch (its schema's defaults and pytree flattening, twice per step) added
+    0.22 ms to a forward and backward pass at the tiny size (0.54 against 0.32 ms through
+    this function), more than the kernels' whole work there.  Under ``torch.compile`` the
     operator runs instead (``rnn``), which the compiler traces without a graph break."""
 
     @staticmethod
