@@ -27,6 +27,7 @@ from .problems import (  # noqa: F401  (re-exported: the measurements' problems)
     BENCH_SIZES,
     DEMO_SIZES,
     NETWORK_SIZE,
+    TORCH_CASES,
     make_problem,
     max_relative_difference,
     network_problem,
@@ -454,10 +455,6 @@ def run_distributed(client, dtypes=(np.float64, np.float32), repeat=7):
 
 # -- the PyTorch door against torch.nn.RNN --------------------------------------------------
 
-TORCH_CASES = (
-    "tiny", "small", "char-rnn", "char-rnn packed", "char-rnn 2-layer bi", "large", "char-rnn inference",
-)  # fmt: skip
-
 
 def _torch_side(impl, case, dtype, threads):
     """One side's median step time (ms), timed in a fresh process (``fastrnn.torch.bench``)."""
@@ -470,9 +467,9 @@ def _torch_side(impl, case, dtype, threads):
     return json.loads(result.stdout.strip().splitlines()[-1])["ms"]
 
 
-def run_torch(cases=TORCH_CASES, dtypes=("float32",), rounds=3, threads=None):
+def run_torch(cases=tuple(TORCH_CASES), dtypes=("float32",), rounds=3, threads=None):
     """``fastrnn.torch.RNN`` against ``torch.nn.RNN``: a full training step (RNN,
-    ``nn.Linear``, cross-entropy, backward) of each case (``fastrnn.torch.bench.CASES``),
+    ``nn.Linear``, cross-entropy, backward) of each case (``problems.TORCH_CASES``),
     each side in ``rounds`` fresh processes, alternating; the medians and their ratio."""
     try:
         import torch

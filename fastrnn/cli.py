@@ -228,15 +228,21 @@ def run_bench(args):
         raise UsageError(
             f"--sizes: unknown size(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}"
         )
-    dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
-    if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
-        raise UsageError(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
+    dtypes = _bench_dtypes(args)
     if args.dask is not None:
         with _dask_client(args.dask, 600.0) as client:
             bench.run_distributed(client, [np.dtype(d).type for d in dtypes], repeat=args.repeat)
         return 0
     bench.run([known[name] for name in names], [np.dtype(d).type for d in dtypes], repeat=args.repeat)
     return 0
+
+
+def _bench_dtypes(args):
+    """``bench --dtypes``, checked: the dtype names."""
+    dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
+    if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
+        raise UsageError(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
+    return dtypes
 
 
 def _run_torch_bench(args):
@@ -248,9 +254,7 @@ def _run_torch_bench(args):
     if not names or unknown:
         raise UsageError(f"--sizes: unknown case(s) {', '.join(unknown) or '(none given)'}; choose from "
                          f"{', '.join(bench.TORCH_CASES)}")  # fmt: skip
-    dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
-    if not dtypes or any(d not in ("float64", "float32") for d in dtypes):
-        raise UsageError(f"--dtypes: expected float64 and/or float32, got {args.dtypes!r}")
+    dtypes = _bench_dtypes(args)
     result = bench.run_torch(names, dtypes, rounds=3)
     return result if isinstance(result, int) else 0
 

@@ -19,6 +19,19 @@ BENCH_SIZES = (
 )
 DEMO_SIZES = BENCH_SIZES[:3]  # what ``python -m fastrnn`` (demo) runs: tiny, small, char-rnn
 
+#: The PyTorch door's cases (``python -m fastrnn bench --torch``, ``fastrnn.torch.bench``):
+#: name: ((n_x, n_a, n_y, m, T), num_layers, bidirectional, kind), kind in {"step",
+#: "packed", "inference"}; packed lengths are uniform in 1..T.
+TORCH_CASES = {
+    "tiny": ((8, 16, 8, 1, 100), 1, False, "step"),
+    "small": ((32, 64, 32, 16, 100), 1, False, "step"),
+    "char-rnn": ((65, 128, 65, 32, 64), 1, False, "step"),
+    "char-rnn packed": ((65, 128, 65, 32, 64), 1, False, "packed"),
+    "char-rnn 2-layer bi": ((65, 128, 65, 32, 64), 2, True, "step"),
+    "large": ((256, 512, 256, 64, 50), 1, False, "step"),
+    "char-rnn inference": ((65, 128, 65, 32, 64), 1, False, "inference"),
+}
+
 
 def make_problem(n_x, n_a, n_y, m, T, *, dtype=np.float64, seed=0):
     """Random parameters, inputs and labels of one size (what the demo and bench run).

@@ -1,7 +1,8 @@
 """One side of ``python -m fastrnn bench --torch``: a full PyTorch training step timed in
 this process.
 
-``python -m fastrnn.torch.bench IMPL CASE DTYPE`` times ``CASE`` (``CASES``) with ``IMPL``
+``python -m fastrnn.torch.bench IMPL CASE DTYPE`` times ``CASE`` (``problems.TORCH_CASES``,
+kept there so that ``fastrnn.bench`` names them without importing PyTorch) with ``IMPL``
 (``nn`` for ``torch.nn.RNN``, ``fastrnn`` for ``fastrnn.torch.RNN``) and prints one JSON
 line.  A step is the RNN, an ``nn.Linear`` output layer, cross-entropy and the backward
 pass (the optimizer step is left out, the same on both sides); ``inference`` is the RNN and
@@ -20,22 +21,12 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-#: name: ((n_x, n_a, n_y, m, T), num_layers, bidirectional, kind), kind in
-#: {"step", "packed", "inference"}; packed lengths are uniform in 1..T.
-CASES = {
-    "tiny": ((8, 16, 8, 1, 100), 1, False, "step"),
-    "small": ((32, 64, 32, 16, 100), 1, False, "step"),
-    "char-rnn": ((65, 128, 65, 32, 64), 1, False, "step"),
-    "char-rnn packed": ((65, 128, 65, 32, 64), 1, False, "packed"),
-    "char-rnn 2-layer bi": ((65, 128, 65, 32, 64), 2, True, "step"),
-    "large": ((256, 512, 256, 64, 50), 1, False, "step"),
-    "char-rnn inference": ((65, 128, 65, 32, 64), 1, False, "inference"),
-}
+from ..problems import TORCH_CASES
 
 
 def make_step(impl, case, dtype):
     """A closure running one step of ``case`` with ``impl``."""
-    (n_x, n_a, n_y, m, T), num_layers, bidirectional, kind = CASES[case]
+    (n_x, n_a, n_y, m, T), num_layers, bidirectional, kind = TORCH_CASES[case]
     dtype = getattr(torch, dtype)
     torch.manual_seed(0)
     if impl == "fastrnn":
