@@ -66,10 +66,8 @@ def make_packing(lengths, m, T):
     batch_sizes = np.count_nonzero(sorted_lengths[None, :] > np.arange(T_run)[:, None], axis=1).astype(
         np.intp
     )
-    offsets = np.zeros(T_run + 1, dtype=np.intp)
-    np.cumsum(batch_sizes, out=offsets[1:])
-    rows = np.arange(m)
-    last_rows = offsets[sorted_lengths - 1] + rows
+    offsets = _offsets(batch_sizes)
+    last_rows = _last_rows(offsets, sorted_lengths)
     steps = np.repeat(np.arange(T_run), batch_sizes)
     sequences = order[np.arange(offsets[-1]) - offsets[steps]]
     full = lengths is None
@@ -86,12 +84,23 @@ class Rows(NamedTuple):
     last_rows: np.ndarray
 
 
+def _offsets(batch_sizes):
+    """The first packed row of each step, and N last: (T_run + 1,)."""
+    offsets = np.zeros(batch_sizes.size + 1, dtype=np.intp)
+    np.cumsum(batch_sizes, out=offsets[1:])
+    return offsets
+
+
+def _last_rows(offsets, sorted_lengths):
+    """The packed row of each sorted sequence's last step."""
+    return offsets[sorted_lengths - 1] + np.arange(sorted_lengths.size)
+
+
 def rows_of_batch_sizes(batch_sizes, m):
     """The ``Rows`` given by ``batch_sizes`` (T_run,) intp, a checked non-increasing
     sequence starting at ``m`` (a PyTorch ``PackedSequence``'s)."""
-    offsets = np.zeros(batch_sizes.size + 1, dtype=np.intp)
-    np.cumsum(batch_sizes, out=offsets[1:])
-    return Rows(batch_sizes, offsets, offsets[sorted_lengths_of(batch_sizes, m) - 1] + np.arange(m))
+    offsets = _offsets(batch_sizes)
+    return Rows(batch_sizes, offsets, _last_rows(offsets, sorted_lengths_of(batch_sizes, m)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -110,17 +119,17 @@ def sorted_lengths_of(batch_sizes, m):
     return np.searchsorted(-batch_sizes, -np.arange(m), side="left")
 
 
-def shard_rows(batch_sizes, offsets, start, stop):
-    """The sorted sequences ``start:stop`` of packed rows as packed rows of their own:
-    ``(batch_sizes, rows)``, their batch sizes (T_k,) and the rows (N_k,) of the whole
-    packing that they are, in their own packed order."""
-    sizes = np.clip(batch_sizes - start, 0, stop - start)
+def shard_rows(rows, start, stop):
+    """The sorted sequences ``start:stop`` of packed ``rows`` (a ``Rows``) as packed rows of
+    their own: ``(own, taken)``, their ``Rows`` and which rows (N_k,) of the whole packing
+    they are, in their own packed order."""
+    sizes = np.clip(rows.batch_sizes - start, 0, stop - start)
     sizes = sizes[: np.count_nonzero(sizes)]  # non-increasing: the running steps are a prefix
-    own_offsets = np.zeros(sizes.size + 1, dtype=np.intp)
-    np.cumsum(sizes, out=own_offsets[1:])
+    own_offsets = _offsets(sizes)
     steps = np.repeat(np.arange(sizes.size), sizes)
-    rows = offsets[steps] + start + (np.arange(own_offsets[-1]) - own_offsets[steps])
-    return sizes, rows
+    taken = rows.offsets[steps] + start + (np.arange(own_offsets[-1]) - own_offsets[steps])
+    own = Rows(sizes, own_offsets, _last_rows(own_offsets, sorted_lengths_of(sizes, stop - start)))
+    return own, taken
 
 
 def pack(time_major, packing):

@@ -134,13 +134,11 @@ def _shards(run, rows, m):
     """Each shard's ``(sequences, own_rows, taken)``: its slice of the sorted sequences,
     balanced by their lengths, its packed rows as a ``packing.Rows`` of their own, and which
     rows of the whole call they are (``packing.shard_rows``)."""
-    shards = []
-    for sequences in parallel.split_batch(m, run.shards, packing.sorted_lengths_of(rows.batch_sizes, m)):
-        sizes, taken = packing.shard_rows(rows.batch_sizes, rows.offsets, sequences.start, sequences.stop)
-        shards.append(
-            (sequences, packing.rows_of_batch_sizes(sizes, sequences.stop - sequences.start), taken)
-        )
-    return shards
+    lengths = packing.sorted_lengths_of(rows.batch_sizes, m)
+    return [
+        (sequences, *packing.shard_rows(rows, sequences.start, sequences.stop))
+        for sequences in parallel.split_batch(m, run.shards, lengths)
+    ]
 
 
 class RowsAllocator:
