@@ -186,6 +186,14 @@ def build_parser():
     sample_parser.add_argument(
         "--prime", default="", help="text to start from (its characters must be in the model's vocabulary)"
     )
+    sample_parser.add_argument("--top-k", type=_number(int, minimum=1), default=None,
+                               help="draw from the K likeliest characters only (1: greedy)")  # fmt: skip
+    sample_parser.add_argument("--top-p", type=_number(float, above=0), default=None,
+                               help="in (0, 1]: draw from the smallest set of likeliest characters whose probability reaches P")  # fmt: skip
+    sample_parser.add_argument("--stop", default=None,
+                               help="a character that ends a sample (kept at its end), e.g. a full stop")  # fmt: skip
+    sample_parser.add_argument("--num-samples", type=_number(int, minimum=1), default=1,
+                               help="samples generated together, each printed after a header line (default: %(default)s)")  # fmt: skip
     sample_parser.add_argument("--backend", choices=("numba", "numpy"), default=None)
     return parser
 
@@ -547,5 +555,17 @@ def run_sample(args):
     unknown = sorted(set(args.prime) - set(model.vocab))
     if unknown:
         raise UsageError(f"--prime has characters the model never saw: {''.join(unknown)!r}")
-    print(sample(model, args.chars, prime=args.prime, temperature=args.temperature, seed=args.seed))
+    if args.top_p is not None and args.top_p > 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.stop is not None and (len(args.stop) != 1 or args.stop not in model.vocab):
+        raise UsageError(f"--stop must be one character of the model's vocabulary, got {args.stop!r}")
+    texts = sample(
+        model, args.chars, prime=args.prime, temperature=args.temperature, seed=args.seed, top_k=args.top_k,
+        top_p=args.top_p, stop=args.stop, n_samples=args.num_samples,
+    )  # fmt: skip
+    if args.num_samples == 1:
+        print(texts)
+        return 0
+    for number, text in enumerate(texts, 1):
+        print(f"--- sample {number} of {args.num_samples} ---\n{text}")
     return 0

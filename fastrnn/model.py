@@ -312,6 +312,62 @@ class RNN:
         optimizer.step(self.params, grads)
         return float(loss)
 
+    # -- one step at a time ----------------------------------------------------------------
+
+    def generate(
+        self, n_steps, *, prime=(), temperature=1.0, seed=None, top_k=None, top_p=None, stop=None,
+        n_samples=1,
+    ):  # fmt: skip
+        """Generate symbols, each drawn from the outputs and fed back as the next input, in
+        one compiled call (for a model whose inputs and outputs are the same symbols,
+        ``n_x == n_y``; ``fastrnn.text.sample`` does this for characters).
+
+        Parameters
+        ----------
+        n_steps : int
+            Symbols to generate after ``prime`` (fewer where a stream draws ``stop``).
+        prime : array_like of int, shape (P,)
+            Symbols to start from (one forward pass).  Empty: each stream's first symbol is
+            drawn uniformly and counts among the ``n_steps``.
+        temperature : float
+            > 0: draw from ``softmax(logits / temperature)``; small values approach greedy.
+        seed : int, numpy.random.Generator or None
+            Every random number comes from ``numpy.random.default_rng(seed)``: a seed and
+            ``n_samples`` give the same symbols on every run (and on both backends in
+            float64; float32 rounding may part them).
+        top_k : int or None
+            Draw from the ``top_k`` likeliest symbols only (1: greedy; ties go to the lower
+            symbol).
+        top_p : float or None
+            In (0, 1]: draw from the smallest set of likeliest symbols whose probability
+            reaches ``top_p`` (nucleus sampling), after ``top_k``.
+        stop : int or None
+            A symbol that ends its stream; it is kept as the stream's last symbol.
+        n_samples : int
+            Streams generated together (one matrix product per step for all of them).
+
+        Returns
+        -------
+        ndarray of intp, or a list of ``n_samples`` of them when ``n_samples > 1``
+            ``prime`` followed by the generated symbols.
+        """
+        from .generation import generate_symbols
+
+        streams = generate_symbols(
+            self.params, n_steps, prime=prime, temperature=temperature, seed=seed, top_k=top_k, top_p=top_p,
+            stop=stop, n_samples=n_samples, backend=self.backend, nonlinearity=self.nonlinearity,
+        )  # fmt: skip
+        return streams[0] if n_samples == 1 else streams
+
+    def stream(self, batch=1):
+        """A ``fastrnn.generation.Stream``: this model run one time step at a time over
+        ``batch`` rows, checked once (its parameters are copied: train further, then make
+        a new stream).  ``stream.step(x_t)`` returns the outputs (n_y, m) of one step;
+        ``stream.reset(rows)``, ``stream.state``.  Not for a bidirectional model."""
+        from .generation import Stream
+
+        return Stream(self.params, batch, nonlinearity=self.nonlinearity, backend=self.backend)
+
     # -- checkpoints ---------------------------------------------------------------------
 
     def save(self, path, *, optimizer=None):

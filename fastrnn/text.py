@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import optim
-from .api import _cell_step, rnn_forward
 from .model import RNN
 from .parallel import check_workers, split_batch
-from .validation import check_int, check_real
+from .validation import check_int
 from .workspace import Workspace
 
 
@@ -93,7 +92,7 @@ class CharVocab:
         return np.fromiter((self.index[c] for c in text), dtype=np.intp, count=len(text))
 
     def decode(self, indices):
-        return "".join(self.chars[i] for i in indices)
+        return "".join(map(self.chars.__getitem__, np.asarray(indices, dtype=np.intp).tolist()))
 
 
 def stream_batches(data, batch, seq_length):
@@ -388,24 +387,38 @@ def _resumed(model, vocab, backend):
     return model, optim.from_state_dict(model.optimizer_state, backend=backend), int(settings["steps_done"])
 
 
-def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
-    """Generate ``n_chars`` characters from a character model, after ``prime``.
+def sample(model, n_chars, *, prime="", temperature=1.0, seed=None, top_k=None, top_p=None, stop=None,
+           n_samples=1):  # fmt: skip
+    """Generate ``n_chars`` characters from a character model, after ``prime``, in one
+    compiled call (``RNN.generate``).
 
     Parameters
     ----------
     model : fastrnn.RNN
-        With a ``vocab``.
+        With a ``vocab``, in one direction.
+    n_chars : int
+        Characters to generate (fewer where a sample reaches ``stop``).
     prime : str
-        Text to condition on (every character must be in the vocabulary).  Empty: the first
-        character is drawn at random from the vocabulary.
+        Text to condition on (every character must be in the vocabulary), run through the
+        model in one forward pass.  Empty: each sample's first character is drawn
+        uniformly from the vocabulary.
     temperature : float
         > 0; below 1 sharpens the distribution, above 1 flattens it.
-    seed : int or None
+    seed : int, numpy.random.Generator or None
         The same seed, model and arguments give the same text.
+    top_k : int or None
+        Draw from the ``top_k`` likeliest characters only (1: greedy).
+    top_p : float or None
+        In (0, 1]: draw from the smallest set of likeliest characters whose probability
+        reaches ``top_p`` (nucleus sampling).
+    stop : str or None
+        One character of the vocabulary that ends a sample (it is kept at its end).
+    n_samples : int
+        Samples generated together.
 
     Returns
     -------
-    str
+    str, or a list of ``n_samples`` str when ``n_samples > 1``
         ``prime`` followed by the generated characters.
     """
     if model.vocab is None:
@@ -414,51 +427,17 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None):
         raise ValueError(
             "a bidirectional model reads each sequence from its end too: it cannot generate text"
         )
-    temperature = check_real(temperature, "temperature", above=0)
     n_chars = check_int(n_chars, "n_chars", minimum=0)
+    if not isinstance(prime, str):
+        raise TypeError(f"prime must be a str, got {type(prime).__name__}")
     vocab = CharVocab(model.vocab)
-    rng = np.random.default_rng(seed)
-    if prime:
-        context, generated = list(vocab.encode(prime)), []
-    elif n_chars == 0:
-        return ""
-    else:
-        first = int(rng.integers(len(vocab)))
-        context, generated = [first], [first]
-    x = np.zeros((model.n_x, 1), dtype=model.dtype)
-    if model.is_single_layer:
-        a = np.zeros((model.n_a, 1), dtype=model.dtype)
-
-        def advance(index):
-            x[:] = 0
-            x[index] = 1
-            *_, h, y_hat = _cell_step(
-                x, a, model.params, model.backend, model.nonlinearity
-            )  # no cache: nothing goes back
-            return h[1].T, y_hat[0].T
-
-    else:  # one step of every layer: a is (num_layers, n_a, 1)
-        a = np.zeros((model.num_layers, model.n_a, 1), dtype=model.dtype)
-
-        def advance(index):
-            x[:] = 0
-            x[index] = 1
-            _, y_hat, _, a_last = rnn_forward(
-                x[:, :, None], a, model.params, backend=model.backend, nonlinearity=model.nonlinearity,
-                return_state=True,
-            )  # fmt: skip
-            return a_last, y_hat[:, :, 0]
-
-    for index in context:  # run the prime (or the first character) through the network
-        a, y_hat = advance(index)
-    while len(generated) < n_chars:
-        # softmax(logits / temperature) from the probabilities: p ** (1 / temperature).
-        # Shifted first, so that every value is <= 0 and a tiny temperature only makes the
-        # others -inf (greedy sampling), never inf - inf.
-        log_p = np.log(np.maximum(y_hat[:, 0].astype(np.float64), 1e-300))
-        with np.errstate(over="ignore"):
-            p = np.exp((log_p - log_p.max()) / temperature)
-        index = int(rng.choice(len(vocab), p=p / p.sum()))
-        generated.append(index)
-        a, y_hat = advance(index)
-    return prime + vocab.decode(generated)
+    if stop is not None:
+        if not isinstance(stop, str) or len(stop) != 1:
+            raise ValueError(f"stop must be one character of the vocabulary, got {stop!r}")
+        stop = int(vocab.encode(stop)[0])  # a character not in the vocabulary: its ValueError
+    streams = model.generate(
+        n_chars, prime=vocab.encode(prime), temperature=temperature, seed=seed, top_k=top_k, top_p=top_p,
+        stop=stop, n_samples=n_samples,
+    )  # fmt: skip
+    texts = [vocab.decode(symbols) for symbols in (streams if n_samples != 1 else [streams])]
+    return texts[0] if n_samples == 1 else texts

@@ -40,6 +40,11 @@ function                                                  returns
 ``packed_sequence_losses(inputs, a0, labels, p,``        ``losses`` (m,) float64, ``final``,
 ``num_layers, directions, batch_sizes, offsets,``         ``finite``
 ``last_rows, nonlinearity)``
+``stream_step(inputs, previous, states, w,``             ``out`` (m, n_y), ``bad`` (-1, or where
+``probabilities, nonlinearity, scratch)``                 the input is bad), ``finite``; the new
+                                                          states written into ``states``
+``generate(feed, running, states, w, uniforms,``         ``symbols`` (m, n_steps), ``lengths``
+``temperature, top_k, top_p, stop, nonlinearity)``        (m,), ``finite``
 ========================================================  ========================================
 
 The ``packed_*`` functions run networks of several layers, two directions or variable
@@ -49,6 +54,11 @@ lengths over packed rows (``fastrnn.packing``, ``numpy_backend``'s last section)
 ``dx`` over dense ``inputs``: the engine packs a copy for each call.  Both backends chain
 layers and directions with the same loop (``layers``), over their own functions for one
 direction of one layer (``layers.DirectionOps``).
+
+``stream_step`` and ``generate`` run a network in one direction one time step at a time
+(``fastrnn.generation``): ``w`` is a ``layers.StepWeights``, ``states`` (num_layers, m,
+n_a); ``stream_step`` checks its input (index ranges, finiteness) before it reads through
+it.
 
 ``finite`` says whether every result is finite: each backend scans its own results (the
 Numba kernels in compiled code), and the engine alone reports a non-finite one, as

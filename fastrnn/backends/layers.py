@@ -28,6 +28,7 @@ the same layer and output, so it must give the same array again (a dropout mask 
 once per step and kept).
 """
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -214,3 +215,32 @@ def scatter_top(d_top_read, states, last_rows, sequence_labels, empty=new_array)
     d_top[last_rows, :n_a] = d_top_read[:, :n_a]  # the forward direction's last steps
     d_top[:m, n_a:] = d_top_read[:, n_a:]  # the reverse direction's step 0
     return d_top
+
+
+class StepWeights(NamedTuple):
+    """A network in one direction, laid out for running it one time step at a time (streams
+    and generation, ``fastrnn.generation``): every weight transposed, so that a step's rows
+    multiply from the left, and stacked by layer.  Made once by ``step_weights``; every
+    array is a C-contiguous copy of the params' dtype (the params may change after)."""
+
+    W_ax_T: np.ndarray  # (n_x, n_a): layer 0's W_ax.T; row s is the projection of symbol s
+    W_ax_T_upper: np.ndarray  # (num_layers - 1, n_a, n_a): the W_ax.T of the layers above
+    W_aa_T: np.ndarray  # (num_layers, n_a, n_a)
+    b_a: np.ndarray  # (num_layers, n_a)
+    W_ya_T: np.ndarray  # (n_a, n_y)
+    b_y: np.ndarray  # (n_y,)
+
+
+def step_weights(p, num_layers):
+    """``StepWeights`` of checked params ``p`` of ``num_layers`` layers in one direction."""
+    n_a = p["W_aa"].shape[0]
+    copy = functools.partial(np.array, dtype=p["W_aa"].dtype, order="C")
+    upper = [p[layer_key("W_ax", layer, False)].T for layer in range(1, num_layers)]
+    return StepWeights(
+        W_ax_T=copy(p["W_ax"].T),
+        W_ax_T_upper=copy(upper) if upper else np.zeros((0, n_a, n_a), p["W_aa"].dtype),
+        W_aa_T=copy([p[layer_key("W_aa", layer, False)].T for layer in range(num_layers)]),
+        b_a=copy([p[layer_key("b_a", layer, False)][:, 0] for layer in range(num_layers)]),
+        W_ya_T=copy(p["W_ya"].T),
+        b_y=copy(p["b_y"][:, 0]),
+    )

@@ -441,6 +441,37 @@ def packed_sequence_losses(
     return losses, packing.final_states(states, last_rows), finite
 
 
+# -- one step at a time: streaming and generation (numpy_backend's last section) -----------
+
+
+def stream_step(inputs, previous, states, w, probabilities, nonlinearity, scratch):
+    """``numpy_backend.stream_step`` in one kernel call; ``scratch`` (2, m, n_a) holds the
+    layers' pre-activations and the recurrent products (the stream keeps it)."""
+    step = kernels.stream_step_index_kernel if inputs.ndim == 1 else kernels.stream_step_dense_kernel
+    out = np.empty((previous.shape[1], w.b_y.size), dtype=previous.dtype)
+    bad, finite = step(
+        inputs, previous, states, w.W_ax_T, w.W_ax_T_upper, w.W_aa_T, w.b_a, w.W_ya_T, w.b_y, scratch[0],
+        scratch[1], out, probabilities, kernels.NONLINEARITY[nonlinearity],
+    )  # fmt: skip
+    return out, bad, finite
+
+
+def generate(feed, running, states, w, uniforms, temperature, top_k, top_p, stop, nonlinearity):
+    """``numpy_backend.generate``: every step of every stream in one kernel call."""
+    feed, running = feed.copy(), running.copy()
+    m, n_a = states.shape[1:]
+    n_y = w.b_y.size
+    symbols = np.zeros((m, uniforms.shape[0]), dtype=np.intp)
+    lengths = np.zeros(m, dtype=np.intp)
+    finite = kernels.generate_kernel(
+        feed, running, states, w.W_ax_T, w.W_ax_T_upper, w.W_aa_T, w.b_a, w.W_ya_T, w.b_y, uniforms,
+        float(temperature), int(top_k), float(top_p), int(stop), np.empty((m, n_a), states.dtype),
+        np.empty((m, n_a), states.dtype), np.empty((m, n_y), states.dtype), np.empty(n_y), np.empty(n_y, np.intp),
+        symbols, lengths, kernels.NONLINEARITY[nonlinearity],
+    )  # fmt: skip
+    return symbols, lengths, finite
+
+
 if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where compiled code is silent
     forward, backward, loss_and_grads, sequence_losses = map(
         overflow_reported_by_the_engine, (forward, backward, loss_and_grads, sequence_losses)
@@ -449,6 +480,7 @@ if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where com
         overflow_reported_by_the_engine,
         (packed_forward_outputs, packed_backward_grads, packed_loss_and_grads, packed_sequence_losses),
     )
+    stream_step, generate = map(overflow_reported_by_the_engine, (stream_step, generate))
 
 
 # -- optimizers: numpy_backend's functions, on flat views of contiguous arrays ------------

@@ -38,6 +38,11 @@ kernel                                      reference step(s) it computes
 ``packed_loss_and_grads_kernel`` (and       ``packed_loss_and_grads`` of one layer in one
 ``_onehot``)                                direction, plus a finiteness scan
 ``matmul_into``, ``matmul_transposed_into``  the products of the other networks' layers
+``network_step_into``                       ``network_step``
+``stream_step_index_kernel`` (and           ``stream_step``, the input checks first
+``_dense_kernel``)
+``draw_symbol``                             ``draw_symbol`` (``_rank_into``: ``ranked``)
+``generate_kernel``                         ``generate``
 ==========================================  ==================================================
 
 Memory that serves twice (the one place this is written down):
@@ -55,7 +60,7 @@ Memory that serves twice (the one place this is written down):
 Sections: 1. ``exp`` and ``tanh`` that vectorise; 2. small matrix products; 3. the steps
 of a training step (table above); 4. the entry points ``numba_backend`` calls; 5. the
 optimizer updates; 6. networks of several layers, two directions or variable lengths,
-over packed rows.
+over packed rows; 7. one step at a time: streaming and generation.
 
 Cache note: Numba keys a kernel's on-disk cache on the file that defines it, not on the
 files it calls.  That is why the helpers live in this file: editing them invalidates the
@@ -1228,3 +1233,255 @@ def packed_loss_and_grads_onehot_kernel(
     )  # fmt: skip
     packed_lookup_backward_into(dz, index, dW_ax_T, dW_ax)
     return loss, _results_finite(loss, da0, dW_ax, dW_aa, db_a, dW_ya, db_y)
+
+
+# =======================================================================================
+# 7. One step at a time: streaming and generation (``fastrnn.generation``; the NumPy
+# reference's functions of the same names, in numpy_backend's last section).  A trained
+# network steps a few rows many times, so each call does all of a step (every layer's
+# cell, the output layer, the draw) and generation all of its steps, without coming back
+# to Python.  The weights come as ``layers.StepWeights``: transposed and stacked by layer,
+# prepared once.
+# =======================================================================================
+
+
+@inline_kernel
+def _matmul_into(a, b, out):
+    """``out = a @ b`` (r, n): loops at the sizes where they beat a BLAS call
+    (``add_matmul_into``), BLAS above."""
+    r, k = a.shape
+    n = b.shape[1]
+    if r * k * n > (SMALL_MATVEC_FLOPS if r == 1 else SMALL_MATMUL_FLOPS):
+        np.dot(a, b, out)
+    else:
+        _zero(out)
+        _add_matmul_loops(a, b, out)
+
+
+@inline_kernel
+def _activation_into(z, b_a, out, relu):
+    """``out = f(z + b_a)`` row by row: the cell's nonlinearity (``numpy_backend.activation``)."""
+    m, n_a = z.shape
+    for i in range(m):
+        z_i = z[i]
+        out_i = out[i]
+        if relu is None:  # pruned at compile time (NONLINEARITY)
+            for j in range(n_a):
+                out_i[j] = fast_tanh(z_i[j] + b_a[j])
+        else:
+            for j in range(n_a):
+                v = z_i[j] + b_a[j]
+                out_i[j] = max(v, v - v)
+
+
+@inline_kernel
+def network_step_into(z, previous, states, W_ax_T_upper, W_aa_T, b_a, rec, relu):
+    """``numpy_backend.network_step``: ``z`` (m, n_a) holds layer 0's input projection on
+    entry; ``states`` (L, m, n_a) gets every layer's new state from ``previous``, which may
+    be ``states`` itself (each layer reads its own old state before writing it)."""
+    for layer in range(states.shape[0]):
+        if layer > 0:
+            _matmul_into(states[layer - 1], W_ax_T_upper[layer - 1], z)
+        add_matmul_into(previous[layer], W_aa_T[layer], z, rec)
+        _activation_into(z, b_a[layer], states[layer], relu)
+
+
+@inline_kernel
+def _step_lookup_into(index, W_ax_T, z):
+    """``z[i] = W_ax[:, index[i]]``: layer 0's projection of one-hot inputs (indices checked
+    by the caller)."""
+    for i in range(index.size):
+        _copy_rows(W_ax_T, index[i], z, i, 1)
+
+
+@kernel
+def stream_step_index_kernel(
+    index, previous, states, W_ax_T, W_ax_T_upper, W_aa_T, b_a, W_ya_T, b_y, z, rec, out, probabilities, relu
+):  # fmt: skip
+    """``numpy_backend.stream_step`` for symbol indices (m,) intp: every index is checked
+    to lie in ``[0, n_x)`` before any is read through.  Returns ``(bad, finite)``: the
+    position of the first bad index (-1: none; then nothing was computed), and whether
+    every new state and output is finite."""
+    n_x = W_ax_T.shape[0]
+    for i in range(index.size):
+        if index[i] < 0 or index[i] >= n_x:
+            return i, False
+    _step_lookup_into(index, W_ax_T, z)
+    return -1, _stream_after_the_input_layer(
+        previous, states, W_ax_T_upper, W_aa_T, b_a, W_ya_T, b_y, z, rec, out, probabilities, relu
+    )
+
+
+@kernel
+def stream_step_dense_kernel(
+    x, previous, states, W_ax_T, W_ax_T_upper, W_aa_T, b_a, W_ya_T, b_y, z, rec, out, probabilities, relu
+):  # fmt: skip
+    """``numpy_backend.stream_step`` for dense input ``x`` (n_x, m), C-contiguous, checked
+    to be finite before anything is computed.  Returns ``(bad, finite)`` as the index
+    kernel does, ``bad`` the flat position of the first non-finite entry of ``x``."""
+    flat = x.reshape(x.size)
+    inf = flat.dtype.type(np.inf)
+    for k in range(flat.size):
+        if not abs(flat[k]) < inf:
+            return k, False
+    n_x, m = x.shape
+    _zero(z)
+    for k in range(n_x):  # z = x.T @ W_ax_T, along rows of W_ax_T (x is a few columns)
+        x_k = x[k]
+        W_k = W_ax_T[k]
+        for i in range(m):
+            x_ki = x_k[i]
+            z_i = z[i]
+            for j in range(z_i.size):
+                z_i[j] += x_ki * W_k[j]
+    return -1, _stream_after_the_input_layer(
+        previous, states, W_ax_T_upper, W_aa_T, b_a, W_ya_T, b_y, z, rec, out, probabilities, relu
+    )
+
+
+@inline_kernel
+def _stream_after_the_input_layer(
+    previous, states, W_ax_T_upper, W_aa_T, b_a, W_ya_T, b_y, z, rec, out, probabilities, relu
+):
+    """The layers' cells and the output layer: ``out`` (m, n_y) gets the logits, or the
+    softmax outputs with ``probabilities``.  Returns whether states and outputs are finite."""
+    network_step_into(z, previous, states, W_ax_T_upper, W_aa_T, b_a, rec, relu)
+    _matmul_into(states[states.shape[0] - 1], W_ya_T, out)
+    for i in range(out.shape[0]):
+        out_i = out[i]
+        if probabilities:
+            _softmax_row(out_i, b_y)
+        else:
+            for j in range(out_i.size):
+                out_i[j] += b_y[j]
+    return all_finite(out) and all_finite(states)
+
+
+@inline_kernel
+def _ranked_before(weights, i, j):
+    """Whether symbol ``i`` ranks before ``j``: likelier, or as likely and of a lower index
+    (a total order: every sort of it gives the same ranking)."""
+    return weights[i] > weights[j] or (weights[i] == weights[j] and i < j)
+
+
+@inline_kernel
+def _sift_down(order, root, size, weights):
+    """Restore the heap property of ``order[:size]`` below ``root`` (the highest-ranked
+    symbol at the root)."""
+    while True:
+        child = 2 * root + 1
+        if child >= size:
+            return
+        if child + 1 < size and _ranked_before(weights, order[child + 1], order[child]):
+            child += 1
+        if not _ranked_before(weights, order[child], order[root]):
+            return
+        order[root], order[child] = order[child], order[root]
+        root = child
+
+
+@inline_kernel
+def _rank_into(weights, limit, order):
+    """The ``limit`` highest-ranked symbols, best first, into ``order[:limit]``
+    (``numpy_backend.ranked``): a heap of all symbols, popped ``limit`` times, so that a
+    small ``top_k`` costs O(n_y + k log n_y) and needs no allocation."""
+    n = weights.size
+    for k in range(n):
+        order[k] = k
+    for root in range(n // 2 - 1, -1, -1):
+        _sift_down(order, root, n, weights)
+    for popped in range(limit):  # the best goes to the end of the heap's shrinking range
+        size = n - popped
+        order[0], order[size - 1] = order[size - 1], order[0]
+        _sift_down(order, 0, size - 1, weights)
+    for k in range(n // 2):  # the popped ones sit at the end, best last: reverse them to the front
+        order[k], order[n - 1 - k] = order[n - 1 - k], order[k]
+
+
+@kernel  # called once per stream and step: compiled once, not inlined into the time loop
+def draw_symbol(logits, b_y, temperature, top_k, top_p, u, weights, order):
+    """``numpy_backend.draw_symbol``: a symbol drawn from ``softmax((logits + b_y) /
+    temperature)`` (``logits`` (n_y,)), filtered to the ``top_k`` likeliest and then to the
+    smallest prefix of those whose mass reaches ``top_p`` of theirs, by walking the kept
+    symbols' cumulative weights to ``u`` (in [0, 1)) times their total.  The weights are
+    float64 in both dtypes; ``weights`` (n_y,) and ``order`` (n_y,) are scratch.  Always
+    returns a symbol in ``[0, n_y)``, whatever the numbers."""
+    n = logits.size
+    v_max = -np.inf
+    for j in range(n):
+        v = np.float64(logits[j] + b_y[j])
+        weights[j] = v
+        v_max = max(v_max, v)
+    for j in range(n):
+        weights[j] = exp_nonpositive((weights[j] - v_max) / temperature)
+    limit = min(top_k, n)
+    if limit == n and top_p >= 1.0:  # no filter: walk the symbols in index order
+        for k in range(n):
+            order[k] = k
+        keep = n
+    else:
+        _rank_into(weights, limit, order)
+        keep = limit
+        if top_p < 1.0:
+            mass = 0.0
+            for k in range(limit):
+                mass += weights[order[k]]
+            threshold = top_p * mass
+            total = 0.0
+            for k in range(limit):
+                total += weights[order[k]]
+                if total >= threshold:
+                    keep = k + 1
+                    break
+    total = 0.0
+    for k in range(keep):
+        total += weights[order[k]]
+    target = u * total
+    chosen = order[0]
+    total = 0.0
+    for k in range(keep):
+        symbol = order[k]
+        total += weights[symbol]
+        if weights[symbol] > 0.0:
+            chosen = symbol  # the last possible one, should rounding leave target unreached
+        if total > target:
+            return symbol
+    return chosen
+
+
+@kernel
+def generate_kernel(
+    feed, running, states, W_ax_T, W_ax_T_upper, W_aa_T, b_a, W_ya_T, b_y, uniforms, temperature, top_k,
+    top_p, stop, z, rec, logits, weights, order, symbols, lengths, relu,
+):  # fmt: skip
+    """``numpy_backend.generate``: ``uniforms.shape[0]`` steps of ``m`` streams in one
+    call.  Each step feeds every stream's symbol (``feed`` (m,), checked by the caller),
+    steps every layer (``states`` (L, m, n_a), in place) and the output layer, and draws
+    each running stream's next symbol (``draw_symbol`` with ``uniforms[t, i]``) into
+    ``symbols[i, lengths[i]]``; a stream stops after drawing ``stop`` (-1: none), and the
+    call ends when none runs.  Returns whether every output was finite."""
+    m = feed.size
+    top = states.shape[0] - 1
+    finite = True
+    for i in range(m):
+        lengths[i] = 0
+    for t in range(uniforms.shape[0]):
+        any_running = False
+        for i in range(m):
+            any_running |= running[i]
+        if not any_running:
+            break
+        _step_lookup_into(feed, W_ax_T, z)
+        network_step_into(z, states, states, W_ax_T_upper, W_aa_T, b_a, rec, relu)
+        _matmul_into(states[top], W_ya_T, logits)
+        finite &= all_finite(logits)
+        for i in range(m):
+            if running[i]:
+                symbol = draw_symbol(
+                    logits[i], b_y, temperature, top_k, top_p, uniforms[t, i], weights, order
+                )
+                symbols[i, lengths[i]] = symbol
+                lengths[i] += 1
+                feed[i] = symbol
+                running[i] = symbol != stop
+    return finite

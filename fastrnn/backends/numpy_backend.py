@@ -717,3 +717,149 @@ def sum_of_squares(grad, inv_scale):
 def scale(grad, factor):
     """``grad *= factor``, in place."""
     grad *= factor
+
+
+# -- one step at a time: streaming and generation (fastrnn.generation) -------------------
+# A trained network in one direction, run one time step at a time for a few rows.  ``w`` is
+# a ``layers.StepWeights`` (the transposed weights, stacked by layer); ``states`` are
+# (num_layers, m, n_a).  The Numba twins run a whole step (streaming) or every step
+# (generation) in one call.
+
+
+def network_step(z, previous, nonlinearity, w):
+    """Every layer's state after one step, (num_layers, m, n_a), from ``previous`` and
+    ``z`` (m, n_a), layer 0's input projection: layer ``l`` reads the new state of layer
+    ``l - 1``, as in the forward pass."""
+    states = np.empty_like(previous)
+    for layer in range(previous.shape[0]):
+        if layer > 0:
+            z = states[layer - 1] @ w.W_ax_T_upper[layer - 1]
+        states[layer] = activation(z + previous[layer] @ w.W_aa_T[layer] + w.b_a[layer], nonlinearity)
+    return states
+
+
+@overflow_reported_by_the_engine  # fastrnn.generation reports non-finite results
+def stream_step(inputs, previous, states, w, probabilities, nonlinearity, scratch):
+    """One step of every layer and the output layer, for a stream (``Stream.step``).
+
+    Parameters
+    ----------
+    inputs : ndarray
+        Symbol indices (m,) intp, or dense input (n_x, m), C-contiguous.
+    previous : ndarray, shape (num_layers, m, n_a)
+    states : ndarray, shape (num_layers, m, n_a)
+        Receives the new states.
+    w : layers.StepWeights
+    probabilities : bool
+        Softmax outputs; False: the logits.
+    scratch : ndarray, shape (2, m, n_a)
+        The Numba twin's workspace, kept by the stream; the reference allocates its own.
+
+    Returns
+    -------
+    out : ndarray, shape (m, n_y)
+    bad : int
+        -1; else the position of the first index out of ``[0, n_x)`` (indices) or the flat
+        position of the first non-finite entry (dense), and nothing was computed.
+    finite : bool
+        Whether every new state and output is finite.
+    """
+    if inputs.ndim == 1:
+        wrong = np.flatnonzero((inputs < 0) | (inputs >= w.W_ax_T.shape[0]))
+        if wrong.size:
+            return None, int(wrong[0]), False
+        z = w.W_ax_T[inputs]
+    else:
+        wrong = np.flatnonzero(~np.isfinite(inputs))
+        if wrong.size:
+            return None, int(wrong[0]), False
+        z = inputs.T @ w.W_ax_T
+    states[...] = network_step(z, previous, nonlinearity, w)
+    out = states[-1] @ w.W_ya_T + w.b_y
+    if probabilities:
+        out = softmax(out)
+    return out, -1, _all_finite(out, states)
+
+
+def ranked(weights, limit):
+    """The ``limit`` likeliest symbols, best first; ties go to the lower index (a total
+    order, which the Numba twin's heap gives too)."""
+    return np.lexsort((np.arange(weights.size), -weights))[:limit]
+
+
+def draw_symbol(logits, temperature, top_k, top_p, u):
+    """One symbol drawn from ``softmax(logits / temperature)`` (``logits`` (n_y,), the
+    output layer's, bias included), with ``u`` uniform in [0, 1).
+
+    The likeliest ``top_k`` symbols are kept (``top_k >= n_y``: all), then the smallest
+    prefix of them whose mass reaches ``top_p`` of theirs (``top_p = 1``: all); the draw
+    walks the kept symbols' cumulative weights (in index order when nothing is filtered,
+    else best first) to ``u`` times their total.  Computed in float64 for both dtypes.
+    """
+    logits = logits.astype(np.float64)
+    weights = np.exp((logits - logits.max()) / temperature)
+    n = weights.size
+    limit = min(top_k, n)
+    if limit == n and top_p >= 1.0:
+        order = np.arange(n)
+    else:
+        order = ranked(weights, limit)
+        if top_p < 1.0:
+            cumulative = np.cumsum(weights[order])
+            order = order[: int(np.argmax(cumulative >= top_p * cumulative[-1])) + 1]
+    cumulative = np.cumsum(weights[order])  # sequential sums, as the Numba twin adds
+    past = np.flatnonzero(cumulative > u * cumulative[-1])
+    if past.size:
+        return int(order[past[0]])
+    possible = np.flatnonzero(weights[order] > 0)  # rounding left the target unreached
+    return int(order[possible[-1]]) if possible.size else int(order[0])
+
+
+@overflow_reported_by_the_engine  # fastrnn.generation reports non-finite results
+def generate(feed, running, states, w, uniforms, temperature, top_k, top_p, stop, nonlinearity):
+    """Generation: ``uniforms.shape[0]`` steps of ``m`` streams, each feeding back the
+    symbol it drew.
+
+    Parameters
+    ----------
+    feed : ndarray, shape (m,) intp
+        Each stream's first input symbol (checked by the caller).
+    running : ndarray, shape (m,) bool
+        Which streams generate; a stream stops after drawing ``stop``.
+    states : ndarray, shape (num_layers, m, n_a)
+        The states before ``feed``; updated in place.
+    w : layers.StepWeights
+    uniforms : ndarray, shape (n_steps, m) float64
+        ``uniforms[t, i]`` draws stream ``i``'s symbol at step ``t`` (``draw_symbol``).
+    temperature, top_p : float
+    top_k : int
+        ``n_y`` or more: no top-k filter.
+    stop : int
+        The stop symbol; -1: none.
+
+    Returns
+    -------
+    symbols : ndarray, shape (m, n_steps) intp
+        Stream ``i``'s symbols are ``symbols[i, :lengths[i]]``.
+    lengths : ndarray, shape (m,) intp
+    finite : bool
+        Whether every output was finite.
+    """
+    feed, running = feed.copy(), running.copy()
+    m = feed.size
+    symbols = np.zeros((m, uniforms.shape[0]), dtype=np.intp)
+    lengths = np.zeros(m, dtype=np.intp)
+    finite = True
+    for t in range(uniforms.shape[0]):
+        if not running.any():
+            break
+        states[...] = network_step(w.W_ax_T[feed], states, nonlinearity, w)
+        logits = states[-1] @ w.W_ya_T + w.b_y
+        finite &= _all_finite(logits)
+        for i in np.flatnonzero(running):
+            symbol = draw_symbol(logits[i], temperature, top_k, top_p, uniforms[t, i])
+            symbols[i, lengths[i]] = symbol
+            lengths[i] += 1
+            feed[i] = symbol
+            running[i] = symbol != stop
+    return symbols, lengths, finite

@@ -73,6 +73,23 @@ def test_train_prints_a_json_summary_and_writes_checkpoint_and_plot(tmp_path):
     )
     assert sampled.stdout == again.stdout and sampled.stdout.startswith("the ")
     assert set(sampled.stdout.strip()) <= set("the cat sat on the mat. ")
+    filtered = run_cli(
+        "sample", summary["checkpoint"], "--chars", 60, "--seed", 3, "--top-k", 3, "--top-p", 0.9,
+        "--stop", ".", "--num-samples", 3, cwd=tmp_path,
+    )  # fmt: skip
+    assert filtered.returncode == 0, filtered.stderr
+    headers = [line for line in filtered.stdout.splitlines() if line.startswith("--- sample")]
+    assert headers == [f"--- sample {k} of 3 ---" for k in (1, 2, 3)]
+    for sample in filtered.stdout.split("---\n")[1:]:
+        body = sample.split("\n--- sample")[0].rstrip("\n")
+        assert "." not in body[:-1] and (body.endswith(".") or len(body) == 60), body
+    for flags, message in [
+        (["--stop", "xy"], "--stop"),
+        (["--stop", "Q"], "--stop"),
+        (["--top-p", "2"], "--top-p"),
+    ]:
+        bad = run_cli("sample", summary["checkpoint"], *flags, cwd=tmp_path)
+        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def test_train_defaults_to_the_zen_of_python(tmp_path):

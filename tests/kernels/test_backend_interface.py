@@ -15,7 +15,7 @@ INTERFACE = [
     "forward", "backward", "loss_and_grads", "sequence_losses", "sgd_update", "adagrad_update", "adam_update",
     "clip_by_value", "max_abs", "sum_of_squares", "scale",
     "make_packing", "pack_rows", "unpack_rows", "packed_forward_outputs", "packed_backward_grads",
-    "packed_loss_and_grads", "packed_sequence_losses",
+    "packed_loss_and_grads", "packed_sequence_losses", "stream_step", "generate",
 ]  # fmt: skip
 
 
@@ -126,3 +126,33 @@ def test_packed_kernels_get_each_argument_under_its_own_name(monkeypatch):
             else:
                 assert value.shape == EXPECTED_SHAPES[name], (kernel, name, value.shape)
     assert set(PACKED_ENTRY_POINTS) >= set(calls)
+
+
+STEP_ENTRY_POINTS = ("stream_step_index_kernel", "stream_step_dense_kernel", "generate_kernel")
+
+
+def test_step_kernels_get_each_argument_under_its_own_name(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(numba_backend, "kernels", _recording_kernels(calls, STEP_ENTRY_POINTS))
+    layers, m, n_steps = 3, 2, 4
+    params = fastrnn.init_params(N_X, N_A, N_X, num_layers=layers, seed=602)
+    model = fastrnn.RNN.from_params(params, backend="numba", nonlinearity="relu")
+    stream = model.stream(batch=m)
+    stream.step(np.array([0, 2]))
+    stream.step(np.ones((N_X, m)))
+    model.generate(n_steps, prime=[1], n_samples=m, seed=0, top_k=2, top_p=0.5, stop=1)
+    assert set(calls) == set(STEP_ENTRY_POINTS)
+    expected = {
+        "index": (m,), "x": (N_X, m), "feed": (m,), "running": (m,), "previous": (layers, m, N_A),
+        "states": (layers, m, N_A), "W_ax_T": (N_X, N_A), "W_ax_T_upper": (layers - 1, N_A, N_A),
+        "W_aa_T": (layers, N_A, N_A), "b_a": (layers, N_A), "W_ya_T": (N_A, N_X), "b_y": (N_X,),
+        "z": (m, N_A), "rec": (m, N_A), "out": (m, N_X), "logits": (m, N_X), "weights": (N_X,), "order": (N_X,),
+        "uniforms": (n_steps, m), "symbols": (m, n_steps), "lengths": (m,),
+    }  # fmt: skip
+    scalars = {"relu": True, "probabilities": True, "temperature": 1.0, "top_k": 2, "top_p": 0.5, "stop": 1}
+    for kernel, arguments in calls.items():
+        for name, value in arguments.items():
+            if name in scalars:
+                assert value == scalars[name] and type(value) is type(scalars[name]), (kernel, name, value)
+            else:
+                assert value.shape == expected[name], (kernel, name, value.shape)
