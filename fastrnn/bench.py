@@ -491,3 +491,85 @@ def run_torch(cases=tuple(TORCH_CASES), dtypes=("float32",), rounds=3, threads=N
             rows.append({"case": case, "dtype": dtype, "nn_ms": nn_ms, "fastrnn_ms": fast_ms})
             print(f"{case:<22} {dtype:<8} {nn_ms:>9.3f} {fast_ms:>9.3f} {nn_ms / fast_ms:>7.2f}x")
     return rows
+
+
+# -- one step at a time: generation and streams --------------------------------------------
+
+#: A character model's sizes: 65 symbols (Shakespeare's), hidden 128.
+GENERATION_SIZE = (65, 128)
+
+
+def char_model(dtype, backend=None, num_layers=1, size=GENERATION_SIZE):
+    """A character model with random weights (``seed=0``) and a vocabulary, to time
+    generation and streams with (their speed does not depend on training)."""
+    from .model import RNN
+
+    n_symbols, n_a = size
+    model = RNN(n_symbols, n_a, n_symbols, num_layers=num_layers, dtype=dtype, backend=backend, seed=0)
+    model.vocab = "".join(chr(ord("!") + k) for k in range(n_symbols))
+    return model
+
+
+def torch_one_step(n_x, n_a, n_y, dtype):
+    """A PyTorch model's one-step call under ``no_grad``: ``nn.RNN``, ``nn.Linear`` and a
+    softmax on one sequence, the hidden state carried; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch_dtype = getattr(torch, np.dtype(dtype).name)
+    rnn, linear = torch.nn.RNN(n_x, n_a, dtype=torch_dtype), torch.nn.Linear(n_a, n_y, dtype=torch_dtype)
+    x = torch.zeros(1, 1, n_x, dtype=torch_dtype)
+    x[0, 0, 3] = 1
+    state = [torch.zeros(1, 1, n_a, dtype=torch_dtype)]
+
+    def step():
+        with torch.no_grad():
+            out, state[0] = rnn(x, state[0])
+            return torch.softmax(linear(out[0]), dim=-1)
+
+    return step
+
+
+def _generation_times(dtype, repeat, chars):
+    """``run_generation``'s measurements of one dtype, in seconds."""
+    from .api import rnn_cell_forward
+    from .text import sample
+
+    n_symbols, n_a = GENERATION_SIZE
+    model, reference = char_model(dtype), char_model(dtype, backend="numpy")
+    sample(model, 10, seed=0, n_samples=64)  # compile or load, untimed
+    stream = model.stream()
+    index, x, a = np.array([3]), np.eye(n_symbols, 1, -3, dtype=dtype), np.zeros((n_a, 1), dtype)
+    stream.step(index)
+    torch_step = torch_one_step(n_symbols, n_a, n_symbols, dtype)
+    return {
+        "sample": median_seconds(lambda: sample(model, chars, seed=0), repeat=repeat) / chars,
+        "sample_numpy": median_seconds(lambda: sample(reference, 100, seed=0), repeat=3) / 100,
+        "sample_64": median_seconds(lambda: sample(model, 500, seed=0, n_samples=64), repeat=repeat)
+        / (64 * 500),
+        "step": median_seconds(lambda: stream.step(index), repeat=repeat),
+        "cell": median_seconds(lambda: rnn_cell_forward(x, a, model.params), repeat=repeat),
+        "torch": median_seconds(torch_step, repeat=repeat) if torch_step else float("nan"),
+    }
+
+
+def run_generation(dtypes=(np.float32, np.float64), repeat=7, chars=2000):
+    """Generation and streams of a character model (``GENERATION_SIZE``): ``text.sample``
+    per character (one stream, compiled and reference) and in characters per second (64
+    streams), and ``Stream.step`` for one sequence against ``rnn_cell_forward`` and, with
+    torch installed, PyTorch's ``nn.RNN`` + ``nn.Linear`` + softmax one-step call."""
+    n_symbols, n_a = GENERATION_SIZE
+    print(f"one step at a time: a character model of {n_symbols} symbols, hidden {n_a}; medians of {repeat}")
+    rows = []
+    for dtype in dtypes:
+        name = np.dtype(dtype).name
+        t = _generation_times(dtype, repeat, chars)
+        rows.append({"dtype": name} | {key: seconds * 1e6 for key, seconds in t.items()})
+        print(f"{name}: text.sample, 1 stream   numba {t['sample'] * 1e6:8.2f} us/char   "
+              f"numpy {t['sample_numpy'] * 1e6:8.1f} us/char ({t['sample_numpy'] / t['sample']:.0f}x)")  # fmt: skip
+        print(f"{name}: text.sample, 64 streams numba {1 / t['sample_64']:,.0f} chars/s")
+        print(f"{name}: Stream.step, 1 sequence {t['step'] * 1e6:8.2f} us   rnn_cell_forward {t['cell'] * 1e6:8.1f} us "
+              f"({t['cell'] / t['step']:.1f}x)   torch nn.RNN+Linear+softmax {t['torch'] * 1e6:8.1f} us "
+              f"({t['torch'] / t['step']:.1f}x)")  # fmt: skip
+    return rows

@@ -3,7 +3,8 @@
 - ``demo`` (the default): one training step's maths on both backends, a few sizes
   (``fastrnn.bench.demo``).
 - ``bench``: Numba and NumPy backends against PyTorch CPU and the BLAS peak
-  (``fastrnn.bench.run``).
+  (``fastrnn.bench.run``); ``--generation``: generation and streams
+  (``fastrnn.bench.run_generation``).
 - ``train [TEXT_FILE]``: train a character-level language model (the Zen of Python when no
   file is given), with a progress bar, samples, a checkpoint and a loss-curve picture; in
   this process, or on a Dask cluster (``--dask``, ``fastrnn.distributed``).
@@ -100,6 +101,9 @@ def build_parser():
                               help="instead: a PyTorch training step with fastrnn.torch.RNN against torch.nn.RNN, "
                                    "each side in fresh processes (needs fastrnn[torch]); --sizes then names "
                                    "cases of fastrnn.bench.TORCH_CASES, or 'all'")  # fmt: skip
+    bench_parser.add_argument("--generation", action="store_true",
+                              help="instead: text.sample per character and with 64 streams, and Stream.step against "
+                                   "rnn_cell_forward and PyTorch's one-step call, on a character model")  # fmt: skip
 
     train = sub.add_parser("train", help="train a character-level language model on a text file")
     train.add_argument("text_file", nargs="?", help="UTF-8 text to learn (default: the Zen of Python)")
@@ -229,6 +233,9 @@ def main(argv=None):
 def run_bench(args):
     if args.torch:
         return _run_torch_bench(args)
+    if args.generation:
+        bench.run_generation([np.dtype(d).type for d in _bench_dtypes(args)], repeat=args.repeat)
+        return 0
     known = {size[0]: size for size in bench.BENCH_SIZES}
     names = [name.strip() for name in args.sizes.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]

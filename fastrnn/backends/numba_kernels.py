@@ -1245,10 +1245,10 @@ def packed_loss_and_grads_onehot_kernel(
 # =======================================================================================
 
 
-@inline_kernel
-def _matmul_into(a, b, out):
-    """``out = a @ b`` (r, n): loops at the sizes where they beat a BLAS call
-    (``add_matmul_into``), BLAS above."""
+@kernel  # every product of the step kernels: compiled once per dtype, not inlined at each
+def step_product_into(a, b, out):
+    """``out = a @ b`` (a (r, k), b (k, n), out (r, n)): loops at the sizes where they beat
+    a BLAS call (``add_matmul_into``), BLAS above."""
     r, k = a.shape
     n = b.shape[1]
     if r * k * n > (SMALL_MATVEC_FLOPS if r == 1 else SMALL_MATMUL_FLOPS):
@@ -1259,31 +1259,34 @@ def _matmul_into(a, b, out):
 
 
 @inline_kernel
-def _activation_into(z, b_a, out, relu):
-    """``out = f(z + b_a)`` row by row: the cell's nonlinearity (``numpy_backend.activation``)."""
+def _activation_into(z, rec, b_a, out, relu):
+    """``out = f(z + rec + b_a)`` row by row: the cell's nonlinearity (``numpy_backend.activation``)
+    of its input projection, recurrent product and bias, in one pass."""
     m, n_a = z.shape
     for i in range(m):
         z_i = z[i]
+        rec_i = rec[i]
         out_i = out[i]
         if relu is None:  # pruned at compile time (NONLINEARITY)
             for j in range(n_a):
-                out_i[j] = fast_tanh(z_i[j] + b_a[j])
+                out_i[j] = fast_tanh(z_i[j] + rec_i[j] + b_a[j])
         else:
             for j in range(n_a):
-                v = z_i[j] + b_a[j]
+                v = z_i[j] + rec_i[j] + b_a[j]
                 out_i[j] = max(v, v - v)
 
 
-@inline_kernel
+@kernel  # shared by the three entry points below: compiled once, not inlined into each
 def network_step_into(z, previous, states, W_ax_T_upper, W_aa_T, b_a, rec, relu):
     """``numpy_backend.network_step``: ``z`` (m, n_a) holds layer 0's input projection on
     entry; ``states`` (L, m, n_a) gets every layer's new state from ``previous``, which may
-    be ``states`` itself (each layer reads its own old state before writing it)."""
+    be ``states`` itself (each layer reads its own old state before writing it).  ``rec``
+    (m, n_a) receives each layer's recurrent product."""
     for layer in range(states.shape[0]):
         if layer > 0:
-            _matmul_into(states[layer - 1], W_ax_T_upper[layer - 1], z)
-        add_matmul_into(previous[layer], W_aa_T[layer], z, rec)
-        _activation_into(z, b_a[layer], states[layer], relu)
+            step_product_into(states[layer - 1], W_ax_T_upper[layer - 1], z)
+        step_product_into(previous[layer], W_aa_T[layer], rec)
+        _activation_into(z, rec, b_a[layer], states[layer], relu)
 
 
 @inline_kernel
@@ -1339,14 +1342,14 @@ def stream_step_dense_kernel(
     )
 
 
-@inline_kernel
+@kernel  # shared by both stream kernels: compiled once
 def _stream_after_the_input_layer(
     previous, states, W_ax_T_upper, W_aa_T, b_a, W_ya_T, b_y, z, rec, out, probabilities, relu
 ):
     """The layers' cells and the output layer: ``out`` (m, n_y) gets the logits, or the
     softmax outputs with ``probabilities``.  Returns whether states and outputs are finite."""
     network_step_into(z, previous, states, W_ax_T_upper, W_aa_T, b_a, rec, relu)
-    _matmul_into(states[states.shape[0] - 1], W_ya_T, out)
+    step_product_into(states[states.shape[0] - 1], W_ya_T, out)
     for i in range(out.shape[0]):
         out_i = out[i]
         if probabilities:
@@ -1364,7 +1367,7 @@ def _ranked_before(weights, i, j):
     return weights[i] > weights[j] or (weights[i] == weights[j] and i < j)
 
 
-@inline_kernel
+@kernel  # called from two loops of _rank_into: compiled once, not inlined twice
 def _sift_down(order, root, size, weights):
     """Restore the heap property of ``order[:size]`` below ``root`` (the highest-ranked
     symbol at the root)."""
@@ -1393,7 +1396,7 @@ def _rank_into(weights, limit, order):
     for popped in range(limit):  # the best goes to the end of the heap's shrinking range
         size = n - popped
         order[0], order[size - 1] = order[size - 1], order[0]
-        _sift_down(order, 0, size - 1, weights)
+        _sift_down(order, np.intp(0), size - 1, weights)  # np.intp: a literal 0 would compile it again
     for k in range(n // 2):  # the popped ones sit at the end, best last: reverse them to the front
         order[k], order[n - 1 - k] = order[n - 1 - k], order[k]
 
@@ -1473,7 +1476,7 @@ def generate_kernel(
             break
         _step_lookup_into(feed, W_ax_T, z)
         network_step_into(z, states, states, W_ax_T_upper, W_aa_T, b_a, rec, relu)
-        _matmul_into(states[top], W_ya_T, logits)
+        step_product_into(states[top], W_ya_T, logits)
         finite &= all_finite(logits)
         for i in range(m):
             if running[i]:
