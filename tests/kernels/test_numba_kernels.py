@@ -148,7 +148,9 @@ def _transpose(a, out):
     kernels.transpose_into(a, out)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (16, 8), (37, 20), (20, 37)], ids=str)  # tiles of 16, ragged edges
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (16, 8), (5, 40), (37, 20), (20, 37), (32, 48)], ids=str
+)  # tiles of 16, ragged edges
 def test_transpose_into(shape, dtype):
     a = np.random.default_rng(62).standard_normal(shape).astype(dtype)
     out = np.full(shape[::-1], np.nan, dtype=dtype)
