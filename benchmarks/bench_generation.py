@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 
 import fastrnn
-from fastrnn.bench import char_model, median_seconds
+from fastrnn.bench import char_model, median_ratio, median_seconds
 
 DTYPES = ["float32", "float64"]
 BACKENDS = ["numba", "numpy"]
@@ -74,12 +74,13 @@ class StreamStep:
 
 class StreamSpeedup:
     """``Stream.step`` against what a user called before streams existed, ``rnn_cell_forward``
-    on the same one-sequence step, in one process: the step's time over the cell's (lower is
-    better; a ratio is steadier on a busy machine than two times)."""
+    on the same one-sequence step, timed in turn in one process (``fastrnn.bench.median_ratio``):
+    the step's time over the cell's, so that larger is worse, as asv reads every ``track_``;
+    gated (``benchmarks/compare.sh``)."""
 
     params = DTYPES
     param_names = ["dtype"]
-    unit = "ratio"
+    unit = "step time / cell time"
 
     def setup(self, dtype):
         model = _model(dtype, "numba")
@@ -92,9 +93,10 @@ class StreamSpeedup:
         fastrnn.rnn_cell_forward(self.x, self.a, self.params)
 
     def track_step_over_rnn_cell_forward(self, dtype):
-        step = median_seconds(lambda: self.stream.step(self.index), repeat=5)
-        cell = median_seconds(lambda: fastrnn.rnn_cell_forward(self.x, self.a, self.params), repeat=5)
-        return step / cell
+        return median_ratio(
+            lambda: self.stream.step(self.index),
+            lambda: fastrnn.rnn_cell_forward(self.x, self.a, self.params),
+        )
 
 
 _FIRST_GENERATION = """

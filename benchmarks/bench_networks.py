@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 import fastrnn
-from fastrnn.bench import NETWORK_SIZE, median_seconds, network_flops, network_problem
+from fastrnn.bench import NETWORK_SIZE, median_ratio, network_flops, network_problem
 
 KINDS = ["1 layer", "2 layers", "bidirectional", "variable length"]
 DTYPES = ["float64", "float32"]
@@ -30,13 +30,6 @@ def _step(kind, dtype, backend, **options):
     )
     step()
     return step
-
-
-def _median_ratio(step, baseline, rounds=5):
-    """``step``'s time over ``baseline``'s, the median over rounds that time one then the
-    other, so that both see the same machine state."""
-    ratios = [median_seconds(step, repeat=3) / median_seconds(baseline, repeat=3) for _ in range(rounds)]
-    return float(np.median(ratios))
 
 
 class NetworkStep:
@@ -84,7 +77,7 @@ class VariableLengthCost:
         self.full = _step("1 layer", dtype, "numba")
 
     def track_variable_over_full_length(self, dtype):
-        return _median_ratio(self.variable, self.full)
+        return median_ratio(self.variable, self.full)
 
     def track_real_steps(self, dtype):
         lengths = network_problem("variable length", *SHAPE)[3]
@@ -107,4 +100,4 @@ class ExtraLayerCost:
 
     def track_time_over_products(self, dtype):
         products = network_flops("2 layers", *SHAPE) / network_flops("1 layer", *SHAPE)
-        return _median_ratio(self.two, self.one) / products
+        return median_ratio(self.two, self.one) / products
