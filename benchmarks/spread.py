@@ -20,7 +20,7 @@ from pathlib import Path
 
 def _results(folder):
     """{(benchmark, parameters): value} of one asv results folder's (only) results file."""
-    (path,) = [p for p in Path(folder).rglob("*.json") if p.name not in ("machine.json", "benchmarks.json")]
+    (path,) = [p for p in (Path(folder) / "results").glob("*/*.json") if p.name != "machine.json"]
     data = json.loads(path.read_text())
     columns = data["result_columns"]
     values = {}
@@ -44,7 +44,7 @@ def main(argv=None):
     runs = []
     for k in range(args.runs):
         with tempfile.TemporaryDirectory() as folder:
-            command = ["asv", "run", "--python=same", "--show-stderr", "--bench", args.bench,
+            command = [sys.executable, "-m", "asv", "run", "--python=same", "--show-stderr", "--bench", args.bench,
                        "--set-commit-hash", commit, "--config", _config_with_results(folder)]  # fmt: skip
             subprocess.run(command, check=True)
             runs.append(_results(folder))
