@@ -131,7 +131,8 @@ def generate_symbols(
 
     shards = [slice(0, m)] if m < SHARDED_STREAMS else [slice(0, m // 2), slice(m // 2, m)]
     threads = min(len(shards), parallel.available_cores())
-    parts = parallel.run_shards(lambda k: shard(shards[k]), len(shards), threads)
+    with parallel.blas_threads(1 if threads > 1 else None):  # shard threads, not BLAS's, share the cores
+        parts = parallel.run_shards(lambda k: shard(shards[k]), len(shards), threads)
     if not all(finite for *_, finite in parts):
         raise _overflow(dims.dtype, "generate")
     symbols = [row[:length] for part in parts for row, length in zip(part[0], part[1])]
