@@ -1,7 +1,7 @@
 """asv benchmarks of running a trained model one step at a time: generation (``text.sample``)
 and streams (``Stream.step``), their compile time, and the ``sample`` command's wall time.
 
-The model is ``fastrnn.bench.char_model``: 65 symbols, hidden 128, random weights (speed
+The model is ``common.char_model``: 65 symbols, hidden 128, random weights (speed
 does not depend on training), the sizes ``python -m fastrnn bench --generation`` prints.
 Compilation is paid in ``setup``, except in ``GenerationCompileTime`` and
 ``SampleCommand``, which measure what a user waits for in a fresh process.
@@ -15,16 +15,16 @@ import tempfile
 import numpy as np
 
 import fastrnn
-from fastrnn.bench import char_model, median_ratio, median_seconds
+
+from .common import BACKENDS, char_model, median_ratio, median_seconds, require, require_backend
 
 DTYPES = ["float32", "float64"]
-BACKENDS = ["numba", "numpy"]
 CHARS = {"numba": 2000, "numpy": 100}  # the reference is a Python loop per character
 
 
 def _model(dtype, backend):
-    if backend not in fastrnn.available_backends():
-        raise NotImplementedError(f"backend {backend} is not available here")
+    require_backend(backend)
+    require(hasattr(fastrnn.RNN, "stream"), "generation and streams came with fastrnn.generation")
     return char_model(np.dtype(dtype).type, backend=backend)
 
 
@@ -74,7 +74,7 @@ class StreamStep:
 
 class StreamSpeedup:
     """``Stream.step`` against what a user called before streams existed, ``rnn_cell_forward``
-    on the same one-sequence step, timed in turn in one process (``fastrnn.bench.median_ratio``):
+    on the same one-sequence step, timed in turn in one process (``common.median_ratio``):
     the step's time over the cell's, so that larger is worse, as asv reads every ``track_``;
     gated (``benchmarks/compare.sh``)."""
 
@@ -103,8 +103,9 @@ _FIRST_GENERATION = """
 import time
 import numpy as np
 start = time.perf_counter()
-from fastrnn.bench import char_model
-model = char_model(np.{dtype})
+import fastrnn
+model = fastrnn.RNN(65, 128, 65, dtype=np.{dtype}, seed=0)
+model.vocab = "".join(chr(33 + k) for k in range(65))
 loaded = time.perf_counter()
 {call}
 print(time.perf_counter() - loaded)
@@ -138,8 +139,8 @@ class GenerationCompileTime:
     repeat = 1
 
     def setup(self, dtype, call):
-        if "numba" not in fastrnn.available_backends():
-            raise NotImplementedError("numba is not available here")
+        require_backend("numba")
+        require(hasattr(fastrnn.RNN, "stream"), "generation and streams came with fastrnn.generation")
 
     def track_first_call_cold(self, dtype, call):
         with tempfile.TemporaryDirectory() as cache_dir:
@@ -161,8 +162,8 @@ class SampleCommand:
     repeat = 3
 
     def setup(self):
-        if "numba" not in fastrnn.available_backends():
-            raise NotImplementedError("numba is not available here")
+        require_backend("numba")
+        require(hasattr(fastrnn.RNN, "stream"), "compiled generation came with fastrnn.generation")
         self.folder = tempfile.TemporaryDirectory()
         self.checkpoint = os.path.join(self.folder.name, "model.npz")
         char_model(np.float32).save(self.checkpoint)

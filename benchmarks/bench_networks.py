@@ -1,6 +1,6 @@
 """asv benchmarks of the networks beyond the seed's: 2 stacked layers, a bidirectional
 layer, and a variable-length batch (lengths uniform in 1..T), at the char-rnn size, as
-``python -m fastrnn bench`` prints them (``fastrnn.bench.network_problem``).
+``python -m fastrnn bench`` prints them (``common.network_problem``).
 
 ``track_*`` report ratios measured side by side in one process, steadier than two times on
 a shared machine: a variable-length batch against the same batch at full length, and an
@@ -12,18 +12,28 @@ import functools
 import numpy as np
 
 import fastrnn
-from fastrnn.bench import NETWORK_SIZE, median_ratio, network_flops, network_problem
+
+from .common import (
+    BACKENDS,
+    DTYPES,
+    NETWORK_SHAPE,
+    median_ratio,
+    network_flops,
+    network_problem,
+    require,
+    require_backend,
+)
 
 KINDS = ["1 layer", "2 layers", "bidirectional", "variable length"]
-DTYPES = ["float64", "float32"]
-BACKENDS = ["numba", "numpy"]
-SHAPE = NETWORK_SIZE[1:]
+SHAPE = NETWORK_SHAPE
 
 
 def _step(kind, dtype, backend, **options):
     """A ``loss_and_grads`` closure for a network row, compiled (run once) before it is returned."""
-    if backend not in fastrnn.available_backends():
-        raise NotImplementedError(f"backend {backend} is not available here")
+    require_backend(backend)
+    require(
+        kind == "1 layer" or hasattr(fastrnn, "PackedCache"), "networks beyond one layer came with fastrnn 2"
+    )
     x, y, params, lengths = network_problem(kind, *SHAPE, dtype=np.dtype(dtype).type)
     step = functools.partial(
         fastrnn.loss_and_grads, x, None, y, params, backend=backend, lengths=lengths, **options
@@ -86,7 +96,7 @@ class VariableLengthCost:
 
 class ExtraLayerCost:
     """A 2-layer step's time over the 1-layer step's, divided by its products' ratio
-    (``fastrnn.bench.network_flops``): 1 when the extra layer costs its products and
+    (``common.network_flops``): 1 when the extra layer costs its products and
     nothing more (Numba, default ``workers``)."""
 
     params = DTYPES

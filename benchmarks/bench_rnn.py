@@ -17,16 +17,12 @@ import numpy as np
 
 import fastrnn
 import fastrnn.optim
-from fastrnn.bench import BENCH_SIZES, make_problem, median_ratio
 
-SIZES = {name: shape for name, *shape in BENCH_SIZES}
-DTYPES = ["float64", "float32"]
-BACKENDS = ["numba", "numpy"]
+from .common import BACKENDS, DTYPES, SIZES, make_problem, median_ratio, require_backend
 
 
 def _problem(size, dtype, backend):
-    if backend not in fastrnn.available_backends():
-        raise NotImplementedError(f"backend {backend} is not available here")
+    require_backend(backend)
     x, a0, y, params = make_problem(*SIZES[size], dtype=np.dtype(dtype).type)
     # Compile or load every kernel the benchmarks call, untimed.
     fastrnn.loss_and_grads(x, a0, y, params, backend=backend)
@@ -91,7 +87,7 @@ class Workers:
 
 class WorkersSpeedup:
     """The default ``workers``' step time over ``workers=1``'s, timed in turn in one process
-    (``fastrnn.bench.median_ratio``): below 1 when the default's threads pay.  A time over
+    (``common.median_ratio``): below 1 when the default's threads pay.  A time over
     a time, so that larger is worse, as asv reads every ``track_``; gated
     (``benchmarks/compare.sh``)."""
 
@@ -124,8 +120,7 @@ class CharModel:
     timeout = 300
 
     def setup(self, dtype, backend):
-        if backend not in fastrnn.available_backends():
-            raise NotImplementedError(f"backend {backend} is not available here")
+        require_backend(backend)
         rng = np.random.default_rng(0)
         self.model = fastrnn.RNN(65, 128, 65, dtype=np.dtype(dtype).type, backend=backend, seed=0)
         self.x_index = rng.integers(0, 65, size=(32, 64))
@@ -177,7 +172,7 @@ class Memory:
 
 class Speedup:
     """The Numba backend's ``loss_and_grads`` time over the NumPy backend's, timed in turn in
-    one process (``fastrnn.bench.median_ratio``; a ratio is steadier than two times on a
+    one process (``common.median_ratio``; a ratio is steadier than two times on a
     busy machine).  A time over a time, so that larger is worse, as asv reads every
     ``track_``; gated (``benchmarks/compare.sh``).  ``python -m fastrnn bench`` prints its
     inverse, the speed-up."""

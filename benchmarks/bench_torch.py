@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 
+from .common import median_ratio
+
 CASES = ["tiny", "char-rnn", "char-rnn packed", "char-rnn 2-layer bi", "large"]
 DTYPES = ["float32", "float64"]
 
@@ -19,8 +21,20 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise NotImplementedError("PyTorch is not installed (pip install 'fastrnn[torch]')") from None
+        raise NotImplementedError(
+            "PyTorch is not installed (pip install 'fastrnn[torch]'; in an asv environment, docs/benchmarks.md)"
+        ) from None
     return torch
+
+
+def _make_step(rnn, case, dtype):
+    """``fastrnn.torch.bench.make_step``: the step ``python -m fastrnn bench --torch`` times
+    (one definition of the step for both); a skip on a commit without the PyTorch door."""
+    try:
+        from fastrnn.torch.bench import make_step
+    except ImportError:
+        raise NotImplementedError("this commit has no fastrnn.torch") from None
+    return make_step(rnn, case, dtype)
 
 
 class TorchStep:
@@ -32,10 +46,8 @@ class TorchStep:
 
     def setup(self, case, dtype, rnn):
         torch = _torch()
-        from fastrnn.torch.bench import make_step
-
         torch.set_num_threads(os.cpu_count() or 1)
-        self.step = make_step(rnn, case, dtype)
+        self.step = _make_step(rnn, case, dtype)
         self.step()  # compile or load the kernels
 
     def time_training_step(self, case, dtype, rnn):
@@ -54,23 +66,13 @@ class TorchSpeedup:
 
     def setup(self, case, dtype):
         torch = _torch()
-        from fastrnn.torch.bench import make_step
-
         torch.set_num_threads(os.cpu_count() or 1)
-        self.steps = {rnn: make_step(rnn, case, dtype) for rnn in ("fastrnn", "nn")}
+        self.steps = {rnn: _make_step(rnn, case, dtype) for rnn in ("fastrnn", "nn")}
         for step in self.steps.values():
             step()
 
     def track_time_over_nn_rnn(self, case, dtype):
-        from fastrnn.bench import median_seconds
-
-        ratios = []
-        for _ in range(7):
-            seconds = {
-                rnn: median_seconds(step, repeat=3, min_seconds=0.02) for rnn, step in self.steps.items()
-            }
-            ratios.append(seconds["fastrnn"] / seconds["nn"])
-        return sorted(ratios)[len(ratios) // 2]
+        return median_ratio(self.steps["fastrnn"], self.steps["nn"], rounds=7)
 
 
 _FIRST_USE = """
@@ -112,6 +114,7 @@ class TorchCompileTime:
 
     def setup(self, dtype):
         _torch()
+        _make_step("fastrnn", "tiny", dtype)  # a skip without fastrnn.torch
 
     def track_import(self, dtype):
         with tempfile.TemporaryDirectory() as cache_dir:

@@ -54,18 +54,6 @@ def median_seconds(function, *, repeat=7, min_seconds=0.05):
     return float(np.median(samples))
 
 
-def median_ratio(function, baseline, *, rounds=5, repeat=3):
-    """``function``'s time over ``baseline``'s: the median over ``rounds`` rounds that each
-    time one, then the other (``median_seconds``), so that both see the same machine state.
-    A ratio measured so is far steadier than two times on a shared machine (the asv
-    benchmarks that gate regressions are such ratios, docs/benchmarks.md)."""
-    ratios = [
-        median_seconds(function, repeat=repeat) / median_seconds(baseline, repeat=repeat)
-        for _ in range(rounds)
-    ]
-    return float(np.median(ratios))
-
-
 def demo(sizes=DEMO_SIZES, dtype=np.float64):
     backends = api.available_backends()
     print(f"fastrnn demo: loss_and_grads, {np.dtype(dtype).name}, backends {', '.join(backends)}")
