@@ -332,7 +332,7 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None, nonlinearity="tanh"):
 
 
 def _cell_step(x_t, a_prev, params, backend, nonlinearity="tanh"):
-    """``rnn_cell_forward`` without its cache (for sampling, which needs none): the backend,
+    """``rnn_cell_forward``'s checks and step, before its cache is built: the backend,
     the checked params and x_t, ``h`` (2, m, n_a) = (a_prev, a_t) and ``y_hat`` (1, m, n_y)."""
     impl = backends.resolve(backend)
     nonlinearity = check_nonlinearity(nonlinearity)

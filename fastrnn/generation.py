@@ -95,7 +95,8 @@ def generate_symbols(
     n_steps = check_int(n_steps, "n_steps", minimum=0)
     m = check_int(n_samples, "n_samples", minimum=1)
     temperature = check_real(temperature, "temperature", above=0)
-    top_k = dims.n_y if top_k is None else check_int(top_k, "top_k", minimum=1)
+    # top_k beyond n_y keeps every symbol; clamped, so that any int reaches the kernels as one
+    top_k = dims.n_y if top_k is None else min(check_int(top_k, "top_k", minimum=1), dims.n_y)
     top_p = 1.0 if top_p is None else check_real(top_p, "top_p", above=0)
     if top_p > 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")

@@ -191,6 +191,7 @@ def test_same_seed_same_text_and_results_by_count(backend):
     assert isinstance(many, list) and len(many) == 3 and many == text.sample(model, 50, seed=9, n_samples=3)
     assert text.sample(model, 50, seed=np.random.default_rng(9)) == one  # a Generator as the seed
     assert text.sample(model, 0) == "" and text.sample(model, 0, prime="ab") == "ab"
+    assert text.sample(model, 50, seed=9, top_k=10**30) == one  # beyond the vocabulary: every symbol
     assert text.sample(model, 1, prime="ab", seed=0)[:2] == "ab"
 
 
