@@ -253,10 +253,11 @@ class Stream:
                 return x_t
         if isinstance(x_t, (list, tuple)) or np.ndim(x_t) == 1:
             # 1-D: symbol indices, range-checked here since they were converted anyway
-            return check_labels(
+            indices = check_labels(
                 x_t, "x_t", (self.batch,), self.n_x, what="symbol indices",
                 meaning=f"(m,) with m = {self.batch}, the stream's batch, or dense (n_x, m)",
             )  # fmt: skip
+            return np.ascontiguousarray(indices)  # a strided slice would compile the kernel again
         meaning = f"(n_x, m) = ({self.n_x}, {self.batch}), or symbol indices (m,)"
         x_t = check_array(x_t, "x_t", (self.n_x, self.batch), meaning, self.dtype, finite=False)
         return np.ascontiguousarray(x_t)

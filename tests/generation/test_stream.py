@@ -102,7 +102,12 @@ def test_one_layer_state_is_n_a_by_m_and_float32_input_is_cast(backend):
     assert cast.shape == (N_Y, 2) and cast.dtype == np.float64
     np.testing.assert_allclose(cast.sum(axis=0), 1)
     stream.reset()
-    ints = [np.array([1, 4], dtype=t) for t in (np.int8, np.int32, np.uint16, np.intp)] + [[1, 4], (1, 4)]
+    strided = np.array([1, 0, 4, 0])[::2]
+    ints = [np.array([1, 4], dtype=t) for t in (np.int8, np.int32, np.uint16, np.intp)] + [
+        [1, 4],
+        (1, 4),
+        strided,
+    ]
     outputs = []
     for index in ints:
         stream.reset()
