@@ -16,7 +16,15 @@ import numpy as np
 
 import fastrnn
 
-from .common import BACKENDS, char_model, median_ratio, median_seconds, require, require_backend
+from .common import (
+    BACKENDS,
+    char_model,
+    median_ratio,
+    median_seconds,
+    numbers_from_fresh_process,
+    require,
+    require_backend,
+)  # fmt: skip
 
 DTYPES = ["float32", "float64"]
 CHARS = {"numba": 2000, "numpy": 100}  # the reference is a Python loop per character
@@ -119,12 +127,7 @@ _CALLS = {
 def _first_call_seconds(dtype, call, cache_dir):
     """Seconds of a first ``call`` in a new interpreter whose Numba cache is ``cache_dir``,
     after the model is made (imports not counted: ``CompileTime`` in bench_rnn counts them)."""
-    environment = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, FASTRNN_BACKEND="numba")
-    result = subprocess.run(
-        [sys.executable, "-c", _FIRST_GENERATION.format(dtype=dtype, call=_CALLS[call])], env=environment,
-        capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
-    return float(result.stdout.strip().splitlines()[-1])
+    return numbers_from_fresh_process(_FIRST_GENERATION.format(dtype=dtype, call=_CALLS[call]), cache_dir)[0]
 
 
 class GenerationCompileTime:

@@ -7,9 +7,6 @@ raises ``NotImplementedError`` in ``setup``, which asv reports as skipped.
 """
 
 import functools
-import os
-import subprocess
-import sys
 import tempfile
 import tracemalloc
 
@@ -18,7 +15,15 @@ import numpy as np
 import fastrnn
 import fastrnn.optim
 
-from .common import BACKENDS, DTYPES, SIZES, make_problem, median_ratio, require_backend
+from .common import (
+    BACKENDS,
+    DTYPES,
+    SIZES,
+    make_problem,
+    median_ratio,
+    numbers_from_fresh_process,
+    require_backend,
+)
 
 
 def _problem(size, dtype, backend):
@@ -217,12 +222,7 @@ _NETWORK_FIRST_CALLS = {
 def _first_call_seconds(dtype, cache_dir, snippet=_FIRST_CALL):
     """Seconds from ``import fastrnn`` to the end of the first Numba ``loss_and_grads``, in a
     new interpreter whose Numba cache is ``cache_dir`` (``snippet``: the code it runs)."""
-    environment = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, FASTRNN_BACKEND="numba")
-    result = subprocess.run(
-        [sys.executable, "-c", snippet.format(dtype=dtype)], env=environment,
-        capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
-    return float(result.stdout.strip().splitlines()[-1])
+    return numbers_from_fresh_process(snippet.format(dtype=dtype), cache_dir)[0]
 
 
 class CompileTime:

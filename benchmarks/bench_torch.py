@@ -7,11 +7,9 @@ raises ``NotImplementedError`` and asv skips them.  The step is
 """
 
 import os
-import subprocess
-import sys
 import tempfile
 
-from .common import median_ratio
+from .common import median_ratio, numbers_from_fresh_process
 
 CASES = ["tiny", "char-rnn", "char-rnn packed", "char-rnn 2-layer bi", "large"]
 DTYPES = ["float32", "float64"]
@@ -91,13 +89,7 @@ print(imported - start, time.perf_counter() - imported)
 def _first_use(dtype, cache_dir):
     """``(import seconds, first forward + backward seconds)`` in a new interpreter whose
     Numba cache is ``cache_dir``."""
-    environment = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    result = subprocess.run(
-        [sys.executable, "-c", _FIRST_USE.format(dtype=dtype)], env=environment,
-        capture_output=True, text=True, check=True, timeout=600,
-    )  # fmt: skip
-    imported, first = result.stdout.strip().splitlines()[-1].split()
-    return float(imported), float(first)
+    return numbers_from_fresh_process(_FIRST_USE.format(dtype=dtype), cache_dir)
 
 
 class TorchCompileTime:

@@ -8,6 +8,9 @@ the way ``python -m fastrnn bench`` builds them (``fastrnn.problems``), so that 
 the same sizes.
 """
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -68,6 +71,17 @@ def median_ratio(function, baseline, *, rounds=5, repeat=3):
         for _ in range(rounds)
     ]
     return float(np.median(ratios))
+
+
+def numbers_from_fresh_process(code, cache_dir):
+    """The numbers on the last line ``code`` prints, run in a new interpreter whose Numba
+    cache is ``cache_dir`` (the Numba backend chosen): what the compile-time benchmarks
+    measure, cold (an empty cache) or warm (one an earlier process filled)."""
+    environment = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, FASTRNN_BACKEND="numba")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True, timeout=600
+    )
+    return tuple(float(number) for number in result.stdout.strip().splitlines()[-1].split())
 
 
 def make_problem(n_x, n_a, n_y, m, T, *, dtype=np.float64, seed=0):

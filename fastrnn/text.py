@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import optim
+from .generation import generate_symbols
 from .model import RNN
 from .parallel import check_workers, split_batch
 from .validation import check_int
@@ -435,9 +436,9 @@ def sample(model, n_chars, *, prime="", temperature=1.0, seed=None, top_k=None, 
         if not isinstance(stop, str) or len(stop) != 1:
             raise ValueError(f"stop must be one character of the vocabulary, got {stop!r}")
         stop = int(vocab.encode(stop)[0])  # a character not in the vocabulary: its ValueError
-    streams = model.generate(
-        n_chars, prime=vocab.encode(prime), temperature=temperature, seed=seed, top_k=top_k, top_p=top_p,
-        stop=stop, n_samples=n_samples,
+    streams = generate_symbols(
+        model.params, n_chars, prime=vocab.encode(prime), temperature=temperature, seed=seed, top_k=top_k,
+        top_p=top_p, stop=stop, n_samples=n_samples, backend=model.backend, nonlinearity=model.nonlinearity,
     )  # fmt: skip
-    texts = [vocab.decode(symbols) for symbols in (streams if n_samples != 1 else [streams])]
+    texts = [vocab.decode(symbols) for symbols in streams]
     return texts[0] if n_samples == 1 else texts
