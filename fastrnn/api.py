@@ -20,7 +20,7 @@ import numpy as np
 
 from . import backends, engine, parallel
 from .engine import ForwardCache, PackedCache
-from .engine.caches import checked_cache_params, owned_params, read_only
+from .engine.caches import checked_cache_params
 from .engine.finish import report_non_finite
 from .params import is_single_layer, layer_key
 from .validation import (
@@ -180,7 +180,7 @@ def _check_onehot_inputs(params, x_index, a0, y, lengths=None):
 
 def _check_cell_inputs(params, x_t, a_prev):
     """Checked params, their Dims, and one step's ``x_t`` (n_x, m) and ``a_prev`` (n_a, m) in
-    the params' dtype.  Finiteness is checked last, for all seven arrays in one pass."""
+    the params' dtype; their finiteness is left to the backend's ``cell_forward``."""
     p, dims = check_params(params, finite=False)
     if not is_single_layer(dims.num_layers, dims.directions):
         raise ValueError(
@@ -190,7 +190,6 @@ def _check_cell_inputs(params, x_t, a_prev):
         )
     x_t = check_array(x_t, "x_t", (dims.n_x, None), "(n_x, m)", dims.dtype, finite=False)
     a_prev = check_array(a_prev, "a_prev", (dims.n_a, x_t.shape[1]), "(n_a, m)", dims.dtype, finite=False)
-    check_finite_together((*p.values(), x_t, a_prev), param_labels(p) + ("x_t", "a_prev"))
     return p, dims, x_t, a_prev
 
 
@@ -323,26 +322,20 @@ def rnn_cell_forward(x_t, a_prev, params, *, backend=None, nonlinearity="tanh"):
     cache : CellCache
         For ``rnn_cell_backward``.
     """
-    impl, p, x_t, h, y_hat = _cell_step(x_t, a_prev, params, backend, nonlinearity)
-    a_t = read_only(h[1].T)
-    cache = CellCache(
-        a_t, read_only(h[0].T), read_only(np.array(x_t)), owned_params(p), impl.NAME, nonlinearity
-    )
-    return a_t, y_hat[0].T, cache
-
-
-def _cell_step(x_t, a_prev, params, backend, nonlinearity="tanh"):
-    """``rnn_cell_forward``'s checks and step, before its cache is built: the backend,
-    the checked params and x_t, ``h`` (2, m, n_a) = (a_prev, a_t) and ``y_hat`` (1, m, n_y)."""
     impl = backends.resolve(backend)
     nonlinearity = check_nonlinearity(nonlinearity)
     p, dims, x_t, a_prev = _check_cell_inputs(params, x_t, a_prev)
-    # The cell is the T = 1 case of the forward pass: one code path for both.  a_prev goes
-    # in as a view: the backends copy it into h[0].
-    h, y_hat, finite = impl.forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p, nonlinearity)
+    # The backend checks the inputs' finiteness (compiled, in the pass that copies them
+    # for the cache) before it computes anything.
+    a_t, y_hat, copies, bad, finite = impl.cell_forward(x_t, a_prev, p, nonlinearity)
+    if bad >= 0:
+        check_finite_together((*p.values(), x_t, a_prev), param_labels(p) + ("x_t", "a_prev"))
     if not finite:
-        report_non_finite({"a_t": h, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
-    return impl, p, x_t, h, y_hat
+        report_non_finite({"a_t": a_t, "y_hat_t": y_hat}, dims.dtype, "rnn_cell_forward")
+    W_ax, W_aa, b_a, W_ya, b_y, x_copy, a_prev_copy = copies
+    a_t.flags.writeable = False  # the backend's own array, which the cache shares
+    owned = {"W_ax": W_ax, "W_aa": W_aa, "b_a": b_a, "W_ya": W_ya, "b_y": b_y}
+    return a_t, y_hat, CellCache(a_t, a_prev_copy, x_copy, owned, impl.NAME, nonlinearity)
 
 
 def rnn_cell_backward(da_t, cache):
@@ -372,7 +365,8 @@ def rnn_cell_backward(da_t, cache):
     a_prev = check_array(cache.a_prev, "cache.a_prev", (dims.n_a, m), "(n_a, m)", dims.dtype)
     x_t = check_array(cache.x_t, "cache.x_t", (dims.n_x, m), "(n_x, m)", dims.dtype)
     da_t = check_array(da_t, "da_t", (dims.n_a, m), "(n_a, m)", dims.dtype)
-    h = np.stack([a_prev.T, a_t.T])  # (2, m, n_a): a<t-1>, a<t>
+    h = np.empty((2, m, dims.n_a), dims.dtype)  # a<t-1>, a<t>, C-contiguous whatever their layouts
+    h[0], h[1] = a_prev.T, a_t.T
     grads, finite = impl.backward(
         np.ascontiguousarray(da_t.T[None]), np.ascontiguousarray(x_t.T[None]), h, p, cache.nonlinearity
     )

@@ -266,24 +266,29 @@ def _params_if_plainly_valid(params, finite):
     None when anything differs; ``_check_params_thoroughly`` then converts what it can and
     says what is wrong.
     """
+    # Plain loops and lookups, no generators: this runs on every call (a tiny step's
+    # checks are mostly the interpreter's fixed costs).
     if type(params) is not dict or len(params) != len(SINGLE_LAYER_NAMES):
         return None
-    arrays = tuple(params.get(name) for name in SINGLE_LAYER_NAMES)
-    if not all(type(array) is np.ndarray and array.flags.c_contiguous for array in arrays):
+    get = params.get
+    W_ax, W_aa, b_a, W_ya, b_y = arrays = (get("W_ax"), get("W_aa"), get("b_a"), get("W_ya"), get("b_y"))
+    if type(W_ax) is not np.ndarray or W_ax.dtype not in FLOAT_DTYPES:
         return None
-    W_ax, W_aa, b_a, W_ya, b_y = arrays
     dtype = W_ax.dtype
-    if dtype not in FLOAT_DTYPES or not all(array.dtype == dtype for array in arrays):
-        return None
+    for array in arrays:
+        if type(array) is not np.ndarray or array.dtype != dtype or not array.flags.c_contiguous:
+            return None
     if W_ax.ndim != 2 or W_ya.ndim != 2:
         return None
     (n_a, n_x), n_y = W_ax.shape, W_ya.shape[0]
     shapes = (W_aa.shape, b_a.shape, W_ya.shape, b_y.shape)
     if not (n_x and n_a and n_y) or shapes != ((n_a, n_a), (n_a, 1), (n_y, n_a), (n_y, 1)):
         return None
-    if finite and not all(_all_finite(array) for array in arrays):
-        return None
-    return dict(zip(SINGLE_LAYER_NAMES, arrays)), Dims(n_x, n_a, n_y, dtype)
+    if finite:
+        for array in arrays:
+            if not _all_finite(array):
+                return None
+    return {"W_ax": W_ax, "W_aa": W_aa, "b_a": b_a, "W_ya": W_ya, "b_y": b_y}, Dims(n_x, n_a, n_y, dtype)
 
 
 def _check_params_thoroughly(params, finite):

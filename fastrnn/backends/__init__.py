@@ -14,6 +14,10 @@ function                                                  returns
                                                           results through ``empty`` (else the
                                                           engine copies them there)
 ``forward(xs, a0, p, nonlinearity)``                      ``h``, ``y_hat`` (T, m, n_y), ``finite``
+``cell_forward(x_t, a_prev, p, nonlinearity)``            ``a_t`` (n_a, m), ``y_hat`` (n_y, m),
+                                                          read-only copies of the inputs, ``bad``
+                                                          (-1, or the first input that is not
+                                                          finite), ``finite``
 ``backward(da, xs, h, p, nonlinearity)``                  dict (``dx``, ``da0``, ``dW_ax``,
                                                           ``dW_aa``, ``db_a``), ``finite``
 ``loss_and_grads(inputs, a0, labels, p, *, empty,``       ``loss``, grads (dict, with ``dx`` for
@@ -54,6 +58,10 @@ lengths over packed rows (``fastrnn.packing``, ``numpy_backend``'s last section)
 ``dx`` over dense ``inputs``: the engine packs a copy for each call.  Both backends chain
 layers and directions with the same loop (``layers``), over their own functions for one
 direction of one layer (``layers.DirectionOps``).
+
+``cell_forward`` is ``rnn_cell_forward``'s one step in the seed's layout ``(n, m)``, for
+one layer in one direction: it checks its inputs' finiteness before it computes anything,
+and copies them for the cell's cache (``p``'s arrays, ``x_t``, ``a_prev``, in that order).
 
 ``stream_step`` and ``generate`` run a network in one direction one time step at a time
 (``fastrnn.generation``): ``w`` is a ``layers.StepWeights``, ``states`` (num_layers, m,

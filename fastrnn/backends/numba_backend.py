@@ -92,6 +92,34 @@ def backward(da, xs, h, p, nonlinearity="tanh"):
     return grads, finite
 
 
+def cell_forward(x_t, a_prev, p, nonlinearity="tanh"):
+    """``numpy_backend.cell_forward`` in one compiled call: the kernel copies the inputs in
+    the pass that checks their finiteness, then runs the step in the seed's layout (no
+    transposes: a cell uses each weight once)."""
+    dtype = a_prev.dtype
+    inputs, copies = [], []
+    for array in (p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"], x_t, a_prev):
+        if not array.flags.carray:  # C-contiguous, aligned and writable
+            # One compiled variant: Numba types read-only arrays apart, and a loop of cells
+            # passes the read-only a_t back as a_prev.
+            array = np.array(array, order="C")
+        inputs.append(array)
+        copies.append(np.empty(array.shape, dtype))
+    n_a, m = a_prev.shape
+    a_t = np.empty((n_a, m), dtype)
+    y_hat = np.empty((p["b_y"].shape[0], m), dtype)
+    scratch = np.empty((n_a + 2, m), dtype)
+    inputs, copies = tuple(inputs), tuple(copies)
+    bad, finite = kernels.cell_forward_kernel(
+        inputs, copies, scratch, a_t, y_hat, kernels.NONLINEARITY[nonlinearity]
+    )
+    if bad >= 0:
+        return None, None, None, bad, False
+    for copy in copies:
+        copy.flags.writeable = False
+    return a_t, y_hat, copies, -1, finite
+
+
 def loss_and_grads(
     inputs, a0, labels, p, *, empty=new_array, xs_is_scratch=False, batch_size=None, nonlinearity="tanh"
 ):
@@ -473,8 +501,8 @@ def generate(feed, running, states, w, uniforms, temperature, top_k, top_p, stop
 
 
 if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where compiled code is silent
-    forward, backward, loss_and_grads, sequence_losses = map(
-        overflow_reported_by_the_engine, (forward, backward, loss_and_grads, sequence_losses)
+    forward, cell_forward, backward, loss_and_grads, sequence_losses = map(
+        overflow_reported_by_the_engine, (forward, cell_forward, backward, loss_and_grads, sequence_losses)
     )
     packed_forward_outputs, packed_backward_grads, packed_loss_and_grads, packed_sequence_losses = map(
         overflow_reported_by_the_engine,

@@ -25,6 +25,8 @@ kernel                                      reference step(s) it computes
 ``input_lookup_backward_into``              ``input_backward`` (one-hot: ``dW_ax`` only)
 ``forward_kernel``                          ``forward``, plus a finiteness scan
 ``backward_kernel``                         ``backward`` (after the caller copies ``da``), plus a scan
+``cell_forward_kernel``                     ``cell_forward``: its inputs copied and checked, then one
+                                            step in the seed's layout (``copy_if_finite``)
 ``loss_and_grads_kernel`` (and ``_onehot``)  ``loss_and_grads``, plus a finiteness scan
 ``sequence_cross_entropy_with_bias``        ``b_y`` of ``output_logits``, then
                                             ``sequence_cross_entropy``
@@ -712,6 +714,133 @@ def backward_kernel(dz, xs, h, W_ax, W_aa, da0, dx, dW_ax, dW_aa, db_a, relu):
     hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, vector(db_a), relu)
     input_backward_into(dz, xs, W_ax, dx, dW_ax)
     return all_finite(da0) and all_finite(dx) and all_finite(dW_ax) and all_finite(dW_aa) and all_finite(db_a)
+
+
+@kernel  # called once per input array of a cell: compiled once per dtype, not inlined
+def copy_if_finite(source, target):
+    """``target[:] = source`` (C-contiguous, the same size), in the pass that checks the
+    entries: returns whether all are finite (``all_finite``'s test)."""
+    flat = source.reshape(source.size)
+    flat_target = target.reshape(target.size)
+    inf = flat.dtype.type(np.inf)
+    finite = True
+    for k in range(flat.size):
+        value = flat[k]
+        flat_target[k] = value
+        finite &= abs(value) < inf
+    return finite
+
+
+@inline_kernel
+def _softmax_columns_with_bias(z, b_y, column_max, column_sum):
+    """``z[:, i] = softmax(z[:, i] + b_y)`` for every column (the seed's layout: classes
+    down, sequences across), row by row so that the loops run along rows; ``column_max``
+    and ``column_sum`` (m,) are scratch."""
+    n_y, m = z.shape
+    for j in range(n_y):
+        z_j = z[j]
+        for i in range(m):
+            z_j[i] += b_y[j]
+    for i in range(m):  # loops, not slice assignments (_zero says why)
+        column_max[i] = z[0, i]
+        column_sum[i] = 0
+    for j in range(1, n_y):
+        for i in range(m):
+            column_max[i] = max(column_max[i], z[j, i])
+    for j in range(n_y):
+        z_j = z[j]
+        for i in range(m):
+            z_j[i] = exp_nonpositive(z_j[i] - column_max[i])
+            column_sum[i] += z_j[i]
+    for j in range(n_y):
+        z_j = z[j]
+        for i in range(m):
+            z_j[i] /= column_sum[i]
+
+
+@inline_kernel
+def _add_matmul_columns_loops(W, a, out):
+    """``out += W @ a`` for W (n, k), a (k, m) and out (n, m): ``_add_matmul_loops`` in the
+    seed's layout (four products per step, paired the same way), for the cell's small
+    recurrent product without transposing ``W``.  The loop over ``k`` runs along ``W``'s
+    rows; ``a``'s columns are strided, which at these sizes (``add_matmul_into``'s
+    crossover) stay in the first-level cache."""
+    n, k = W.shape
+    m = a.shape[1]
+    k_blocked = k - k % 4
+    for j in range(n):
+        W_j = W[j]
+        out_j = out[j]
+        for i in range(m):
+            total = out_j[i]
+            for kk in range(0, k_blocked, 4):
+                total += (a[kk, i] * W_j[kk] + a[kk + 1, i] * W_j[kk + 1]) + (
+                    a[kk + 2, i] * W_j[kk + 2] + a[kk + 3, i] * W_j[kk + 3]
+                )
+            for kk in range(k_blocked, k):
+                total += a[kk, i] * W_j[kk]
+            out_j[i] = total
+
+
+@kernel
+def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
+    """``numpy_backend.cell_forward``: one time step in the seed's layout, its inputs copied
+    and checked first.
+
+    A cell runs each product once, so it multiplies by the weights as they are (``W @ x``,
+    rows along the weights' rows) instead of transposing them as the time loops do.  BLAS
+    then sums some products in another order than ``forward_kernel`` with T = 1: the two
+    agree to rounding (last bits), not bitwise.
+
+    Parameters
+    ----------
+    inputs : tuple of 7 ndarray
+        ``W_ax``, ``W_aa``, ``b_a``, ``W_ya``, ``b_y``, ``x_t`` (n_x, m), ``a_prev`` (n_a, m),
+        all 2-D and C-contiguous.
+    copies : tuple of 7 ndarray
+        Arrays of the inputs' shapes that receive copies of them (the cell cache's own).
+    scratch : ndarray, shape (n_a + 2, m)
+        The recurrent product ``W_aa @ a_prev`` where BLAS computes it, then each column's
+        maximum and sum.
+    a_t : ndarray, shape (n_a, m)
+    y_hat : ndarray, shape (n_y, m)
+
+    Returns
+    -------
+    bad : int
+        -1, or the index in ``inputs`` of the first array with an entry that is not finite:
+        then nothing is computed (every input is scanned before any product reads it).
+    finite : bool
+        Whether ``a_t`` and ``y_hat`` are finite.
+    """
+    for index in range(len(inputs)):
+        if not copy_if_finite(inputs[index], copies[index]):
+            return index, False
+    W_ax, W_aa, b_a, W_ya, b_y, x_t, a_prev = inputs
+    n_a, m = a_t.shape
+    np.dot(W_ax, x_t, a_t)
+    rec = scratch[:n_a]
+    # The recurrent product in loops below add_matmul_into's crossover, where a BLAS call
+    # costs more than the arithmetic.
+    if m * n_a * n_a > (SMALL_MATVEC_FLOPS if m == 1 else SMALL_MATMUL_FLOPS):
+        np.dot(W_aa, a_prev, rec)
+    else:
+        _zero(rec)
+        _add_matmul_columns_loops(W_aa, a_prev, rec)
+    for j in range(n_a):  # f(W_ax x + W_aa a_prev + b_a), fused
+        a_j = a_t[j]
+        rec_j = rec[j]
+        b_j = b_a[j, 0]
+        if relu is None:  # pruned at compile time (NONLINEARITY)
+            for i in range(m):
+                a_j[i] = fast_tanh(a_j[i] + rec_j[i] + b_j)
+        else:
+            for i in range(m):
+                v = a_j[i] + rec_j[i] + b_j
+                a_j[i] = max(v, v - v)
+    np.dot(W_ya, a_t, y_hat)
+    _softmax_columns_with_bias(y_hat, vector(b_y), scratch[n_a], scratch[n_a + 1])
+    return -1, all_finite(a_t) and all_finite(y_hat)
 
 
 @inline_kernel

@@ -145,6 +145,42 @@ def forward(xs, a0, p, nonlinearity="tanh"):
     return h, y_hat, _all_finite(h, y_hat)
 
 
+@overflow_reported_by_the_engine
+def cell_forward(x_t, a_prev, p, nonlinearity="tanh"):
+    """One time step in the seed's layout, for ``rnn_cell_forward``: the inputs' finiteness
+    first, then ``forward`` with T = 1, and copies of the inputs for the cell's cache.
+
+    Parameters
+    ----------
+    x_t : ndarray, shape (n_x, m)
+    a_prev : ndarray, shape (n_a, m)
+    p : dict
+        One layer in one direction: ``W_ax``, ``W_aa``, ``b_a``, ``W_ya``, ``b_y``.
+
+    Returns
+    -------
+    a_t : ndarray, shape (n_a, m)
+    y_hat : ndarray, shape (n_y, m)
+    copies : tuple of ndarray
+        Read-only copies of ``(*p.values(), x_t, a_prev)``, in that order, that no caller
+        holds: the cache's own.
+    bad : int
+        -1, or the index in that order of the first input with an entry that is not
+        finite; then nothing is computed and the other results are None.
+    finite : bool
+        Whether ``a_t`` and ``y_hat`` are.
+    """
+    inputs = (*p.values(), x_t, a_prev)
+    for index, array in enumerate(inputs):
+        if not np.isfinite(array).all():
+            return None, None, None, index, False
+    h, y_hat, finite = forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p, nonlinearity)
+    copies = tuple(np.array(array) for array in inputs)
+    for copy in copies:
+        copy.flags.writeable = False
+    return h[1].T, y_hat[0].T, copies, -1, finite
+
+
 def _all_finite(*arrays):
     return all(bool(np.isfinite(a).all()) for a in arrays)
 

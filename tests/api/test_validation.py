@@ -89,6 +89,21 @@ def test_non_finite_values_one_hot_and_cell(problem, backend, where):
         fastrnn.rnn_cell_forward(x[:, :, 0], a0, params, backend=backend)
 
 
+@pytest.mark.parametrize("where", ["W_ax", "W_aa", "b_a", "W_ya", "b_y", "x_t", "a_prev"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_input_of_a_cell_is_scanned_to_its_last_entry(problem, backend, where, bad):
+    """The cell's finiteness check runs inside the backend (compiled, for Numba), over every
+    entry of all seven inputs, before any product reads them."""
+    x, a0, _, params = problem
+    arrays = dict(params, x_t=x[:, :, 0].copy(), a_prev=a0.copy())
+    arrays[where].flat[-1] = bad
+    names = {"x_t": "x_t", "a_prev": "a_prev"}
+    with raises(ValueError, names.get(where, f"params['{where}']"), "finite"):
+        fastrnn.rnn_cell_forward(
+            arrays["x_t"], arrays["a_prev"], {k: arrays[k] for k in params}, backend=backend
+        )
+
+
 def test_float64_input_that_overflows_float32(backend):
     x, a0, y, params = make_problem(N_X, N_A, N_Y, M, T, dtype=np.float32, seed=41)
     x = x.astype(np.float64)

@@ -56,7 +56,7 @@ def test_forward_and_backward_agree(shape, dtype):
         assert_agree(g_nb[key], g_np[key], dtype, key)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 2, 1), (4, 5, 3, 1), (6, 32, 5, 16)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 2, 1), (4, 5, 3, 1), (6, 32, 5, 16), (65, 128, 65, 1)], ids=str)
 def test_cell_agrees(shape, dtype):
     n_x, n_a, n_y, m = shape
     rng = np.random.default_rng(4)
@@ -86,6 +86,33 @@ def test_cell_is_one_step_of_the_forward_pass(backend, dtype):
         assert_agree(a_t, a[:, :, t], dtype, f"a<{t + 1}>")
         assert_agree(y_hat_t, y_hat[:, :, t], dtype, f"y_hat<{t + 1}>")
         a_prev = a_t
+
+
+def test_cell_inputs_of_any_layout_give_the_same_step(dtype):
+    """The Numba cell runs one compiled variant: read-only inputs (a loop of cells passes
+    a_t back as a_prev; a cache's params are read-only) and strided ones are taken as
+    they are or copied first, with the same results as contiguous, writable inputs."""
+    from fastrnn.backends import numba_kernels
+
+    x, a0, _, params = make_problem(4, 6, 3, 2, 3, dtype=dtype, seed=9)
+    a_t, y_hat_t, cache = fastrnn.rnn_cell_forward(
+        np.ascontiguousarray(x[:, :, 0]), a0, params, backend="numba"
+    )
+    assert not a_t.flags.writeable and not cache.params["W_aa"].flags.writeable
+    expected = fastrnn.rnn_cell_forward(x[:, :, 1].copy(), a_t.copy(), params, backend="numba")
+    variants = [
+        (x[:, :, 1], a_t, params),  # strided x_t, read-only a_prev
+        (np.asfortranarray(x[:, :, 1]), np.asfortranarray(a_t), cache.params),  # read-only params
+    ]
+    for x_t, a_prev, p in variants:
+        got = fastrnn.rnn_cell_forward(x_t, a_prev, p, backend="numba")
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    if hasattr(numba_kernels.cell_forward_kernel, "signatures"):  # not under NUMBA_DISABLE_JIT=1
+        signatures = [
+            sig for sig in numba_kernels.cell_forward_kernel.signatures if str(np.dtype(dtype)) in str(sig[0])
+        ]
+        assert len(signatures) == 1, signatures
 
 
 def test_softmax_columns_sum_to_one(backend, dtype):

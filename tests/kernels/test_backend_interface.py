@@ -12,7 +12,7 @@ from fastrnn.backends import numba_backend, numba_kernels, numpy_backend
 from helpers import make_problem
 
 INTERFACE = [
-    "forward", "backward", "loss_and_grads", "sequence_losses", "sgd_update", "adagrad_update", "adam_update",
+    "forward", "cell_forward", "backward", "loss_and_grads", "sequence_losses", "sgd_update", "adagrad_update", "adam_update",
     "clip_by_value", "max_abs", "sum_of_squares", "scale",
     "make_packing", "pack_rows", "unpack_rows", "packed_forward_outputs", "packed_backward_grads",
     "packed_loss_and_grads", "packed_sequence_losses", "stream_step", "generate",
