@@ -81,6 +81,22 @@ def test_a_cache_in_another_dtype_or_layout_still_works(backend):
         np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_cell_cache_in_any_layout_still_works(backend, order):
+    """A cell cache rebuilt with its arrays in another memory order gives the same gradients
+    (a C-ordered a_t and a_prev once reached the Numba kernel in a layout it was not
+    compiled for: a Numba typing error instead of gradients)."""
+    x, a0, _, params = make_problem(4, 6, 5, 3, 1, seed=403)
+    a_t, _, cache = fastrnn.rnn_cell_forward(x[:, :, 0], a0, params, backend=backend)
+    da_t = np.random.default_rng(403).standard_normal(a_t.shape)
+    expected = fastrnn.rnn_cell_backward(da_t, cache)
+    relaid = cache._replace(
+        **{name: np.asarray(getattr(cache, name), order=order) for name in ("a_t", "a_prev", "x_t")}
+    )
+    for key, value in fastrnn.rnn_cell_backward(da_t, relaid).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+
 def test_changing_inputs_in_place_after_the_forward_pass_changes_no_gradient(backend):
     for layout in (np.ascontiguousarray, np.asfortranarray):  # Fortran: the layout the kernels use, no copy
         x, a0, _, params = make_problem(4, 6, 5, 3, 7, seed=403)
