@@ -21,7 +21,7 @@ fi
 base=$1
 head=${2:-HEAD}
 factor=${FASTRNN_GATE_FACTOR:-1.3}
-gated='^(bench_rnn\.Speedup\.|bench_networks\.(VariableLengthCost\.track_variable_over_full_length|ExtraLayerCost\.)|bench_generation\.StreamSpeedup\.|bench_torch\.TorchSpeedup\.)'
+gated='^(bench_rnn\.Speedup\.|bench_networks\.(VariableLengthCost\.track_variable_over_full_length|ExtraLayerCost\.)|bench_generation\.(StreamSpeedup|CellSpeedup)\.|bench_torch\.TorchSpeedup\.)'
 asv machine --yes >/dev/null
 # asv continuous exits 1 when a benchmark got worse by the factor (and the difference is
 # significant where there are samples to tell), 0 when none did.
