@@ -251,27 +251,25 @@ SMALL_MATMUL_FLOPS = 512
 
 
 @inline_kernel
-def add_matmul_into(a, b, out, scratch):
-    """``out += a @ b`` for a (r, k), b (k, n), out and scratch (r, n), C-contiguous rows.
+def uses_blas(r, k, n):
+    """Whether a product (r, k) @ (k, n) goes to BLAS (``_add_blas_product``) rather than
+    loops (``_add_matmul_loops``): above ``SMALL_MATVEC_FLOPS`` multiply-adds for one row (a
+    matrix-vector product, where BLAS's gemm is least efficient), above
+    ``SMALL_MATMUL_FLOPS`` for several.
 
-    At small sizes (``SMALL_MATVEC_FLOPS``, ``SMALL_MATMUL_FLOPS``) loops add the product
-    straight into ``out`` (no scratch to zero, no pass to add it), taking four rows of
-    ``b`` per pass over a row of ``out``: one load and store of ``out`` per four
-    multiply-adds instead of per one, which nearly halves a (1 x 16) @ (16 x 16) product.
-    The inner loops run along rows of ``b`` and ``out`` and vectorise.
-    Above, BLAS writes ``a @ b`` into ``scratch``, which is then added.
+    The time loops decide it once, before the loop: with the choice inside it, every
+    step's views of the state arrays were reference-counted (an atomic increment and
+    decrement, with every vector register spilled and reloaded around the calls), about
+    50 ns a step, half of a step at n_a = 16 (docs/performance.md, "Where a call's time
+    goes").
     """
-    r, k = a.shape
-    n = b.shape[1]
-    if r * k * n > (SMALL_MATVEC_FLOPS if r == 1 else SMALL_MATMUL_FLOPS):
-        _add_blas_product(a, b, out, scratch)
-        return
-    _add_matmul_loops(a, b, out)
+    return r * k * n > (SMALL_MATVEC_FLOPS if r == 1 else SMALL_MATMUL_FLOPS)
 
 
 @inline_kernel
 def _add_blas_product(a, b, out, scratch):
-    """``out += a @ b`` with BLAS writing ``a @ b`` into ``scratch``."""
+    """``out += a @ b`` for a (r, k), b (k, n), out and scratch (r, n), C-contiguous rows,
+    with BLAS writing ``a @ b`` into ``scratch``, then added."""
     np.dot(a, b, scratch)
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
@@ -280,8 +278,11 @@ def _add_blas_product(a, b, out, scratch):
 
 @inline_kernel
 def _add_matmul_loops(a, b, out):
-    """``out += a @ b`` in loops, four rows of ``b`` per pass over a row of ``out``
-    (``add_matmul_into``)."""
+    """``out += a @ b`` in loops (a (r, k), b (k, n), out (r, n)): they add the product
+    straight into ``out`` (no scratch to zero, no pass to add it), four rows of ``b`` per
+    pass over a row of ``out``: one load and store of ``out`` per four multiply-adds
+    instead of per one, which nearly halves a (1 x 16) @ (16 x 16) product.  The inner
+    loops run along rows of ``b`` and ``out`` and vectorise."""
     r, k = a.shape
     n = b.shape[1]
     k_blocked = k - k % 4
@@ -316,9 +317,9 @@ PACKED_LOOP_ROWS = 8
 
 @kernel  # called per step from the packed recurrences: compiled once, not inlined six times
 def add_matmul_rows_into(a, b, out, scratch):
-    """``add_matmul_into`` with the crossover of the packed recurrences, whose steps run a
+    """``out += a @ b`` with the crossover of the packed recurrences, whose steps run a
     few rows at the end of a batch of variable lengths: loops up to ``PACKED_LOOP_ROWS``
-    rows, BLAS above.  (The dense path's kernels keep ``add_matmul_into``, so that their
+    rows, BLAS above.  (The dense path's kernels keep ``uses_blas``, so that their
     results stay bitwise what they were.)"""
     if a.shape[0] > PACKED_LOOP_ROWS:
         _add_blas_product(a, b, out, scratch)
@@ -420,15 +421,27 @@ def hidden_forward_in_place(W_aa_T, b_a, h, rec, relu):
     rec : ndarray, shape (m, n_a)
         Workspace for the recurrent term ``h[t-1] @ W_aa.T`` where BLAS computes it.
     """
-    # The only sequential part: W_aa a<t-1> needs the previous step.
-    if relu is None:  # pruned at compile time (NONLINEARITY)
+    # The only sequential part: W_aa a<t-1> needs the previous step.  The product's kind is
+    # chosen once, outside the loop (uses_blas says why).
+    if uses_blas(h.shape[1], W_aa_T.shape[0], W_aa_T.shape[1]):
         for t in range(1, h.shape[0]):
-            add_matmul_into(h[t - 1], W_aa_T, h[t], rec)
-            _tanh_with_bias_in_place(h[t], b_a)
+            _add_blas_product(h[t - 1], W_aa_T, h[t], rec)
+            activation_with_bias_at(h, t, b_a, relu)
     else:
         for t in range(1, h.shape[0]):
-            add_matmul_into(h[t - 1], W_aa_T, h[t], rec)
-            _relu_with_bias_in_place(h[t], b_a)
+            _add_matmul_loops(h[t - 1], W_aa_T, h[t])
+            activation_with_bias_at(h, t, b_a, relu)
+
+
+@kernel  # called from both loops above: compiled once (inlining tanh twice into one
+# function trips Numba's IR checks), and given h and t rather than a view of h[t] (a
+# new view per step is reference-counted, uses_blas says what that costs)
+def activation_with_bias_at(h, t, b_a, relu):
+    """``h[t] = f(h[t] + b_a)``, ``f`` tanh (``relu`` None) or ``max(z, 0)`` (True)."""
+    if relu is None:  # pruned at compile time (NONLINEARITY)
+        _tanh_with_bias_in_place(h[t], b_a)
+    else:
+        _relu_with_bias_in_place(h[t], b_a)
 
 
 @inline_kernel
@@ -595,18 +608,28 @@ def hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, db_a, relu):
         Filled with ``dL/db_a``, summed in the same pass as ``dz``.
     """
     db_a[:] = 0
-    if relu is None:  # pruned at compile time (NONLINEARITY)
-        for t in range(dz.shape[0] - 1, -1, -1):
-            _tanh_gradient_in_place(dz[t], h[t + 1], db_a)
-            if t > 0:
-                add_matmul_into(dz[t], W_aa, dz[t - 1], da0)
+    # Steps T-1 .. 1 pass dL/dz<t> on to dz[t-1]; step 0 to da0, below.  The product's kind
+    # is chosen once, outside the loop (uses_blas says why).
+    if uses_blas(dz.shape[1], W_aa.shape[0], W_aa.shape[1]):
+        for t in range(dz.shape[0] - 1, 0, -1):
+            _activation_gradient_in_place(dz[t], h[t + 1], db_a, relu)
+            _add_blas_product(dz[t], W_aa, dz[t - 1], da0)
     else:
-        for t in range(dz.shape[0] - 1, -1, -1):
-            _relu_gradient_in_place(dz[t], h[t + 1], db_a)
-            if t > 0:
-                add_matmul_into(dz[t], W_aa, dz[t - 1], da0)
+        for t in range(dz.shape[0] - 1, 0, -1):
+            _activation_gradient_in_place(dz[t], h[t + 1], db_a, relu)
+            _add_matmul_loops(dz[t], W_aa, dz[t - 1])
+    _activation_gradient_in_place(dz[0], h[1], db_a, relu)
     np.dot(dz[0], W_aa, da0)
     np.dot(rows(dz).T, rows(h[:-1]), dW_aa)
+
+
+@inline_kernel
+def _activation_gradient_in_place(dz_t, a_t, db_a, relu):
+    """``dz_t = g * f'`` and ``db_a += dz_t`` (``relu`` as in ``activation_with_bias_at``)."""
+    if relu is None:  # pruned at compile time (NONLINEARITY)
+        _tanh_gradient_in_place(dz_t, a_t, db_a)
+    else:
+        _relu_gradient_in_place(dz_t, a_t, db_a)
 
 
 @inline_kernel
@@ -763,7 +786,7 @@ def _add_matmul_columns_loops(W, a, out):
     """``out += W @ a`` for W (n, k), a (k, m) and out (n, m): ``_add_matmul_loops`` in the
     seed's layout (four products per step, paired the same way), for the cell's small
     recurrent product without transposing ``W``.  The loop over ``k`` runs along ``W``'s
-    rows; ``a``'s columns are strided, which at these sizes (``add_matmul_into``'s
+    rows; ``a``'s columns are strided, which at these sizes (``uses_blas``'s
     crossover) stay in the first-level cache."""
     n, k = W.shape
     m = a.shape[1]
@@ -820,9 +843,9 @@ def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
     n_a, m = a_t.shape
     np.dot(W_ax, x_t, a_t)
     rec = scratch[:n_a]
-    # The recurrent product in loops below add_matmul_into's crossover, where a BLAS call
-    # costs more than the arithmetic.
-    if m * n_a * n_a > (SMALL_MATVEC_FLOPS if m == 1 else SMALL_MATMUL_FLOPS):
+    # The recurrent product in loops below the time loops' crossover (uses_blas), where a
+    # BLAS call costs more than the arithmetic.
+    if uses_blas(m, n_a, n_a):
         np.dot(W_aa, a_prev, rec)
     else:
         _zero(rec)
@@ -1387,10 +1410,8 @@ def packed_loss_and_grads_onehot_kernel(
 @kernel  # every product of the step kernels: compiled once per dtype, not inlined at each
 def step_product_into(a, b, out):
     """``out = a @ b`` (a (r, k), b (k, n), out (r, n)): loops at the sizes where they beat
-    a BLAS call (``add_matmul_into``), BLAS above."""
-    r, k = a.shape
-    n = b.shape[1]
-    if r * k * n > (SMALL_MATVEC_FLOPS if r == 1 else SMALL_MATMUL_FLOPS):
+    a BLAS call (``uses_blas``), BLAS above."""
+    if uses_blas(a.shape[0], a.shape[1], b.shape[1]):
         np.dot(a, b, out)
     else:
         _zero(out)

@@ -22,7 +22,11 @@ def _apply_exp(x, out):
 
 @kernel
 def _add_matmul(a, b, out, scratch):
-    kernels.add_matmul_into(a, b, out, scratch)
+    """``out += a @ b`` as the time loops run it: BLAS or loops by ``uses_blas``."""
+    if kernels.uses_blas(a.shape[0], a.shape[1], b.shape[1]):
+        kernels._add_blas_product(a, b, out, scratch)
+    else:
+        kernels._add_matmul_loops(a, b, out)
 
 
 def ulps(actual, expected, dtype):
@@ -99,7 +103,7 @@ def test_exp_of_nonpositive_within_one_ulp(dtype, bound):
     [(1, 16, 16), (2, 3, 5), (3, 6, 7), (1, 15, 15), (1, 64, 64), (1, 91, 91), (4, 16, 16), (7, 64, 48)],
     ids=str,
 )
-def test_add_matmul_into_both_paths(shape, dtype):
+def test_small_products_both_paths(shape, dtype):
     # Loops at or below SMALL_MATVEC_FLOPS (one row) or SMALL_MATMUL_FLOPS, else BLAS.
     # k % 4 != 0 runs the loops' remainder; (1, 91, 91) and (4, 16, 16) run BLAS.
     r, k, n = shape
