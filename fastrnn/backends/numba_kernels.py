@@ -781,30 +781,6 @@ def _softmax_columns_with_bias(z, b_y, column_max, column_sum):
             z_j[i] /= column_sum[i]
 
 
-@inline_kernel
-def _add_matmul_columns_loops(W, a, out):
-    """``out += W @ a`` for W (n, k), a (k, m) and out (n, m): ``_add_matmul_loops`` in the
-    seed's layout (four products per step, paired the same way), for the cell's small
-    recurrent product without transposing ``W``.  The loop over ``k`` runs along ``W``'s
-    rows; ``a``'s columns are strided, which at these sizes (``uses_blas``'s
-    crossover) stay in the first-level cache."""
-    n, k = W.shape
-    m = a.shape[1]
-    k_blocked = k - k % 4
-    for j in range(n):
-        W_j = W[j]
-        out_j = out[j]
-        for i in range(m):
-            total = out_j[i]
-            for kk in range(0, k_blocked, 4):
-                total += (a[kk, i] * W_j[kk] + a[kk + 1, i] * W_j[kk + 1]) + (
-                    a[kk + 2, i] * W_j[kk + 2] + a[kk + 3, i] * W_j[kk + 3]
-                )
-            for kk in range(k_blocked, k):
-                total += a[kk, i] * W_j[kk]
-            out_j[i] = total
-
-
 @kernel
 def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
     """``numpy_backend.cell_forward``: one time step in the seed's layout, its inputs copied
@@ -849,7 +825,7 @@ def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
         np.dot(W_aa, a_prev, rec)
     else:
         _zero(rec)
-        _add_matmul_columns_loops(W_aa, a_prev, rec)
+        _add_matmul_loops(a_prev.T, W_aa.T, rec.T)  # the time loops' product, on transposed views
     for j in range(n_a):  # f(W_ax x + W_aa a_prev + b_a), fused
         a_j = a_t[j]
         rec_j = rec[j]
