@@ -106,9 +106,10 @@ def cell_forward(x_t, a_prev, p, nonlinearity="tanh"):
         inputs.append(array)
         copies.append(np.empty(array.shape, dtype))
     n_a, m = a_prev.shape
+    n_y = p["b_y"].shape[0]
     a_t = np.empty((n_a, m), dtype)
-    y_hat = np.empty((p["b_y"].shape[0], m), dtype)
-    scratch = np.empty((n_a + 2, m), dtype)
+    y_hat = np.empty((n_y, m), dtype)
+    scratch = np.empty((n_a + n_y) * m, dtype)
     inputs, copies = tuple(inputs), tuple(copies)
     bad, finite = kernels.cell_forward_kernel(
         inputs, copies, scratch, a_t, y_hat, kernels.NONLINEARITY[nonlinearity]

@@ -754,33 +754,6 @@ def copy_if_finite(source, target):
     return finite
 
 
-@inline_kernel
-def _softmax_columns_with_bias(z, b_y, column_max, column_sum):
-    """``z[:, i] = softmax(z[:, i] + b_y)`` for every column (the seed's layout: classes
-    down, sequences across), row by row so that the loops run along rows; ``column_max``
-    and ``column_sum`` (m,) are scratch."""
-    n_y, m = z.shape
-    for j in range(n_y):
-        z_j = z[j]
-        for i in range(m):
-            z_j[i] += b_y[j]
-    for i in range(m):  # loops, not slice assignments (_zero says why)
-        column_max[i] = z[0, i]
-        column_sum[i] = 0
-    for j in range(1, n_y):
-        for i in range(m):
-            column_max[i] = max(column_max[i], z[j, i])
-    for j in range(n_y):
-        z_j = z[j]
-        for i in range(m):
-            z_j[i] = exp_nonpositive(z_j[i] - column_max[i])
-            column_sum[i] += z_j[i]
-    for j in range(n_y):
-        z_j = z[j]
-        for i in range(m):
-            z_j[i] /= column_sum[i]
-
-
 @kernel
 def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
     """``numpy_backend.cell_forward``: one time step in the seed's layout, its inputs copied
@@ -798,9 +771,9 @@ def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
         all 2-D and C-contiguous.
     copies : tuple of 7 ndarray
         Arrays of the inputs' shapes that receive copies of them (the cell cache's own).
-    scratch : ndarray, shape (n_a + 2, m)
-        The recurrent product ``W_aa @ a_prev`` where BLAS computes it, then each column's
-        maximum and sum.
+    scratch : ndarray, flat, ``(n_a + n_y) * m`` entries at least
+        The recurrent product ``W_aa @ a_prev`` (n_a, m), and the logits as rows (m, n_y),
+        where the time loops' ``softmax_with_bias`` turns them into ``y_hat.T``.
     a_t : ndarray, shape (n_a, m)
     y_hat : ndarray, shape (n_y, m)
 
@@ -817,8 +790,10 @@ def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
             return index, False
     W_ax, W_aa, b_a, W_ya, b_y, x_t, a_prev = inputs
     n_a, m = a_t.shape
+    n_y = y_hat.shape[0]
+    rec = scratch[: n_a * m].reshape((n_a, m))
+    logit_rows = scratch[n_a * m : (n_a + n_y) * m].reshape((1, m, n_y))
     np.dot(W_ax, x_t, a_t)
-    rec = scratch[:n_a]
     # The recurrent product in loops below the time loops' crossover (uses_blas), where a
     # BLAS call costs more than the arithmetic.
     if uses_blas(m, n_a, n_a):
@@ -837,8 +812,9 @@ def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
             for i in range(m):
                 v = a_j[i] + rec_j[i] + b_j
                 a_j[i] = max(v, v - v)
-    np.dot(W_ya, a_t, y_hat)
-    _softmax_columns_with_bias(y_hat, vector(b_y), scratch[n_a], scratch[n_a + 1])
+    np.dot(a_t.T, W_ya.T, logit_rows[0])  # (m, n_y) rows: the softmax of the time loops
+    softmax_with_bias(logit_rows, vector(b_y))
+    transpose_into(logit_rows[0], y_hat)
     return -1, all_finite(a_t) and all_finite(y_hat)
 
 

@@ -172,7 +172,7 @@ def cell_forward(x_t, a_prev, p, nonlinearity="tanh"):
     """
     inputs = (*p.values(), x_t, a_prev)
     for index, array in enumerate(inputs):
-        if not np.isfinite(array).all():
+        if not _all_finite(array):
             return None, None, None, index, False
     h, y_hat, finite = forward(np.ascontiguousarray(x_t.T[None]), a_prev.T, p, nonlinearity)
     copies = tuple(np.array(array) for array in inputs)
