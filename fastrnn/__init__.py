@@ -17,6 +17,8 @@ Layout of the package, from the doors down to the kernels:
 - ``packing``: the packed layout of networks with layers, directions or ``lengths``;
 - ``workspace``: reusable memory for repeated training steps;
 - ``parallel``: ``workers=``, a batch cut into shards run in threads;
+- ``wisdom``, ``tuning``: plans measured on this machine (``tune``) and kept between
+  processes;
 - ``distributed``: training and scoring on a Dask cluster (the ``distributed`` extra;
   imported only when asked for);
 - ``optim``, ``model``, ``text``: optimizers, the ``RNN`` model, character language models;
@@ -44,18 +46,20 @@ from .api import (
     rnn_forward,
 )
 from .model import RNN, CheckpointError
+from .tuning import tune
 from .validation import NonFiniteResultError
 from .workspace import Workspace
 
 __version__ = "0.1.0"
 
 # The submodules users reach for, as attributes after a plain ``import fastrnn``.
-from . import optim, parallel, text  # noqa: E402
+from . import optim, parallel, text, wisdom  # noqa: E402
 
 __all__ = [
     "optim",
     "parallel",
     "text",
+    "wisdom",
     "CellCache",
     "ForwardCache",
     "NetworkCache",
@@ -71,6 +75,7 @@ __all__ = [
     "rnn_cell_backward",
     "rnn_cell_forward",
     "rnn_forward",
+    "tune",
     "Workspace",
     "RNN",
     "CheckpointError",

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backends, engine, parallel
+from . import backends, engine, parallel, wisdom
 from .engine import ForwardCache, PackedCache
 from .engine.caches import checked_cache_params
 from .engine.finish import report_non_finite
@@ -204,12 +204,14 @@ def _resolve(backend, workspace):
 # -- the public functions -----------------------------------------------------------------
 
 
-def plan_of(inputs, params, *, workers=None, lengths=None, backend=None):
+def plan_of(inputs, params, *, workers=None, lengths=None, backend=None, call="loss_and_grads"):
     """The plan a call on ``inputs`` runs: how many shards, threads and BLAS threads.
 
     Every sequence function (``loss_and_grads``, ``loss``, ``rnn_forward`` and its
     ``rnn_backward``, and their one-hot twins) runs the plan given here for the same
-    arguments; ``fastrnn.parallel.describe(plan)`` says it in words.
+    arguments and ``call``; ``fastrnn.parallel.describe(plan)`` says it in words.  With
+    ``workers=None``, that is the plan ``fastrnn.tune`` recorded for the call on this
+    machine, where it did, else the built-in crossovers' (docs/guide.md, "Every core").
 
     Parameters
     ----------
@@ -219,13 +221,28 @@ def plan_of(inputs, params, *, workers=None, lengths=None, backend=None):
         As from ``init_params``.
     workers, lengths, backend
         As in ``loss_and_grads``.
+    call : str
+        The function whose plan is asked for: ``"loss_and_grads"``, ``"rnn_forward"``,
+        ``"rnn_backward"`` (its forward pass's), ``"loss"``, or a one-hot twin.
 
     Returns
     -------
     fastrnn.parallel.Plan
     """
-    impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
+    impl, dims, planned_as, sizes = planning_key(inputs, params, lengths, backend, call)
+    path, *sizes = sizes
+    return parallel.plan(workers, *sizes, impl.NAME, dtype=dims.dtype, call=planned_as, path=path)
+
+
+def planning_key(inputs, params, lengths, backend, call):
+    """What a call's plan depends on, checked (for ``plan_of`` and ``fastrnn.tune``):
+    ``(impl, dims, planned_as, (path, m, T, n_x, n_a, n_y))``, the backend module, the
+    params' sizes, ``call`` as its plan is kept (``wisdom.PLANNED_AS``) and
+    ``engine.planned_sizes``.  A ``ValueError`` names a bad ``call``."""
+    impl = backends.resolve(backend)
+    if not isinstance(call, str) or call not in wisdom.PLANNED_AS:
+        raise ValueError(f"call must be one of {', '.join(map(repr, wisdom.PLANNED_AS))}, got {call!r}")
     _, dims = check_params(params, finite=False)
     inputs = _as_index_array(inputs)
     if not isinstance(inputs, np.ndarray) or inputs.ndim not in (2, 3):
@@ -233,7 +250,7 @@ def plan_of(inputs, params, *, workers=None, lengths=None, backend=None):
     m, T = inputs.shape[-2:]
     n_x = inputs.shape[0] if inputs.ndim == 3 else 0
     lengths = _without_full_lengths(check_lengths(lengths, m, T), T)
-    return engine.plan_sizes(workers, T, m, n_x, dims, lengths, impl.NAME)
+    return impl, dims, wisdom.PLANNED_AS[call], engine.planned_sizes(T, m, n_x, dims, lengths)
 
 
 def available_backends():

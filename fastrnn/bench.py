@@ -206,7 +206,9 @@ def run(sizes=BENCH_SIZES, dtypes=(np.float64, np.float32), repeat=7):
                 step()
                 times["torch"] = median_seconds(step, repeat=repeat)
             flops = training_step_flops(*shape)
-            threads = parallel.describe(parallel.plan(None, *shape[3:], *shape[:3]))
+            threads = parallel.describe(
+                parallel.plan(None, *shape[3:], *shape[:3], dtype=dtype, call="loss_and_grads")
+            )
             row = dict(size=name, shape=tuple(shape), dtype=np.dtype(dtype).name, seconds=times, threads=threads,
                        gflops=flops / times["numba"] / 1e9, peak_fraction=flops / times["numba"] / peaks[np.dtype(dtype)])  # fmt: skip
             results.append(row)

@@ -1,10 +1,12 @@
-"""Command line: ``python -m fastrnn [demo | bench | train | sample]``.
+"""Command line: ``python -m fastrnn [demo | bench | tune | train | sample]``.
 
 - ``demo`` (the default): one training step's maths on both backends, a few sizes
   (``fastrnn.bench.demo``).
 - ``bench``: Numba and NumPy backends against PyTorch CPU and the BLAS peak
   (``fastrnn.bench.run``); ``--generation``: generation and streams
   (``fastrnn.bench.run_generation``).
+- ``tune``: measure the plans (shards, threads) of calls of some sizes on this machine and
+  keep the fastest for every later call (``fastrnn.tune``, ``fastrnn.wisdom``).
 - ``train [TEXT_FILE]``: train a character-level language model (the Zen of Python when no
   file is given), with a progress bar, samples, a checkpoint and a loss-curve picture; in
   this process, or on a Dask cluster (``--dask``, ``fastrnn.distributed``).
@@ -25,12 +27,12 @@ import threading
 
 import numpy as np
 
-from . import __version__, backends, bench, parallel
+from . import __version__, api, backends, bench, engine, parallel, tuning, wisdom
 from .model import RNN
 from .optim import OPTIMIZERS
 from .parallel import check_workers
 from .text import builtin_corpus, default_shards, fit_batch_shape, read_text, sample, train_char_rnn
-from .validation import NONLINEARITIES, check_int, check_real
+from .validation import NONLINEARITIES, Dims, check_int, check_real
 
 BUILTIN_CORPUS_NAME = "the Zen of Python (the standard library's `this` module)"
 
@@ -104,6 +106,24 @@ def build_parser():
     bench_parser.add_argument("--generation", action="store_true",
                               help="instead: text.sample per character and with 64 streams, and Stream.step against "
                                    "rnn_cell_forward and PyTorch's one-step call, on a character model")  # fmt: skip
+
+    tune = sub.add_parser("tune", help="measure the plans (shards, threads) of some sizes on this machine and keep "
+                                       "the fastest for every later call")  # fmt: skip
+    tune.add_argument("--sizes", default=sizes, help="comma-separated, from: %(default)s; or 'none'")
+    tune.add_argument("--shape", action="append", default=[], metavar="N_X,N_A,N_Y,M,T",
+                      help="also tune this size (repeatable); with --onehot, N_X is the vocabulary")  # fmt: skip
+    tune.add_argument("--dtypes", default="float64,float32", help="comma-separated (default: %(default)s)")
+    tune.add_argument("--calls", default=",".join(wisdom.CALLS), help="comma-separated, from: %(default)s")
+    tune.add_argument("--onehot", action="store_true",
+                      help="one-hot inputs (what `train` runs), not dense ones; rnn_forward is then skipped")  # fmt: skip
+    tune.add_argument("--layers", type=_number(int, minimum=1), default=1)
+    tune.add_argument("--bidirectional", action="store_true")
+    tune.add_argument("--backend", choices=("numba", "numpy"), default=None)
+    tune.add_argument("--repeat", type=_number(int, minimum=1), default=5,
+                      help="rounds of samples per median (default: %(default)s)")  # fmt: skip
+    tune.add_argument("--dry-run", action="store_true", help="measure and print, record nothing")
+    tune.add_argument("--show", action="store_true", help="instead: print this machine's recorded plans")
+    tune.add_argument("--forget", action="store_true", help="instead: remove this machine's recorded plans")
 
     train = sub.add_parser("train", help="train a character-level language model on a text file")
     train.add_argument("text_file", nargs="?", help="UTF-8 text to learn (default: the Zen of Python)")
@@ -211,6 +231,8 @@ def main(argv=None):
             return bench.demo(dtype=getattr(args, "dtype", "float64"))
         if command == "bench":
             return run_bench(args)
+        if command == "tune":
+            return run_tune(args)
         if command == "train":
             return run_train(args)
         return run_sample(args)
@@ -272,6 +294,87 @@ def _run_torch_bench(args):
     dtypes = _bench_dtypes(args)
     result = bench.run_torch(names, dtypes, rounds=3)
     return result if isinstance(result, int) else 0
+
+
+def run_tune(args):
+    """``tune``: time the candidate plans of each size, dtype and call; print them, the
+    plan chosen and the built-in one; record the chosen plans (unless ``--dry-run``)."""
+    file = wisdom.path()
+    if args.show or args.forget:
+        if args.forget:
+            print(f"fastrnn tune: removed {wisdom.forget()} plans of this machine from {file}")
+            return 0
+        plans = wisdom.entries()
+        print(f"fastrnn tune: {len(plans)} plans recorded for this machine ({wisdom.machine()}) in {file}")
+        for key, plan in sorted(plans.items()):
+            print(f"  {key}: {parallel.describe(parallel.Plan(*plan))}")
+        return 0
+    shapes = _tune_shapes(args)
+    dtypes = _bench_dtypes(args)
+    calls = [name.strip() for name in args.calls.split(",") if name.strip()]
+    if not calls or any(call not in wisdom.CALLS for call in calls):
+        raise UsageError(f"--calls: expected some of {', '.join(wisdom.CALLS)}, got {args.calls!r}")
+    if args.onehot:
+        calls = [call for call in calls if call != "rnn_forward"]  # rnn_forward takes dense inputs
+    if file is None and not args.dry_run:
+        raise UsageError(
+            f"{wisdom.WISDOM_VARIABLE}=off: nothing to record in (use --dry-run to only measure)"
+        )
+    print(f"fastrnn tune: {wisdom.machine()}; {parallel.available_cores()} cores, budget "
+          f"{parallel.default_budget()} threads; medians of {args.repeat} rounds")  # fmt: skip
+    chosen = {}
+    for name, shape in shapes:
+        for dtype in dtypes:
+            x, params = _tune_problem(shape, dtype, args)
+            for call in calls:
+                result = tuning.tune(
+                    x, params, call=call, backend=args.backend, repeat=args.repeat, save=False
+                )
+                chosen[result.key] = result
+                times = ", ".join(
+                    f"{parallel.describe(p)} {s * 1e3:.3f} ms" for p, s in result.seconds.items()
+                )
+                verdict = "same" if result.plan == result.built_in else (
+                    f"{parallel.describe(result.built_in)}; {result.speedup():.2f}x"
+                )  # fmt: skip
+                print(f"  {name} {dtype} {call}: {times} -> {parallel.describe(result.plan)} (built-in: {verdict})",
+                      flush=True)  # fmt: skip
+    if not args.dry_run:
+        file = wisdom.record({key: tuning.as_record(result) for key, result in chosen.items()})
+        print(f"fastrnn tune: recorded {len(chosen)} plans in {file}")
+    return 0
+
+
+def _tune_shapes(args):
+    """``[(name, (n_x, n_a, n_y, m, T))]`` of ``tune --sizes`` and ``--shape``."""
+    known = {size[0]: size[1:] for size in bench.BENCH_SIZES}
+    names = [] if args.sizes.strip() == "none" else [n.strip() for n in args.sizes.split(",") if n.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"--sizes: unknown size(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    shapes = [(name, known[name]) for name in names]
+    for text in args.shape:
+        try:
+            shape = tuple(check_int(int(n), "size", minimum=1) for n in text.split(","))
+        except (TypeError, ValueError):
+            shape = ()
+        if len(shape) != 5:
+            raise UsageError(f"--shape: expected five ints >= 1, N_X,N_A,N_Y,M,T, got {text!r}")
+        shapes.append((text, shape))
+    if not shapes:
+        raise UsageError("nothing to tune: give --sizes or --shape")
+    return shapes
+
+
+def _tune_problem(shape, dtype, args):
+    """Inputs (dense, or one-hot with ``--onehot``) and params of one size for ``tune``."""
+    n_x, n_a, n_y, m, T = shape
+    rng = np.random.default_rng(0)
+    params = api.init_params(n_x, n_a, n_y, num_layers=args.layers, bidirectional=args.bidirectional,
+                             seed=0, dtype=dtype)  # fmt: skip
+    if args.onehot:
+        return rng.integers(0, n_x, size=(m, T)), params
+    return rng.standard_normal((n_x, m, T)).astype(dtype), params
 
 
 def run_train(args):
@@ -517,7 +620,9 @@ def describe_threads(args, resume, n_chars, vocab_size, client=None):
         )
     backend = backends.resolve(args.backend).NAME
     # n_x = 0: training reads one-hot inputs, whose input layer is a lookup.
-    run = parallel.plan(args.workers, batch, seq_length, 0, hidden, vocab_size, backend)
+    dims = Dims(vocab_size, hidden, vocab_size, resume.dtype if resume else np.dtype(args.dtype),
+                resume.num_layers if resume else args.layers)  # fmt: skip
+    run = engine.plan_sizes(args.workers, seq_length, batch, 0, dims, None, backend, "loss_and_grads")
     return f"{parallel.describe(run)} ({parallel.available_cores()} cores)"
 
 

@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import wisdom
+
 #: Environment variables that cap the threads ``workers=None`` uses, as they cap BLAS and
 #: OpenMP libraries (a Dask worker, for one, sets them to 1).
 THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -153,7 +155,7 @@ def step_multiply_adds(m, T, n_x, n_a, n_y):
     return 3 * T * m * n_a * (n_x + n_a + n_y)
 
 
-def plan(workers, m, T, n_x, n_a, n_y, backend="numba"):
+def plan(workers, m, T, n_x, n_a, n_y, backend="numba", *, dtype=None, call=None, path="dense"):
     """Shards, threads and BLAS threads for a call on a batch of ``m`` sequences of ``T`` steps.
 
     Parameters
@@ -168,14 +170,27 @@ def plan(workers, m, T, n_x, n_a, n_y, backend="numba"):
         The problem's sizes; ``n_x = 0`` for one-hot inputs (a lookup, no products).
     backend : {"numba", "numpy"}
         Whose crossovers ``workers=None`` uses.
+    dtype, call, path : numpy dtype, str, str, optional
+        With ``dtype`` and ``call`` (``wisdom.CALLS``) given, ``workers=None`` runs the plan
+        that ``fastrnn.tune`` measured and recorded for this call on this machine
+        (``fastrnn.wisdom``), where there is one; ``path`` is ``"dense"`` or ``"packed"``
+        (``engine.planning``).  Without them, the built-in crossovers alone.
     """
     if workers is None:
         workers = default_workers()
-    return _plan(workers, m, T, n_x, n_a, n_y, backend, available_cores(), default_budget())
+    return _plan(
+        workers, m, T, n_x, n_a, n_y, backend, available_cores(), default_budget(), dtype, call, path
+    )
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(workers, m, T, n_x, n_a, n_y, backend, cores, budget):
+def _plan(workers, m, T, n_x, n_a, n_y, backend, cores, budget, dtype=None, call=None, path="dense"):
+    if workers is None and call is not None and dtype is not None:
+        measured = wisdom.lookup(
+            wisdom.key_text(backend, np.dtype(dtype).name, call, path, m, T, n_x, n_a, n_y, cores, budget)
+        )
+        if measured is not None:
+            return Plan(*measured)
     if workers is None:
         min_work, min_work_per_step = MIN_SHARD_MULTIPLY_ADDS[backend]
         shards = max(1, min(budget, m // MIN_ROWS_PER_SHARD))
@@ -197,6 +212,25 @@ def _plan(workers, m, T, n_x, n_a, n_y, backend, cores, budget):
         return Plan(1, 1, None)
     big = T * m >= MIN_ROWS_FOR_BLAS_THREADS and n_a * max(n_x, n_a, n_y) >= MIN_WEIGHTS_FOR_BLAS_THREADS
     return Plan(1, 1, min(budget, cores) if big else 1)
+
+
+wisdom.on_change(_plan.cache_clear)  # a plan recorded or forgotten is seen by the next call
+
+
+def candidate_plans(m, T, n_x, n_a, n_y, cores, budget):
+    """The plans ``fastrnn.tune`` times for a call of these sizes, within the thread budget:
+    one shard on one BLAS thread and on ``budget`` of them (one shard with BLAS as set where
+    every product is too small for BLAS threads, ``BLAS_SINGLE_THREAD_MULTIPLY_ADDS``), and
+    2, 4, 8, ... and ``budget`` shards (at most ``m``) of one BLAS thread each: the plans
+    ``plan`` itself chooses from."""
+    threads = min(budget, cores)
+    if T * m * n_a * max(n_x, n_a, n_y) < BLAS_SINGLE_THREAD_MULTIPLY_ADDS:
+        plans = [Plan(1, 1, None)]
+    else:
+        plans = [Plan(1, 1, 1)] + ([Plan(1, 1, threads)] if threads > 1 else [])
+    shard_counts = {2**k for k in range(1, threads.bit_length()) if 2**k <= threads} | {threads}
+    plans += [Plan(s, s, 1) for s in sorted(shard_counts) if 1 < s <= m]
+    return plans
 
 
 def split_batch(m, shards, weights=None):

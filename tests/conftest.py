@@ -25,6 +25,11 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
 
+# The suite never reads the wisdom file of whoever runs it (plans measured by `fastrnn tune`
+# on their machine): every plan is the built-in one, in this process and the processes it
+# starts.  The wisdom tests point FASTRNN_WISDOM at files of their own.
+os.environ["FASTRNN_WISDOM"] = "off"
+
 END_TO_END_FOLDERS = ("cli", "distributed")
 _HERE = Path(__file__).resolve().parent
 

@@ -38,7 +38,7 @@ import numpy as np
 from .. import packing, parallel
 from . import caches, dense, finish, packed
 from .caches import ForwardCache, PackedCache, owned_params, read_only
-from .planning import plan_call, plan_sizes, uses_packed_path
+from .planning import plan_call, plan_sizes, planned_sizes, uses_packed_path
 
 __all__ = [
     "BackwardInputs",
@@ -51,6 +51,7 @@ __all__ = [
     "losses",
     "plan_call",
     "plan_sizes",
+    "planned_sizes",
     "uses_packed_path",
 ]
 
@@ -69,7 +70,7 @@ def loss_and_grads(
     overwritten by its next use.  ``between_layers``: what the door does between layers
     (``backends.layers``), for networks of several layers; such a step runs as one shard.
     """
-    run, packed_path = plan_call(workers, inputs, dims, lengths, impl.NAME)
+    run, packed_path = plan_call(workers, inputs, dims, lengths, impl.NAME, "loss_and_grads")
     if packed_path:
         if between_layers is not None:
             run = _one_shard(run)
@@ -95,7 +96,7 @@ def losses(
     """Each sequence's loss (m,) float64 (summed over its real steps) and the final
     states (num_layers * D, m, n_a): a forward pass that keeps nothing for a backward
     one."""
-    run, packed_path = plan_call(workers, inputs, dims, lengths, impl.NAME)
+    run, packed_path = plan_call(workers, inputs, dims, lengths, impl.NAME, "loss")
     if packed_path:
         sequence_losses, final, finite = packed.losses(
             impl, run, inputs, a0, labels, lengths, p, dims, nonlinearity
@@ -118,7 +119,7 @@ def forward(
     cache for ``backward`` that owns its arrays (``state_shape`` and ``workers`` are kept
     in it: ``caches``), and the final states (num_layers * D, m, n_a), None unless asked
     for (``return_state``).  (A plain tuple: the tiny call pays for every object made.)"""
-    run, packed_path = plan_call(workers, xs, dims, lengths, impl.NAME)
+    run, packed_path = plan_call(workers, xs, dims, lengths, impl.NAME, "rnn_forward")
     if packed_path:
         return _packed_forward(
             impl, run, xs, a0, p, dims, nonlinearity, lengths, state_shape, workers, return_state, between_layers,
@@ -210,14 +211,16 @@ def backward(checked, d_states, what="rnn_backward"):
     impl, p, dims, cache = checked.impl, checked.p, checked.dims, checked.cache
     if isinstance(cache, PackedCache):
         pk, inputs, a0, states = checked.arrays
-        run = plan_sizes(cache.workers, checked.T, checked.m, dims.n_x, dims, checked.lengths, impl.NAME)
+        run = plan_sizes(
+            cache.workers, checked.T, checked.m, dims.n_x, dims, checked.lengths, impl.NAME, "rnn_forward"
+        )
         states = [states[k : k + dims.directions] for k in range(0, len(states), dims.directions)]
         grads, finite = packed.backward(
             impl, run, d_states, pk, inputs, a0, states, p, cache.nonlinearity, cache.between_layers
         )
     else:
         xs, h = checked.arrays
-        run = plan_call(cache.workers, xs, dims, None, impl.NAME)[0]
+        run = plan_call(cache.workers, xs, dims, None, impl.NAME, "rnn_forward")[0]
         grads, finite = dense.backward(impl, run, d_states, xs, h, p, dims, cache.nonlinearity)
         grads["da0"] = grads["da0"][None]
     if not finite:

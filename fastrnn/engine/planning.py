@@ -18,25 +18,35 @@ def uses_packed_path(dims, lengths):
     return lengths is not None or not is_single_layer(dims.num_layers, dims.directions)
 
 
-def plan_call(workers, inputs, dims, lengths, backend):
+def plan_call(workers, inputs, dims, lengths, backend, call):
     """``(plan, packed)``: the ``parallel.Plan`` of a call on time-major ``inputs`` (T, m,
     n_x) or one-hot (T, m) (whose input layer is a lookup, no product: n_x counts as 0),
-    and whether it takes the packed path (``uses_packed_path``).  Every call asks, so this
-    is kept to a few hundred nanoseconds."""
+    and whether it takes the packed path (``uses_packed_path``).  ``call`` is what the plan
+    is kept for if measured (``wisdom.CALLS``).  Every call asks, so this is kept to a few
+    hundred nanoseconds."""
     shape = inputs.shape
     n_x = shape[2] if len(shape) == 3 else 0
     # uses_packed_path, spelled out: this is the one check every call of the dense path makes
     if lengths is None and dims.num_layers == 1 and dims.directions == 1:
-        return parallel.plan(workers, shape[1], shape[0], n_x, dims.n_a, dims.n_y, backend), False
-    return plan_sizes(workers, shape[0], shape[1], n_x, dims, lengths, backend), True
+        run = parallel.plan(
+            workers, shape[1], shape[0], n_x, dims.n_a, dims.n_y, backend, dtype=dims.dtype, call=call
+        )
+        return run, False
+    return plan_sizes(workers, shape[0], shape[1], n_x, dims, lengths, backend, call), True
 
 
-def plan_sizes(workers, T, m, n_x, dims, lengths, backend):
-    """The plan of ``plan_call``, from the sizes.  A packed call's products are those of
+def plan_sizes(workers, T, m, n_x, dims, lengths, backend, call):
+    """The plan of ``plan_call``, from the sizes."""
+    path, *sizes = planned_sizes(T, m, n_x, dims, lengths)
+    return parallel.plan(workers, *sizes, backend, dtype=dims.dtype, call=call, path=path)
+
+
+def planned_sizes(T, m, n_x, dims, lengths):
+    """``(path, m, T, n_x, n_a, n_y)``: the path (``"dense"`` or ``"packed"``) and the sizes
+    ``parallel.plan`` takes for a call.  A packed call's products are those of
     ``num_layers * D`` one-layer networks over the real steps (the upper layers' inputs
-    are D * n_a wide)."""
+    are D * n_a wide), so it is planned as one layer of that many steps."""
     if not uses_packed_path(dims, lengths):
-        return parallel.plan(workers, m, T, n_x, dims.n_a, dims.n_y, backend)
+        return "dense", m, T, n_x, dims.n_a, dims.n_y
     steps = T if lengths is None else max(1, int(np.sum(lengths)) // m)
-    layers = dims.num_layers * dims.directions
-    return parallel.plan(workers, m, steps * layers, n_x, dims.n_a, dims.n_y, backend)
+    return "packed", m, steps * dims.num_layers * dims.directions, n_x, dims.n_a, dims.n_y

@@ -1,8 +1,10 @@
 """The command line runs and prints what it promises."""
 
 import json
+import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -162,7 +164,11 @@ def test_python_examples_of_the_docs_run(page, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks
     monkeypatch.chdir(tmp_path)  # the examples write files
-    exec(compile("\n".join(blocks), page, "exec"), {})
+    # The guide's Dask example sets OMP_NUM_THREADS and friends in this process's
+    # environment (the cluster's workers inherit them): the tests after this one, and the
+    # processes they start, must not.
+    with mock.patch.dict(os.environ):
+        exec(compile("\n".join(blocks), page, "exec"), {})
 
 
 def test_train_workers_flag(tmp_path):
@@ -414,3 +420,38 @@ def test_train_a_two_layer_model_then_sample_and_resume(tmp_path):
     assert json.loads(resumed.stdout)["layers"] == 2
     bad = run_cli("train", corpus, "--layers", 0, cwd=tmp_path)
     assert bad.returncode == 2 and "--layers" in bad.stderr
+
+
+def test_tune_measures_records_shows_and_forgets(tmp_path, monkeypatch):
+    file = tmp_path / "wisdom.json"
+    monkeypatch.setenv("FASTRNN_WISDOM", str(file))
+    quick = ["--sizes", "none", "--shape", "4,8,4,4,5", "--dtypes", "float64", "--repeat", "1"]
+    dry = run_cli("tune", *quick, "--dry-run", "--calls", "loss")
+    assert dry.returncode == 0, dry.stderr
+    assert "4,8,4,4,5 float64 loss:" in dry.stdout and "built-in:" in dry.stdout and not file.exists()
+    done = run_cli("tune", *quick, "--onehot")  # one-hot: rnn_forward (dense only) is left out
+    assert done.returncode == 0, done.stderr
+    assert "recorded 2 plans" in done.stdout and "rnn_forward" not in done.stdout
+    shown = run_cli("tune", "--show")
+    assert shown.returncode == 0 and "2 plans recorded" in shown.stdout
+    assert "numba float64 loss_and_grads dense m=4 T=5 n_x=0 n_a=8 n_y=4" in shown.stdout
+    forgotten = run_cli("tune", "--forget")
+    assert forgotten.returncode == 0 and "removed 2 plans" in forgotten.stdout
+    assert "0 plans recorded" in run_cli("tune", "--show").stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--shape", "4,8,4"], "--shape: expected five ints"),
+        (["--sizes", "huge"], "--sizes: unknown size(s) huge"),
+        (["--sizes", "none"], "nothing to tune"),
+        (["--sizes", "tiny", "--calls", "train"], "--calls: expected some of"),
+        (["--sizes", "tiny"], "FASTRNN_WISDOM=off: nothing to record in"),
+    ],
+)
+def test_tune_errors_are_one_line(args, message, monkeypatch):
+    monkeypatch.setenv("FASTRNN_WISDOM", "off")
+    result = run_cli("tune", *args)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
