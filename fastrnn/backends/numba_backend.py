@@ -288,11 +288,38 @@ def direction_backward(
         dz, H, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a.reshape(-1),
         empty("rows" + tag, a0.shape[-2:], a0.dtype), kernels.NONLINEARITY[nonlinearity],
     )  # fmt: skip
-    prev = H if H_is_scratch else empty("previous" + tag, H.shape, H.dtype)
-    kernels.previous_states_into(H, a0, batch_sizes, offsets, reverse, prev)
-    dW_aa = empty("dW_aa" + tag, W_aa.shape, W_aa.dtype)
-    products.matmul_transposed_into(dz, prev, dW_aa)
+    dW_aa = recurrent_weight_gradient(
+        dz, H, a0, batch_sizes, offsets, reverse, H_is_scratch, empty, tag, products
+    )
     return dz, da0, dW_aa, db_a
+
+
+def recurrent_weight_gradient(
+    dz, H, a0, batch_sizes, offsets, reverse, H_is_scratch=False, empty=new_array, tag="", products=KERNEL_PRODUCTS
+):  # fmt: skip
+    """As the reference's: full-length rows take two products on views of ``H`` (no
+    gathered copy of the states the steps read: at the char-rnn size in float64 that copy,
+    into fresh memory, took 0.8 ms of a 7.6 ms forward and backward); rows of variable
+    lengths gather them (``previous_states_into``, over ``H`` itself with ``H_is_scratch``)."""
+    dW_aa = empty("dW_aa" + tag, (dz.shape[1], H.shape[1]), dz.dtype)
+    m, N = a0.shape[0], H.shape[0]
+    if batch_sizes[-1] < m:
+        prev = H if H_is_scratch else empty("previous" + tag, H.shape, H.dtype)
+        kernels.previous_states_into(H, a0, batch_sizes, offsets, reverse, prev)
+        products.matmul_transposed_into(dz, prev, dW_aa)
+        return dW_aa
+    read_a0 = dz[N - m :] if reverse else dz[:m]  # the step that read a0
+    if N == m:  # one step
+        products.matmul_transposed_into(read_a0, a0, dW_aa)
+        return dW_aa
+    if reverse:  # step t read step t + 1's states
+        products.matmul_transposed_into(dz[: N - m], H[m:], dW_aa)
+    else:
+        products.matmul_transposed_into(dz[m:], H[: N - m], dW_aa)
+    from_a0 = empty("dW_aa_a0" + tag, dW_aa.shape, dW_aa.dtype)
+    products.matmul_transposed_into(read_a0, a0, from_a0)
+    np.add(dW_aa, from_a0, out=dW_aa)
+    return dW_aa
 
 
 def packed_input_backward(dz, layer_input, W_ax, empty=new_array, tag="", products=KERNEL_PRODUCTS):

@@ -538,8 +538,28 @@ def direction_backward(
             n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
             g[offsets[t + 1] : offsets[t + 1] + n_next] += d_previous[:n_next]
             da0[n_next:n] += d_previous[n_next:]
-    prev = previous_states(H, a0, batch_sizes, offsets, reverse)
-    return dz, da0, dz.T @ prev, dz.sum(axis=0)[:, None]
+    return (
+        dz,
+        da0,
+        recurrent_weight_gradient(dz, H, a0, batch_sizes, offsets, reverse),
+        dz.sum(axis=0)[:, None],
+    )
+
+
+def recurrent_weight_gradient(dz, H, a0, batch_sizes, offsets, reverse):
+    """``dW_aa``, the sum over the steps of ``dz_t.T @ (the states step t read)``.
+
+    Where every step holds the whole batch (every sequence full length: the rows are time
+    steps of ``m`` rows each), the states the steps read are ``H`` shifted by one step, and
+    ``a0`` for the step that starts: two products on views of ``H``.  Otherwise one product
+    with the states each row read, gathered row for row (``previous_states``).
+    """
+    m, N = a0.shape[0], H.shape[0]
+    if batch_sizes[-1] < m:  # sequences of their own lengths
+        return dz.T @ previous_states(H, a0, batch_sizes, offsets, reverse)
+    if reverse:  # step t read step t + 1's states; the last step read a0
+        return dz[: N - m].T @ H[m:] + dz[N - m :].T @ a0
+    return dz[m:].T @ H[: N - m] + dz[:m].T @ a0
 
 
 def packed_projection(layer_input, W_ax, empty=None, tag=""):
