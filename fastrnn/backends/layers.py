@@ -141,7 +141,8 @@ def network_backward(
     da0 = empty("da0", a0.shape, a0.dtype)
     d_output = d_top
     if d_final is not None and not d_top_is_scratch:  # d_final is added into it
-        d_output, d_top_is_scratch = d_top.copy(), True
+        d_output, d_top_is_scratch = empty("d_top", d_top.shape, d_top.dtype), True
+        np.copyto(d_output, d_top)
     for layer in range(num_layers - 1, -1, -1):
         if d_final is not None:
             _add_final_gradients(d_output, d_final, layer, directions, last_rows)

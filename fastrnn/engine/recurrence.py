@@ -29,6 +29,7 @@ import numpy as np
 from .. import packing, parallel
 from ..backends import layers
 from ..params import gradient_names, layer_key
+from ..workspace import new_array
 
 
 def plan(workers, m, N, n_x, n_a, num_layers, directions, backend):
@@ -89,13 +90,14 @@ def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity
 
 
 def backward(
-    impl, run, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, between=None, ops=None
-):
+    impl, run, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, between=None, ops=None,
+    empty=new_array,
+):  # fmt: skip
     """``backward_rows`` on the plan ``run`` of its forward pass (see the module)."""
     if run.shards == 1 or between is not None:
         return backward_rows(
             impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, _one_shard_blas(run),
-            between, ops,
+            between, ops, empty,
         )  # fmt: skip
     directions = output.shape[1] // a0.shape[2]
     num_layers = a0.shape[0] // directions
@@ -110,7 +112,7 @@ def backward(
             impl, None if d_output is None else d_output[taken],
             None if d_final is None else np.ascontiguousarray(d_final[:, sequences]), inputs[taken],
             np.ascontiguousarray(a0[:, sequences]), output[taken], lower[:, taken], p, own_rows, nonlinearity,
-            ops=ops,
+            ops=ops, empty=empty,
         )  # fmt: skip
         dx[taken], da0[:, sequences] = grads.pop("dx"), grads.pop("da0")
         return grads
@@ -223,9 +225,10 @@ def states_of(output, lower, num_layers, directions):
 
 
 def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity,
-                  blas_threads=None, between=None, ops=None):  # fmt: skip
+                  blas_threads=None, between=None, ops=None, empty=new_array):  # fmt: skip
     """Backpropagation through every layer and direction of ``forward_rows`` (``ops`` as
-    there).
+    there; ``empty``: the allocator of the arrays, ``workspace.ScratchArrays`` for one that
+    reuses the scratch ones).
 
     Parameters
     ----------
@@ -252,5 +255,5 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
         return layers.network_backward(
             ops or impl.DIRECTION_OPS, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets,
             nonlinearity,
-            d_top_is_scratch=scratch, between=between, d_final=d_final, last_rows=rows.last_rows,
+            d_top_is_scratch=scratch, empty=empty, between=between, d_final=d_final, last_rows=rows.last_rows,
         )  # fmt: skip

@@ -33,6 +33,7 @@ from torch.autograd.function import once_differentiable
 from .. import backends, packing
 from ..engine import recurrence
 from ..params import layer_key
+from ..workspace import ScratchArrays
 
 Tensor = torch.Tensor
 
@@ -114,6 +115,13 @@ def _direction_ops(impl, run):
     if impl.NAME not in _DIRECTION_OPS:
         _DIRECTION_OPS[impl.NAME] = impl.direction_ops(impl.Products(_matmul_into, _matmul_transposed_into))
     return _DIRECTION_OPS[impl.NAME]
+
+
+#: The backward pass's arrays that no gradient is a view of (``dz`` of every layer and
+#: direction, and the top layer's output gradient plus ``h_n``'s): their memory is kept by
+#: each thread and reused by the next backward pass, not new pages every step
+#: (``workspace.ScratchArrays``: 1.1 ms of a 10 ms char-rnn step in float64).
+_SCRATCH = ScratchArrays(("dz", "d_top"))
 
 
 def _plan(impl, workers, inputs, hx, num_layers, directions):
@@ -200,7 +208,7 @@ def backward_impl(
     grads = recurrence.backward(
         impl, run, d_output, None if grad_h_n is None else _array(grad_h_n), inputs, _array(hx), output_rows,
         _array(lower), _params(weights, num_layers, directions, has_biases), rows, nonlinearity,
-        _between(dropout_masks), _direction_ops(impl, run),
+        _between(dropout_masks), _direction_ops(impl, run), _SCRATCH.empty,
     )  # fmt: skip
     d_weights = []
     for layer in range(num_layers):

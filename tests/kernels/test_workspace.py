@@ -121,3 +121,30 @@ def test_a_network_step_in_a_workspace_allocates_nothing_of_its_size(case):
     m, T = y.shape[0], x.shape[2]
     assert with_workspace < 32 * m * T, (with_workspace, m * T)
     assert without > 10 * with_workspace, (with_workspace, without)
+
+
+def test_scratch_arrays_reuse_their_named_memory_in_each_thread():
+    import threading
+
+    from fastrnn.workspace import ScratchArrays
+
+    scratch = ScratchArrays(("dz", "d_top"))
+    dz = scratch.empty("dz_l0", (6, 4), np.float64)
+    assert dz.shape == (6, 4) and dz.flags.c_contiguous
+    # Asked again, or for fewer rows: the same memory; for more, new memory kept from then on.
+    assert np.shares_memory(scratch.empty("dz_l0", (6, 4), np.float64), dz)
+    assert np.shares_memory(scratch.empty("dz_l0", (3, 4), np.float64), dz)
+    bigger = scratch.empty("dz_l0", (8, 4), np.float64)
+    assert not np.shares_memory(bigger, dz)
+    assert np.shares_memory(scratch.empty("dz_l0", (2, 4), np.float64), bigger)
+    # Each name and dtype has its own; other names are new arrays every call.
+    assert not np.shares_memory(scratch.empty("dz_l1", (6, 4), np.float64), bigger)
+    assert scratch.empty("dz_l0", (6, 4), np.float32).dtype == np.float32
+    dW = scratch.empty("dW_aa", (4, 4), np.float64)
+    assert not np.shares_memory(scratch.empty("dW_aa", (4, 4), np.float64), dW)
+    # Another thread never gets this thread's memory.
+    theirs = []
+    worker = threading.Thread(target=lambda: theirs.append(scratch.empty("dz_l0", (2, 4), np.float64)))
+    worker.start()
+    worker.join(timeout=60)
+    assert theirs and not np.shares_memory(theirs[0], bigger)
