@@ -189,7 +189,7 @@ def _as_plan(key, value):
     ints = all(isinstance(n, int) and not isinstance(n, bool) for n in (shards, threads))
     if not ints or not (1 <= shards <= m and 1 <= threads <= min(shards, cores)):
         return None
-    if blas is not None and not (isinstance(blas, int) and 1 <= blas and threads * blas <= cores):
+    if blas is not None and not (type(blas) is int and 1 <= blas and threads * blas <= cores):
         return None
     return (shards, threads, blas)
 
