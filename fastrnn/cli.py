@@ -321,7 +321,7 @@ def run_tune(args):
             f"{wisdom.WISDOM_VARIABLE}=off: nothing to record in (use --dry-run to only measure)"
         )
     print(f"fastrnn tune: {wisdom.machine()}; {parallel.available_cores()} cores, budget "
-          f"{parallel.default_budget()} threads; medians of {args.repeat} rounds")  # fmt: skip
+          f"{parallel.default_budget()} threads; medians of {args.repeat} round{'s' if args.repeat != 1 else ''}")  # fmt: skip
     chosen = {}
     for name, shape in shapes:
         for dtype in dtypes:
