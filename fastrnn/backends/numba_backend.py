@@ -302,10 +302,11 @@ def recurrent_weight_gradient(
     into fresh memory, took 0.8 ms of a 7.6 ms forward and backward); rows of variable
     lengths gather them (``previous_states_into``, over ``H`` itself with ``H_is_scratch``),
     and so do the strided states of one direction of a bidirectional layer (half of each
-    row of the layer's output), which the kernels' products take C-contiguous only."""
+    row of the layer's output) for the kernels' own products, which take C-contiguous
+    arrays only (PyTorch's take the strided views)."""
     dW_aa = empty("dW_aa" + tag, (dz.shape[1], H.shape[1]), dz.dtype)
     m, N = a0.shape[0], H.shape[0]
-    if batch_sizes[-1] < m or not H.flags.c_contiguous:
+    if batch_sizes[-1] < m or (products is KERNEL_PRODUCTS and not H.flags.c_contiguous):
         prev = H if H_is_scratch else empty("previous" + tag, H.shape, H.dtype)
         kernels.previous_states_into(H, a0, batch_sizes, offsets, reverse, prev)
         products.matmul_transposed_into(dz, prev, dW_aa)
