@@ -37,6 +37,8 @@ import tempfile
 import threading
 import warnings
 
+import numpy as np
+
 #: The environment variable naming the wisdom file (``off``: no wisdom).
 WISDOM_VARIABLE = "FASTRNN_WISDOM"
 FORMAT = 1
@@ -80,9 +82,7 @@ def machine():
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                     break
-    import numpy
-
-    blas = f"numpy {numpy.__version__}"
+    blas = f"numpy {np.__version__}"
     with contextlib.suppress(Exception):  # no SciPy (the NumPy backend alone), no threadpoolctl
         import scipy.linalg.cython_blas  # noqa: F401  (the kernels' BLAS, loaded before looking)
         from threadpoolctl import threadpool_info
@@ -142,8 +142,9 @@ def _load():
     global _plans
     with _lock:
         if _plans is None:
-            _plans = _read_machine(_read_file(path())).get("plans", {})
-            _plans = {key: plan for key, plan in ((k, _as_plan(k, v)) for k, v in _plans.items()) if plan}
+            recorded = _read_machine(_read_file(path())).get("plans", {})
+            checked = ((key, _as_plan(key, value)) for key, value in recorded.items())
+            _plans = {key: plan for key, plan in checked if plan is not None}
         return _plans
 
 
