@@ -166,6 +166,70 @@ def loss_and_grads(
     return loss, grads, h[-1], finite
 
 
+def checked_loss_and_grads(inputs, a0, y, p, nonlinearity):
+    """A training step of the seed's network on the caller's own arrays, checked by the
+    kernel (``fastrnn.engine.lean``): ``numba_kernels.checked_step_inputs_into`` (or its
+    one-hot twin), then the dense path's ``loss_and_grads_kernel`` (or ``_onehot``).
+
+    Parameters
+    ----------
+    inputs : ndarray
+        Dense ``x`` (n_x, m, T), or one-hot ``x_index`` (m, T) intp.
+    a0 : ndarray, shape (n_a, m)
+    y : ndarray of intp, shape (m, T)
+    p : dict
+        The seed's five parameters.  Every array is C-contiguous, writable and of the
+        parameters' dtype (or intp), with the numbers of dimensions above: the caller
+        makes sure, since these pick the compiled variant.  The kernel checks the rest.
+    nonlinearity : {"tanh", "relu"}
+
+    Returns
+    -------
+    status : int
+        ``numba_kernels.RAN``, or why the kernel refused the call (nothing computed; the
+        other results are then 0.0, None, None, False).
+    loss : float
+    grads : dict
+        As ``loss_and_grads``'s, time-major: ``dW_ax`` ... ``db_y``, ``da0`` (m, n_a) and,
+        for dense inputs, ``dx`` (T, m, n_x).
+    h : ndarray, shape (T + 1, m, n_a)
+    finite : bool
+    """
+    W_ax, W_aa, b_a, W_ya, b_y = p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"]
+    dense = inputs.ndim == 3
+    m, T = inputs.shape[-2:]
+    n_a, dtype = W_aa.shape[0], W_aa.dtype
+    h, labels = np.empty((T + 1, m, n_a), dtype), np.empty((T, m), np.intp)
+    if dense:  # the time-major copy of x is also dx, written over it after its last read
+        xs = np.empty((T, m, inputs.shape[0]), dtype)
+        status = kernels.checked_step_inputs_into(inputs, a0, y, W_ax, W_aa, b_a, W_ya, b_y, xs, h, labels)
+    else:
+        xs = np.empty((T, m), np.intp)
+        status = kernels.checked_onehot_step_inputs_into(
+            inputs, a0, y, W_ax, W_aa, b_a, W_ya, b_y, xs, h, labels
+        )
+    if status != kernels.RAN:
+        return status, 0.0, None, None, False
+    # Plain calls, no loops: the path around a tiny step's kernel is most of its time.
+    grads = {
+        "dW_ax": np.empty(W_ax.shape, dtype), "dW_aa": np.empty(W_aa.shape, dtype), "db_a": np.empty(b_a.shape, dtype),
+        "dW_ya": np.empty(W_ya.shape, dtype), "db_y": np.empty(b_y.shape, dtype), "da0": np.empty((m, n_a), dtype),
+    }  # fmt: skip
+    arrays = (
+        W_ax, W_aa, b_a, W_ya, b_y, h, np.empty((T, m, W_ya.shape[0]), dtype), np.empty(dz_buffer_size(p, T, m), dtype),
+        grads["da0"],
+    )  # fmt: skip
+    gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
+    relu = kernels.NONLINEARITY[nonlinearity]
+    if dense:
+        grads["dx"] = xs
+        loss, finite = kernels.loss_and_grads_kernel(xs, labels, m, *arrays, xs, *gradients, relu)
+    else:
+        dW_ax_T = np.empty(W_ax.shape[::-1], dtype)
+        loss, finite = kernels.loss_and_grads_onehot_kernel(xs, labels, m, *arrays, dW_ax_T, *gradients, relu)
+    return kernels.RAN, loss, grads, h, finite
+
+
 def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     """Each sequence's loss, no gradient (see ``numpy_backend.sequence_losses``): one kernel
     call; ``h`` and ``logits`` are the call's own temporaries, kept for nothing after it."""

@@ -31,6 +31,9 @@ kernel                                      reference step(s) it computes
 ``sequence_cross_entropy_with_bias``        ``b_y`` of ``output_logits``, then
                                             ``sequence_cross_entropy``
 ``sequence_losses_kernel`` (and ``_onehot``)  ``sequence_losses``, plus a finiteness scan
+``checked_step_inputs_into`` (and           a training step's inputs from the seed's own
+``checked_onehot_step_inputs_into``)        arrays: shapes, finiteness and ranges checked
+                                            (``network_refusal``), then copied time-major
 ``sgd_update``, ``adagrad_update``, ...     the optimizer updates, same names and arguments
 ``packing_into``                            ``fastrnn.packing.make_packing`` (a counting sort)
 ``pack_rows_into``, ``unpack_rows_into``    ``pack_rows``, ``unpack_rows``
@@ -934,6 +937,99 @@ def sequence_losses_onehot_kernel(
     return _sequence_losses_after_the_input_layer(
         labels, b_a, b_y, W_aa_T, W_ya_T, rec, h, logits, losses, relu
     )
+
+
+# -- the lean lane (``fastrnn.engine.lean``): a training step on the caller's own arrays --
+# A small step spends more time in the Python checks and copies around its kernel than in
+# the kernel itself.  These kernels take the seed's arrays as the caller gave them and do
+# that work in compiled code, first: the checks, then the time-major copies.
+
+#: What a ``checked_`` kernel did: ran, or refused before it read through anything it
+#: had not checked.  A refused call takes the full path, whose checks say what is wrong
+#: (``engine.lean``).
+RAN, REFUSED_SHAPES, REFUSED_NOT_FINITE, REFUSED_OUT_OF_RANGE = 0, 1, 2, 3
+
+
+@kernel  # called once per call: compiled once, not inlined (_jit.py)
+def all_below(index, n):
+    """Whether every entry of the C-contiguous integer ``index`` lies in ``[0, n)``."""
+    flat = index.reshape(index.size)
+    inside = True
+    for k in range(flat.size):
+        inside &= (flat[k] >= 0) & (flat[k] < n)
+    return inside
+
+
+@kernel
+def network_refusal(a0, y, n_x, m, T, W_ax, W_aa, b_a, W_ya, b_y):
+    """Why a training step of the seed's network may not run on inputs of sizes ``n_x``,
+    ``m``, ``T`` (a ``REFUSED_*``), or ``RAN``: every size at least 1, the shapes of the
+    parameters, ``a0`` (n_a, m) and ``y`` (m, T) agree, the parameters and ``a0`` are
+    finite, the labels lie in ``[0, n_y)``.  Shapes are compared before any entry is
+    read; each scan reads its array by the array's own size."""
+    n_a = W_aa.shape[0]
+    n_y = W_ya.shape[0]
+    if min(min(n_x, m), min(T, min(n_a, n_y))) < 1:
+        return REFUSED_SHAPES
+    if (
+        W_ax.shape != (n_a, n_x) or W_aa.shape != (n_a, n_a) or b_a.shape != (n_a, 1)
+        or W_ya.shape != (n_y, n_a) or b_y.shape != (n_y, 1) or a0.shape != (n_a, m) or y.shape != (m, T)
+    ):  # fmt: skip
+        return REFUSED_SHAPES
+    if not (
+        all_finite(W_ax) and all_finite(W_aa) and all_finite(b_a) and all_finite(W_ya) and all_finite(b_y)
+        and all_finite(a0)
+    ):  # fmt: skip
+        return REFUSED_NOT_FINITE
+    return RAN if all_below(y, n_y) else REFUSED_OUT_OF_RANGE
+
+
+@kernel
+def checked_step_inputs_into(x, a0, y, W_ax, W_aa, b_a, W_ya, b_y, xs, h, labels):
+    """A dense training step's inputs, from the seed's own arrays, checked first
+    (``network_refusal``, and ``x`` finite), then copied time-major: ``xs[t, i] = x[:, i,
+    t]``, ``h[0] = a0.T``, ``labels[t, i] = y[i, t]``, what ``loss_and_grads_kernel`` takes.
+
+    ``x`` (n_x, m, T), ``a0`` (n_a, m), ``y`` (m, T) intp and the parameters, C-contiguous;
+    ``xs``, ``h`` and ``labels`` sized by the caller from ``x``'s and the weights' shapes
+    (``numba_backend.checked_loss_and_grads``).  Returns ``RAN``, or a ``REFUSED_*``: then
+    nothing was written, and only the checks read the arrays.
+
+    The step itself is not called from here: a kernel that calls ``loss_and_grads_kernel``
+    compiles all of it again inside itself (2.2 s more for the first call in a fresh
+    process), for less than a call from Python saves.
+    """
+    n_x, m, T = x.shape
+    status = network_refusal(a0, y, n_x, m, T, W_ax, W_aa, b_a, W_ya, b_y)
+    if status == RAN and not all_finite(x):
+        status = REFUSED_NOT_FINITE
+    if status != RAN:
+        return status
+    transpose_into(y, labels)
+    transpose_into(a0, h[0])
+    for t in range(T):
+        for i in range(m):
+            for k in range(n_x):
+                xs[t, i, k] = x[k, i, t]
+    return RAN
+
+
+@kernel
+def checked_onehot_step_inputs_into(x_index, a0, y, W_ax, W_aa, b_a, W_ya, b_y, index, h, labels):
+    """``checked_step_inputs_into`` for one-hot inputs: ``x_index`` (m, T) intp, checked to
+    lie in ``[0, n_x)``, copied time-major into ``index`` (T, m), what
+    ``loss_and_grads_onehot_kernel`` takes."""
+    m, T = x_index.shape
+    n_x = W_ax.shape[1]
+    status = network_refusal(a0, y, n_x, m, T, W_ax, W_aa, b_a, W_ya, b_y)
+    if status == RAN and not all_below(x_index, n_x):
+        status = REFUSED_OUT_OF_RANGE
+    if status != RAN:
+        return status
+    transpose_into(y, labels)
+    transpose_into(a0, h[0])
+    transpose_into(x_index, index)
+    return RAN
 
 
 # =======================================================================================

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import packing, parallel
-from . import caches, dense, finish, packed
+from . import caches, dense, finish, lean, packed
 from .caches import ForwardCache, PackedCache, owned_params, read_only
 from .planning import plan_call, plan_sizes, planned_sizes, uses_packed_path
 
@@ -47,6 +47,7 @@ __all__ = [
     "backward",
     "backward_inputs",
     "forward",
+    "lean",
     "loss_and_grads",
     "losses",
     "plan_call",

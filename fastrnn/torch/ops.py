@@ -26,6 +26,8 @@ module (``fastrnn.torch.RNN``) checks every argument before it calls these (the 
 trust shapes).
 """
 
+import functools
+
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
@@ -146,14 +148,25 @@ def forward_impl(
     workers: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The forward pass: ``(output, h_n, lower)`` (see the module)."""
+    p = _params(weights, num_layers, 2 if bidirectional else 1, has_biases)
+    return _forward(
+        p, input, hx, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity, backend,
+        workers,
+    )  # fmt: skip
+
+
+def _forward(
+    p, input, hx, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity, backend, workers
+):  # fmt: skip
+    """``forward_impl`` on the kernels' params ``p`` (``_params``) instead of ``weights``."""
     directions = 2 if bidirectional else 1
     m, n_a = hx.shape[1], hx.shape[2]
     inputs, rows = _rows(input, batch_sizes, m)
     impl = backends.resolve(backend)
     run = _plan(impl, workers, inputs, hx, num_layers, directions)
     output, final, lower = recurrence.forward(
-        impl, run, inputs, _array(hx), _params(weights, num_layers, directions, has_biases), num_layers,
-        directions, rows, nonlinearity, _between(dropout_masks), _direction_ops(impl, run),
+        impl, run, inputs, _array(hx), p, num_layers, directions, rows, nonlinearity, _between(dropout_masks),
+        _direction_ops(impl, run),
     )  # fmt: skip
     output = torch.from_numpy(output)
     if batch_sizes is None:
@@ -198,7 +211,21 @@ def backward_impl(
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """The gradients of ``input``, ``hx`` and every weight, for those of ``output`` and
     ``h_n`` (C-contiguous, as ``rnn``'s results)."""
+    return _backward(
+        None, grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
+        bidirectional, has_biases, nonlinearity, backend, workers,
+    )  # fmt: skip
+
+
+def _backward(
+    p, grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
+    bidirectional, has_biases, nonlinearity, backend, workers,
+):  # fmt: skip
+    """``backward_impl`` on the kernels' params ``p`` as the forward pass built them (None:
+    built again from ``weights``)."""
     directions = 2 if bidirectional else 1
+    if p is None:
+        p = _params(weights, num_layers, directions, has_biases)
     m = hx.shape[1]
     inputs, rows = _rows(input, batch_sizes, m)
     output_rows = _array(output).reshape(inputs.shape[0], -1)
@@ -207,8 +234,7 @@ def backward_impl(
     run = _plan(impl, workers, inputs, hx, num_layers, directions)
     grads = recurrence.backward(
         impl, run, d_output, None if grad_h_n is None else _array(grad_h_n), inputs, _array(hx), output_rows,
-        _array(lower), _params(weights, num_layers, directions, has_biases), rows, nonlinearity,
-        _between(dropout_masks), _direction_ops(impl, run), _SCRATCH.empty,
+        _array(lower), p, rows, nonlinearity, _between(dropout_masks), _direction_ops(impl, run), _SCRATCH.empty,
     )  # fmt: skip
     d_weights = []
     for layer in range(num_layers):
@@ -286,7 +312,13 @@ class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, hx, batch_sizes, dropout_masks, settings, *weights):
         # (forward with ctx, not setup_context: Function.apply then binds no signature, 30 us saved)
-        output = forward_impl(input, hx, list(weights), batch_sizes, dropout_masks, *settings)
+        num_layers, bidirectional, has_biases = settings[:3]
+        # The kernels' params, kept for the backward pass rather than built again from the
+        # weights (views of them, and the biases' sum: 7 us a pass at the tiny size).  An
+        # in-place change to a weight before backward is still PyTorch's error: the weights
+        # are saved tensors, whose version counters are checked before these are used.
+        ctx.params = _params(weights, num_layers, 2 if bidirectional else 1, has_biases)
+        output = _forward(ctx.params, input, hx, batch_sizes, dropout_masks, *settings)
         _setup_context(ctx, (input, hx, weights, batch_sizes, dropout_masks, *settings), output)
         ctx.mark_non_differentiable(output[2])
         ctx.set_materialize_grads(False)  # None for an unused result: no gradient to add
@@ -295,7 +327,9 @@ class _RNNFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # no double backward: differentiating these gradients is PyTorch's clear error
     def backward(ctx, grad_output, grad_h_n, grad_lower):
-        d_input, d_hx, d_weights = _gradients(ctx, grad_output, grad_h_n, backward_impl)
+        d_input, d_hx, d_weights = _gradients(
+            ctx, grad_output, grad_h_n, functools.partial(_backward, ctx.params)
+        )
         return d_input, d_hx, None, None, None, *d_weights
 
 

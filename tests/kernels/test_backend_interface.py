@@ -19,6 +19,15 @@ INTERFACE = [
 ]  # fmt: skip
 
 
+def test_only_the_numba_backend_has_a_lean_lane():
+    """``checked_loss_and_grads`` (``fastrnn.engine.lean``): a function in the Numba
+    backend, None in the NumPy reference, which always takes the full path."""
+    assert numpy_backend.checked_loss_and_grads is None
+    assert list(inspect.signature(numba_backend.checked_loss_and_grads).parameters) == [
+        "inputs", "a0", "y", "p", "nonlinearity",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("name", INTERFACE)
 def test_both_backends_have_the_same_functions(name):
     numpy_signature = inspect.signature(getattr(numpy_backend, name))
@@ -48,7 +57,11 @@ ENTRY_POINTS = (
     "loss_and_grads_onehot_kernel",
     "sequence_losses_kernel",
     "sequence_losses_onehot_kernel",
+    "checked_step_inputs_into",
+    "checked_onehot_step_inputs_into",
 )  # the kernels numba_backend calls
+# The lean lane's kernels take the seed's layout (engine.lean): their own names and shapes.
+SEED_LAYOUT_SHAPES = {"x": (N_X, M, T), "x_index": (M, T), "a0": (N_A, M), "y": (M, T), "index": (T, M)}
 
 
 def _recording_kernels(calls, entry_points=ENTRY_POINTS):
@@ -73,14 +86,17 @@ def test_kernels_get_each_argument_under_its_own_name(monkeypatch):
     x, a0, y, params = make_problem(N_X, N_A, N_Y, M, T, seed=600)
     x_index = np.random.default_rng(600).integers(0, N_X, size=(M, T))
     relu = dict(backend="numba", workers=1, nonlinearity="relu")  # relu: the flag must arrive as True
-    fastrnn.loss_and_grads(x, a0, y, params, **relu)
-    fastrnn.loss_and_grads_onehot(x_index, a0, y, params, **relu)
+    for workspace in (None, fastrnn.Workspace()):  # the lean lane (engine.lean), then the full path
+        fastrnn.loss_and_grads(x, a0, y, params, workspace=workspace, **relu)
+        fastrnn.loss_and_grads_onehot(x_index, a0, y, params, workspace=workspace, **relu)
     a, _, cache = fastrnn.rnn_forward(x, a0, params, **relu)
     fastrnn.rnn_backward(np.ones(a.shape), cache)
     fastrnn.loss(x, a0, y, params, **relu)
     fastrnn.loss_onehot(x_index, a0, y, params, **relu)
     assert set(calls) == set(ENTRY_POINTS)  # every entry point was called
     for kernel, arguments in calls.items():
+        seed_layout = kernel.startswith("checked_")  # the lean lane's
+        shapes = {**EXPECTED_SHAPES, **SEED_LAYOUT_SHAPES} if seed_layout else EXPECTED_SHAPES
         for name, value in arguments.items():
             if name == "batch_size":
                 assert value == M, kernel
@@ -89,8 +105,8 @@ def test_kernels_get_each_argument_under_its_own_name(monkeypatch):
             elif name in FLAT:
                 assert value.ndim == 1, (kernel, name)
             else:
-                assert name in EXPECTED_SHAPES, (kernel, name)
-                assert value.shape == EXPECTED_SHAPES[name], (kernel, name, value.shape)
+                assert name in shapes, (kernel, name)
+                assert value.shape == shapes[name], (kernel, name, value.shape)
 
 
 PACKED_ENTRY_POINTS = ("packed_loss_and_grads_kernel", "packed_loss_and_grads_onehot_kernel")

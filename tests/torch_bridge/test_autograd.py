@@ -137,6 +137,25 @@ def test_in_place_change_before_backward_is_pytorchs_error():
         rnn.weight_hh_l0.mul_(0.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         output.sum().backward()
+    # The backward pass reuses the forward pass's params (views of the weights, the two
+    # biases' sum): a bias changed in between is the same error, not a stale sum.
+    output, _ = rnn(x)
+    with torch.no_grad():
+        rnn.bias_ih_l0.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        output.sum().backward()
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice():
+    """The params the forward pass built serve every backward pass of its graph."""
+    rnn = ft.RNN(3, 4, num_layers=2, bidirectional=True, dtype=DOUBLE)
+    x = torch.randn(5, 2, 3, dtype=DOUBLE, requires_grad=True)
+    output, h_n = rnn(x)
+    loss = output.square().sum() + h_n.sum()
+    first = torch.autograd.grad(loss, [x, *rnn.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *rnn.parameters()])
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 
 def test_no_copies_of_a_contiguous_time_major_input():
