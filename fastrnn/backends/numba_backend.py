@@ -603,7 +603,9 @@ if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where com
         overflow_reported_by_the_engine,
         (packed_forward_outputs, packed_backward_grads, packed_loss_and_grads, packed_sequence_losses),
     )
-    stream_step, generate = map(overflow_reported_by_the_engine, (stream_step, generate))
+    stream_step, generate, checked_loss_and_grads = map(
+        overflow_reported_by_the_engine, (stream_step, generate, checked_loss_and_grads)
+    )
 
 
 # -- optimizers: numpy_backend's functions, on flat views of contiguous arrays ------------
