@@ -557,9 +557,9 @@ def loss_and_grads(
     a_last : ndarray, in a0's shape
         Only with ``return_state=True``.
     """
-    if workspace is None and lengths is None:  # a small step's own lane first (engine.lean)
+    if lengths is None:  # a small step's own lane first (engine.lean)
         lean = engine.lean.loss_and_grads(
-            backend, x, a0, y, params, workers, nonlinearity, return_state, False
+            backend, workspace, x, a0, y, params, workers, nonlinearity, return_state, False
         )
         if lean is not None:
             return _step_results(lean, "stacked" if a0 is None else "single", return_state)
@@ -598,9 +598,9 @@ def loss_and_grads_onehot(
     loss, grads[, a_last]
         As in ``loss_and_grads``, but ``grads`` has no ``dx``.
     """
-    if workspace is None and lengths is None:  # a small step's own lane first (engine.lean)
+    if lengths is None:  # a small step's own lane first (engine.lean)
         lean = engine.lean.loss_and_grads(
-            backend, x_index, a0, y, params, workers, nonlinearity, return_state, True
+            backend, workspace, x_index, a0, y, params, workers, nonlinearity, return_state, True
         )
         if lean is not None:
             return _step_results(lean, "stacked" if a0 is None else "single", return_state)

@@ -50,10 +50,15 @@ def _hidden_states(a0, T, empty):
 def _grads(p, m, empty, *, output_layer):
     """Arrays for ``da0`` (m, n_a) and the gradients of the hidden layer's parameters, and of
     the output layer's with ``output_layer``."""
-    names = ("W_ax", "W_aa", "b_a") + (("W_ya", "b_y") if output_layer else ())
-    grads = {"d" + name: empty("d" + name, p[name].shape, p[name].dtype) for name in names}
+    grads = {}
+    for name, key in _STEP_GRADIENTS if output_layer else _HIDDEN_GRADIENTS:  # a plain loop: every step pays
+        grads[name] = empty(name, p[key].shape, p[key].dtype)
     grads["da0"] = empty("da0", (m, p["W_aa"].shape[0]), p["W_aa"].dtype)
     return grads
+
+
+_HIDDEN_GRADIENTS = (("dW_ax", "W_ax"), ("dW_aa", "W_aa"), ("db_a", "b_a"))  # (gradient, parameter)
+_STEP_GRADIENTS = _HIDDEN_GRADIENTS + (("dW_ya", "W_ya"), ("db_y", "b_y"))
 
 
 def forward(xs, a0, p, nonlinearity="tanh"):
@@ -141,20 +146,25 @@ def loss_and_grads(
         Whether the loss and every gradient are finite (checked by the kernel).
     """
     T, m = inputs.shape[:2]
-    n_x, n_a, n_y = p["W_ax"].shape[1], a0.shape[1], p["b_y"].size
-    dtype = p["W_aa"].dtype
-    batch_size = m if batch_size is None else batch_size
     h = _hidden_states(a0, T, empty)
+    batch_size = m if batch_size is None else batch_size
+    return _step_from_states(inputs, h, labels, p, empty, xs_is_scratch, batch_size, nonlinearity)
+
+
+def _step_from_states(inputs, h, labels, p, empty, xs_is_scratch, batch_size, nonlinearity):
+    """``loss_and_grads`` with ``h`` (T + 1, m, n_a) made, ``h[0]`` holding a0."""
+    T, m, n_a = h.shape[0] - 1, h.shape[1], h.shape[2]
+    dtype = p["W_aa"].dtype
     grads = _grads(p, m, empty, output_layer=True)
     arrays = (
         p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"],
-        h, empty("logits", (labels.shape[0], m, n_y), dtype), empty("dz_buffer", (dz_buffer_size(p, T, m),), dtype),
-        grads["da0"],
+        h, empty("logits", (labels.shape[0], m, p["b_y"].size), dtype),
+        empty("dz_buffer", (dz_buffer_size(p, T, m),), dtype), grads["da0"],
     )  # fmt: skip
     gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
     relu = kernels.NONLINEARITY[nonlinearity]
     if inputs.ndim == 2:  # one-hot x_index
-        dW_ax_T = empty("dW_ax_T", (n_x, n_a), dtype)
+        dW_ax_T = empty("dW_ax_T", (p["W_ax"].shape[1], n_a), dtype)
         loss, finite = kernels.loss_and_grads_onehot_kernel(
             inputs, labels, batch_size, *arrays, dW_ax_T, *gradients, relu
         )
@@ -166,10 +176,11 @@ def loss_and_grads(
     return loss, grads, h[-1], finite
 
 
-def checked_loss_and_grads(inputs, a0, y, p, nonlinearity):
+def checked_loss_and_grads(inputs, a0, y, p, nonlinearity, empty=new_array):
     """A training step of the seed's network on the caller's own arrays, checked by the
     kernel (``fastrnn.engine.lean``): ``numba_kernels.checked_step_inputs_into`` (or its
-    one-hot twin), then the dense path's ``loss_and_grads_kernel`` (or ``_onehot``).
+    one-hot twin) checks them and lays them out time-major, then the full path's step runs
+    on them (``loss_and_grads``, from its states on).
 
     Parameters
     ----------
@@ -182,6 +193,9 @@ def checked_loss_and_grads(inputs, a0, y, p, nonlinearity):
         parameters' dtype (or intp), with the numbers of dimensions above: the caller
         makes sure, since these pick the compiled variant.  The kernel checks the rest.
     nonlinearity : {"tanh", "relu"}
+    empty : callable
+        The allocator, ``empty(name, shape, dtype)`` (a workspace's: the arrays of the
+        names the full path gives them).
 
     Returns
     -------
@@ -196,38 +210,20 @@ def checked_loss_and_grads(inputs, a0, y, p, nonlinearity):
     finite : bool
     """
     W_ax, W_aa, b_a, W_ya, b_y = p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"]
-    dense = inputs.ndim == 3
     m, T = inputs.shape[-2:]
-    n_a, dtype = W_aa.shape[0], W_aa.dtype
-    h, labels = np.empty((T + 1, m, n_a), dtype), np.empty((T, m), np.intp)
-    if dense:  # the time-major copy of x is also dx, written over it after its last read
-        xs = np.empty((T, m, inputs.shape[0]), dtype)
+    h, labels = empty("h", (T + 1, m, W_aa.shape[0]), W_aa.dtype), empty("labels", (T, m), np.intp)
+    if inputs.ndim == 3:  # the time-major copy of x, which dx may overwrite (xs_is_scratch)
+        xs = empty("xs", (T, m, inputs.shape[0]), W_aa.dtype)
         status = kernels.checked_step_inputs_into(inputs, a0, y, W_ax, W_aa, b_a, W_ya, b_y, xs, h, labels)
     else:
-        xs = np.empty((T, m), np.intp)
+        xs = empty("x_index", (T, m), np.intp)
         status = kernels.checked_onehot_step_inputs_into(
             inputs, a0, y, W_ax, W_aa, b_a, W_ya, b_y, xs, h, labels
         )
     if status != kernels.RAN:
         return status, 0.0, None, None, False
-    # Plain calls, no loops: the path around a tiny step's kernel is most of its time.
-    grads = {
-        "dW_ax": np.empty(W_ax.shape, dtype), "dW_aa": np.empty(W_aa.shape, dtype), "db_a": np.empty(b_a.shape, dtype),
-        "dW_ya": np.empty(W_ya.shape, dtype), "db_y": np.empty(b_y.shape, dtype), "da0": np.empty((m, n_a), dtype),
-    }  # fmt: skip
-    arrays = (
-        W_ax, W_aa, b_a, W_ya, b_y, h, np.empty((T, m, W_ya.shape[0]), dtype), np.empty(dz_buffer_size(p, T, m), dtype),
-        grads["da0"],
-    )  # fmt: skip
-    gradients = (grads["dW_ax"], grads["dW_aa"], grads["db_a"], grads["dW_ya"], grads["db_y"])
-    relu = kernels.NONLINEARITY[nonlinearity]
-    if dense:
-        grads["dx"] = xs
-        loss, finite = kernels.loss_and_grads_kernel(xs, labels, m, *arrays, xs, *gradients, relu)
-    else:
-        dW_ax_T = np.empty(W_ax.shape[::-1], dtype)
-        loss, finite = kernels.loss_and_grads_onehot_kernel(xs, labels, m, *arrays, dW_ax_T, *gradients, relu)
-    return kernels.RAN, loss, grads, h, finite
+    loss, grads, _, finite = _step_from_states(xs, h, labels, p, empty, True, m, nonlinearity)
+    return status, loss, grads, h, finite
 
 
 def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):

@@ -1,10 +1,11 @@
-"""The lean lane: a small training step of the seed's network in one compiled call.
+"""The lean lane: a small training step of the seed's network, its checks in compiled code.
 
 For a small problem the Python path around a kernel costs more than the kernel: the tiny
 step (8, 16, 8, 1, 100) spent about 40 of its 65 us in checks, copies and allocations
 (docs/performance.md, "Where a call's time goes").  A call that needs nothing but the
-seed's network, one shard, on C-contiguous arrays of the parameters' dtype, comes here
-from the NumPy door (``fastrnn.loss_and_grads``):
+seed's network, one shard, on C-contiguous arrays of the parameters' dtype, with or
+without a workspace, comes here from the NumPy door (``fastrnn.loss_and_grads`` and
+``loss_and_grads_onehot``):
 
 - Python looks at what picks a compiled variant (types, dtypes, numbers of dimensions,
   memory layout) and at nothing else;
@@ -22,6 +23,7 @@ own NumPy calls) always takes the full path.
 import numpy as np
 
 from .. import backends, parallel
+from ..workspace import Workspace, new_array
 from . import finish
 
 _INTP = np.dtype(np.intp)
@@ -35,19 +37,22 @@ def _plain(array, dtype, ndim):
     return type(array) is np.ndarray and array.dtype == dtype and array.ndim == ndim and array.flags.carray
 
 
-def loss_and_grads(backend, inputs, a0, y, params, workers, nonlinearity, return_state, onehot):
+def loss_and_grads(backend, workspace, inputs, a0, y, params, workers, nonlinearity, return_state, onehot):
     """``engine.loss_and_grads``'s ``(loss, grads, final)`` for the door's arguments, or
     None where the lane does not take the call (module docstring).
 
     ``inputs`` (dense ``x`` (n_x, m, T), or with ``onehot`` ``x_index`` (m, T) of intp),
     ``a0`` (n_a, m) or None, ``y`` (m, T) and ``params`` as the user passed them; ``grads`` come
-    back time-major (``dx`` (T, m, n_x), ``da0`` (1, m, n_a)), as from the engine.
-    Raises only what the full path raises first: a bad ``backend`` or ``workers``.
+    back time-major (``dx`` (T, m, n_x), ``da0`` (1, m, n_a)), as from the engine, in the
+    ``workspace``'s arrays where there is one.  Raises only what the full path raises
+    first: a bad ``backend`` or ``workers``.
     """
     impl = backends.resolve(backend)
     checked = impl.checked_loss_and_grads
     if checked is None or type(params) is not dict or len(params) != 5 or type(nonlinearity) is not str:
         return None
+    if workspace is not None and not isinstance(workspace, Workspace):
+        return None  # the full path says what is wrong
     workers = parallel.check_workers(workers)
     get = params.get
     W_ax, W_aa, b_a, W_ya, b_y = get("W_ax"), get("W_aa"), get("b_a"), get("W_ya"), get("b_y")
@@ -72,8 +77,9 @@ def loss_and_grads(backend, inputs, a0, y, params, workers, nonlinearity, return
     run = parallel.plan(workers, m, T, n_x, n_a, W_ya.shape[0], impl.NAME, dtype=dtype, call="loss_and_grads")
     if run.shards != 1:
         return None
+    empty = new_array if workspace is None else workspace.empty
     status, loss, grads, h, finite = parallel.call_with_blas_threads(
-        run.blas_threads, checked, inputs, a0, y, params, nonlinearity
+        run.blas_threads, checked, inputs, a0, y, params, nonlinearity, empty
     )
     if status:  # refused: the full path's checks say why
         return None

@@ -174,7 +174,6 @@ def _declined_calls():
         ("a list for x", dense, x.tolist(), a0, y, params, {}),
         ("a0 stacked", dense, x, a0[None], y, params, {}),
         ("two shards", dense, x, a0, y, params, {"workers": 2}),
-        ("a workspace", dense, x, a0, y, params, {"workspace": fastrnn.Workspace()}),
         ("lengths", dense, x, a0, y, params, {"lengths": np.array([7, 3, 7, 1])}),
         ("the NumPy backend", dense, x, a0, y, params, {"backend": "numpy"}),
         ("one label per sequence", dense, x, a0, y[:, 0].copy(), params, {}),
@@ -191,6 +190,27 @@ def test_calls_the_lane_declines_run_the_full_path(monkeypatch, lane_calls, case
     assert all(taken is None for taken in lane_calls), what
 
 
+@pytest.mark.parametrize("kind", STEPS)
+def test_with_a_workspace_the_lane_fills_the_workspace(monkeypatch, lane_calls, kind, dtype):
+    """The full path's arrays, under the same names: the results are the workspace's views,
+    bitwise the full path's, and the next call writes over them."""
+    x, a0, y, params = _inputs(kind, (3, 5, 4, 2, 7), dtype, seed=8)
+    other = _inputs(kind, (3, 5, 4, 2, 7), dtype, seed=9)[0]
+    lane_space, full_space = fastrnn.Workspace(), fastrnn.Workspace()
+    result = STEPS[kind](x, a0, y, params, backend="numba", workspace=lane_space, return_state=True)
+    assert lane_calls[-1] is not None, "the lane did not take the call"
+    with monkeypatch.context() as patch:
+        _full_path(patch)
+        expected = STEPS[kind](x, a0, y, params, backend="numba", workspace=full_space, return_state=True)
+    assert_identical(copy_results(result), copy_results(expected), kind)
+    np.testing.assert_array_equal(result[2], expected[2])
+    assert all(lane_space.holds(value) for value in (*result[1].values(), result[2]))
+    assert lane_space.nbytes == full_space.nbytes
+    before = copy_results(result)
+    STEPS[kind](other, a0, y, params, backend="numba", workspace=lane_space)
+    assert not np.array_equal(result[1]["dW_ax"], before[1]["dW_ax"])  # overwritten, as documented
+
+
 def test_a_result_that_overflows_is_the_full_paths_error(monkeypatch):
     x, a0, y, params = make_problem(3, 5, 4, 1, 7, dtype=np.float32, seed=6)
     params = {**params, "W_ya": np.full((4, 5), 3e38, np.float32)}
@@ -199,9 +219,10 @@ def test_a_result_that_overflows_is_the_full_paths_error(monkeypatch):
     assert type(through_lane) is type(full) and str(through_lane) == str(full)
 
 
-def test_bad_backend_and_workers_are_reported_as_before(monkeypatch):
+def test_bad_backend_workers_and_workspace_are_reported_as_before(monkeypatch):
     x, a0, y, params = make_problem(3, 5, 4, 2, 7, seed=7)
-    for options in ({"backend": "fortran"}, {"backend": 3}, {"workers": 0}, {"workers": 1.5}):
+    bad = ({"backend": "fortran"}, {"backend": 3}, {"workers": 0}, {"workers": 1.5}, {"workspace": {}})
+    for options in bad:
         through_lane, full = _both_ways(monkeypatch, fastrnn.loss_and_grads, x, a0, y, params, **options)
         assert type(through_lane) is type(full) and str(through_lane) == str(full), options
 

@@ -24,7 +24,7 @@ def test_only_the_numba_backend_has_a_lean_lane():
     backend, None in the NumPy reference, which always takes the full path."""
     assert numpy_backend.checked_loss_and_grads is None
     assert list(inspect.signature(numba_backend.checked_loss_and_grads).parameters) == [
-        "inputs", "a0", "y", "p", "nonlinearity",
+        "inputs", "a0", "y", "p", "nonlinearity", "empty",
     ]  # fmt: skip
 
 
