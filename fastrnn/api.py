@@ -615,14 +615,21 @@ def loss_and_grads_onehot(
     return _step_results(result, state_shape, return_state)
 
 
-def _loss_results(sequence_losses, final, dims, per_sequence, return_state, state_shape):
+def _loss_results(sequence_losses, final, dtype, per_sequence, return_state, state_shape):
     """The public results of ``loss``: the mean or each sequence's loss in the params'
-    dtype, and the state laid back out."""
+    ``dtype``, and the state laid back out."""
     if per_sequence:
-        value = sequence_losses.astype(dims.dtype)
+        value = sequence_losses.astype(dtype)
     else:
-        value = dims.dtype.type(float(np.sum(sequence_losses)) / sequence_losses.size)
+        value = dtype.type(float(np.sum(sequence_losses)) / sequence_losses.size)
     return (value, _states_out(final, state_shape)) if return_state else value
+
+
+def _lean_loss_results(lean, params, a0, per_sequence, return_state):
+    """``_loss_results`` of the lean lane's ``(sequence_losses, final)`` (``a0`` as given:
+    None or (n_a, m), which the lane takes alone)."""
+    state_shape = "stacked" if a0 is None else "single"
+    return _loss_results(*lean, params["W_aa"].dtype, per_sequence, return_state, state_shape)
 
 
 def loss(
@@ -651,6 +658,10 @@ def loss(
     a_last : ndarray, in a0's shape
         Only with ``return_state=True``.
     """
+    if lengths is None:  # a small call's own lane first (engine.lean)
+        lean = engine.lean.losses(backend, x, a0, y, params, workers, nonlinearity, False)
+        if lean is not None:
+            return _lean_loss_results(lean, params, a0, per_sequence, return_state)
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
@@ -661,7 +672,7 @@ def loss(
         impl, _time_major(x), a0, _time_major_labels(labels), p, dims, workers=workers, nonlinearity=nonlinearity,
         lengths=lengths,
     )  # fmt: skip
-    return _loss_results(sequence_losses, final, dims, per_sequence, return_state, state_shape)
+    return _loss_results(sequence_losses, final, dims.dtype, per_sequence, return_state, state_shape)
 
 
 def loss_onehot(
@@ -676,6 +687,10 @@ def loss_onehot(
     a0, y, params, backend, per_sequence, return_state, workers, nonlinearity, lengths
         As in ``loss``.
     """
+    if lengths is None:  # a small call's own lane first (engine.lean)
+        lean = engine.lean.losses(backend, x_index, a0, y, params, workers, nonlinearity, True)
+        if lean is not None:
+            return _lean_loss_results(lean, params, a0, per_sequence, return_state)
     impl = backends.resolve(backend)
     workers = parallel.check_workers(workers)
     nonlinearity = check_nonlinearity(nonlinearity)
@@ -684,4 +699,4 @@ def loss_onehot(
         impl, _time_major(x_index), a0, _time_major_labels(labels), p, dims, workers=workers,
         nonlinearity=nonlinearity, lengths=lengths,
     )  # fmt: skip
-    return _loss_results(sequence_losses, final, dims, per_sequence, return_state, state_shape)
+    return _loss_results(sequence_losses, final, dims.dtype, per_sequence, return_state, state_shape)

@@ -50,7 +50,9 @@ function                                                  returns
 ``generate(feed, running, states, w, uniforms,``         ``symbols`` (m, n_steps), ``lengths``
 ``temperature, top_k, top_p, stop, nonlinearity)``        (m,), ``finite``
 ``checked_loss_and_grads(inputs, a0, y, p,``              ``status`` (0: ran), ``loss``, grads,
-``nonlinearity)``, or None                                ``h``, ``finite``: the lean lane's step
+``nonlinearity, empty)``, or None                         ``h``, ``finite``: the lean lane's step
+``checked_sequence_losses(inputs, a0, y, p,``             ``status``, ``losses``, ``a_last``,
+``nonlinearity)``, or None                                ``finite``: the lean lane's loss
 ========================================================  ========================================
 
 The ``packed_*`` functions run networks of several layers, two directions or variable
@@ -70,10 +72,11 @@ and copies them for the cell's cache (``p``'s arrays, ``x_t``, ``a_prev``, in th
 n_a); ``stream_step`` checks its input (index ranges, finiteness) before it reads through
 it.
 
-``checked_loss_and_grads`` is the lean lane's training step (``fastrnn.engine.lean``): the
-seed's own arrays (``x`` (n_x, m, T) or ``x_index`` (m, T), ``a0`` (n_a, m), ``y`` (m, T)),
-whose shapes, finiteness and ranges it checks before it computes; ``status`` says whether it
-ran.  Only the Numba backend has one (None in the reference).
+``checked_loss_and_grads`` and ``checked_sequence_losses`` are the lean lane's training step
+and loss (``fastrnn.engine.lean``): on the seed's own arrays (``x`` (n_x, m, T) or
+``x_index`` (m, T), ``a0`` (n_a, m), ``y`` (m, T)), whose shapes, finiteness and ranges a
+kernel checks before anything is computed; ``status`` says whether it ran.  Only the Numba
+backend has them (None in the reference).
 
 ``finite`` says whether every result is finite: each backend scans its own results (the
 Numba kernels in compiled code), and the engine alone reports a non-finite one, as

@@ -177,10 +177,9 @@ def _step_from_states(inputs, h, labels, p, empty, xs_is_scratch, batch_size, no
 
 
 def checked_loss_and_grads(inputs, a0, y, p, nonlinearity, empty=new_array):
-    """A training step of the seed's network on the caller's own arrays, checked by the
-    kernel (``fastrnn.engine.lean``): ``numba_kernels.checked_step_inputs_into`` (or its
-    one-hot twin) checks them and lays them out time-major, then the full path's step runs
-    on them (``loss_and_grads``, from its states on).
+    """A training step of the seed's network on the caller's own arrays, checked by a
+    kernel first (``fastrnn.engine.lean``): ``_checked_step_inputs``, then the full path's
+    step on them (``loss_and_grads``, from its states on).
 
     Parameters
     ----------
@@ -209,6 +208,28 @@ def checked_loss_and_grads(inputs, a0, y, p, nonlinearity, empty=new_array):
     h : ndarray, shape (T + 1, m, n_a)
     finite : bool
     """
+    status, xs, h, labels = _checked_step_inputs(inputs, a0, y, p, empty)
+    if status != kernels.RAN:
+        return status, 0.0, None, None, False
+    loss, grads, _, finite = _step_from_states(xs, h, labels, p, empty, True, h.shape[1], nonlinearity)
+    return status, loss, grads, h, finite
+
+
+def checked_sequence_losses(inputs, a0, y, p, nonlinearity):
+    """``sequence_losses`` on the caller's own arrays, checked by a kernel first (as
+    ``checked_loss_and_grads``, whose arguments it takes): ``(status, losses, a_last,
+    finite)``, ``losses`` (m,) float64 and ``a_last`` (m, n_a) None where refused."""
+    status, xs, h, labels = _checked_step_inputs(inputs, a0, y, p, new_array)
+    if status != kernels.RAN:
+        return status, None, None, False
+    return (status, *_sequence_losses_from_states(xs, h, labels, p, nonlinearity))
+
+
+def _checked_step_inputs(inputs, a0, y, p, empty):
+    """``(status, xs, h, labels)``: the seed's arrays checked and laid out time-major by
+    ``numba_kernels.checked_step_inputs_into`` (or its one-hot twin), into ``xs`` (T, m,
+    n_x) (one-hot: ``x_index`` (T, m)), ``h[0]`` of ``h`` (T + 1, m, n_a) and ``labels``
+    (T, m); ``status`` ``RAN``, or why the kernel refused them (nothing written)."""
     W_ax, W_aa, b_a, W_ya, b_y = p["W_ax"], p["W_aa"], p["b_a"], p["W_ya"], p["b_y"]
     m, T = inputs.shape[-2:]
     h, labels = empty("h", (T + 1, m, W_aa.shape[0]), W_aa.dtype), empty("labels", (T, m), np.intp)
@@ -220,18 +241,21 @@ def checked_loss_and_grads(inputs, a0, y, p, nonlinearity, empty=new_array):
         status = kernels.checked_onehot_step_inputs_into(
             inputs, a0, y, W_ax, W_aa, b_a, W_ya, b_y, xs, h, labels
         )
-    if status != kernels.RAN:
-        return status, 0.0, None, None, False
-    loss, grads, _, finite = _step_from_states(xs, h, labels, p, empty, True, m, nonlinearity)
-    return status, loss, grads, h, finite
+    return status, xs, h, labels
 
 
 def sequence_losses(inputs, a0, labels, p, nonlinearity="tanh"):
     """Each sequence's loss, no gradient (see ``numpy_backend.sequence_losses``): one kernel
     call; ``h`` and ``logits`` are the call's own temporaries, kept for nothing after it."""
-    T, m = inputs.shape[:2]
+    return _sequence_losses_from_states(
+        inputs, _hidden_states(a0, inputs.shape[0], new_array), labels, p, nonlinearity
+    )
+
+
+def _sequence_losses_from_states(inputs, h, labels, p, nonlinearity):
+    """``sequence_losses`` with ``h`` (T + 1, m, n_a) made, ``h[0]`` holding a0."""
+    m = h.shape[1]
     dtype = p["W_aa"].dtype
-    h = _hidden_states(a0, T, new_array)
     logits = np.empty((labels.shape[0], m, p["b_y"].size), dtype=dtype)  # the labelled steps
     scratch = np.empty(forward_scratch_size(p, m), dtype=dtype)
     losses = np.empty(m, dtype=np.float64)
@@ -599,8 +623,9 @@ if config.DISABLE_JIT:  # the kernels run as plain Python: NumPy warns where com
         overflow_reported_by_the_engine,
         (packed_forward_outputs, packed_backward_grads, packed_loss_and_grads, packed_sequence_losses),
     )
-    stream_step, generate, checked_loss_and_grads = map(
-        overflow_reported_by_the_engine, (stream_step, generate, checked_loss_and_grads)
+    stream_step, generate, checked_loss_and_grads, checked_sequence_losses = map(
+        overflow_reported_by_the_engine,
+        (stream_step, generate, checked_loss_and_grads, checked_sequence_losses),
     )
 
 

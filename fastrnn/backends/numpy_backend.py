@@ -44,10 +44,10 @@ NAME = "numpy"  # what ``backend=`` calls this backend
 # The gradients are NumPy temporaries, not arrays from ``empty``: with a workspace,
 # the engine copies them into it (the Numba backend allocates them there).
 RESULTS_IN_WORKSPACE = False
-# The lean lane (``fastrnn.engine.lean``, the Numba backend's ``checked_loss_and_grads``)
+# The lean lane (``fastrnn.engine.lean``, the Numba backend's ``checked_*`` functions)
 # exists to cut the Python path around a small kernel; the reference's time is its own
 # NumPy calls, and it always takes the full path, whose checks are the door's.
-checked_loss_and_grads = None
+checked_loss_and_grads = checked_sequence_losses = None
 
 
 def rows(a):

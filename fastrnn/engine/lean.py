@@ -1,11 +1,11 @@
-"""The lean lane: a small training step of the seed's network, its checks in compiled code.
+"""The lean lane: a small training step or loss of the seed's network, its checks in compiled code.
 
 For a small problem the Python path around a kernel costs more than the kernel: the tiny
 step (8, 16, 8, 1, 100) spent about 40 of its 65 us in checks, copies and allocations
 (docs/performance.md, "Where a call's time goes").  A call that needs nothing but the
-seed's network, one shard, on C-contiguous arrays of the parameters' dtype, with or
-without a workspace, comes here from the NumPy door (``fastrnn.loss_and_grads`` and
-``loss_and_grads_onehot``):
+seed's network, one shard, on C-contiguous arrays of the parameters' dtype, comes here
+from the NumPy door: ``fastrnn.loss_and_grads`` and ``loss_and_grads_onehot`` (with or
+without a workspace), ``loss`` and ``loss_onehot``.
 
 - Python looks at what picks a compiled variant (types, dtypes, numbers of dimensions,
   memory layout) and at nothing else;
@@ -47,16 +47,50 @@ def loss_and_grads(backend, workspace, inputs, a0, y, params, workers, nonlinear
     ``workspace``'s arrays where there is one.  Raises only what the full path raises
     first: a bad ``backend`` or ``workers``.
     """
-    impl = backends.resolve(backend)
-    checked = impl.checked_loss_and_grads
-    if checked is None or type(params) is not dict or len(params) != 5 or type(nonlinearity) is not str:
-        return None
     if workspace is not None and not isinstance(workspace, Workspace):
         return None  # the full path says what is wrong
+    lane = _lane(backend, inputs, a0, y, params, workers, nonlinearity, onehot, "loss_and_grads")
+    if lane is None:
+        return None
+    impl, run, a0, dtype = lane
+    empty = new_array if workspace is None else workspace.empty
+    status, loss, grads, h, finite = parallel.call_with_blas_threads(
+        run.blas_threads, impl.checked_loss_and_grads, inputs, a0, y, params, nonlinearity, empty
+    )
+    if status:  # refused: the full path's checks say why
+        return None
+    loss = finish.finished_loss(loss, grads, finite, dtype, "loss_and_grads")
+    grads["da0"] = grads["da0"][None]
+    return loss, grads, h[-1][None] if return_state else None
+
+
+def losses(backend, inputs, a0, y, params, workers, nonlinearity, onehot):
+    """``engine.losses``'s ``(sequence_losses, final)`` for the door's arguments (as
+    ``loss_and_grads``, no workspace), or None where the lane does not take the call."""
+    lane = _lane(backend, inputs, a0, y, params, workers, nonlinearity, onehot, "loss")
+    if lane is None:
+        return None
+    impl, run, a0, dtype = lane
+    status, sequence_losses, a_last, finite = parallel.call_with_blas_threads(
+        run.blas_threads, impl.checked_sequence_losses, inputs, a0, y, params, nonlinearity
+    )
+    if status:
+        return None
+    return finish.finished_losses(sequence_losses, finite, dtype, "loss"), a_last[None]
+
+
+def _lane(backend, inputs, a0, y, params, workers, nonlinearity, onehot, call):
+    """``(impl, run, a0, dtype)`` for a call the lane takes: its backend, its plan (one
+    shard), ``a0`` (zeros for None) and the params' dtype; None for any other call."""
+    impl = backends.resolve(backend)
+    if impl.checked_loss_and_grads is None or type(params) is not dict or len(params) != 5:
+        return None
+    if type(nonlinearity) is not str or nonlinearity not in _NONLINEARITIES:
+        return None
     workers = parallel.check_workers(workers)
     get = params.get
     W_ax, W_aa, b_a, W_ya, b_y = get("W_ax"), get("W_aa"), get("b_a"), get("W_ya"), get("b_y")
-    if type(W_aa) is not np.ndarray or W_aa.dtype not in _FLOATS or nonlinearity not in _NONLINEARITIES:
+    if type(W_aa) is not np.ndarray or W_aa.dtype not in _FLOATS:
         return None
     dtype = W_aa.dtype
     # Plain expressions, no loops: the path around a tiny step's kernel is most of its time.
@@ -68,21 +102,10 @@ def loss_and_grads(backend, workspace, inputs, a0, y, params, workers, nonlinear
     ):  # fmt: skip
         return None
     m, T = inputs.shape[-2:]
-    n_a = W_aa.shape[0]
     if a0 is None:
-        a0 = np.zeros((n_a, m), dtype)
+        a0 = np.zeros((W_aa.shape[0], m), dtype)
     elif not _plain(a0, dtype, 2):
         return None
     n_x = 0 if onehot else inputs.shape[0]  # one-hot inputs are a lookup, no product (planning)
-    run = parallel.plan(workers, m, T, n_x, n_a, W_ya.shape[0], impl.NAME, dtype=dtype, call="loss_and_grads")
-    if run.shards != 1:
-        return None
-    empty = new_array if workspace is None else workspace.empty
-    status, loss, grads, h, finite = parallel.call_with_blas_threads(
-        run.blas_threads, checked, inputs, a0, y, params, nonlinearity, empty
-    )
-    if status:  # refused: the full path's checks say why
-        return None
-    loss = finish.finished_loss(loss, grads, finite, dtype, "loss_and_grads")
-    grads["da0"] = grads["da0"][None]
-    return loss, grads, h[-1][None] if return_state else None
+    run = parallel.plan(workers, m, T, n_x, W_aa.shape[0], W_ya.shape[0], impl.NAME, dtype=dtype, call=call)
+    return None if run.shards != 1 else (impl, run, a0, dtype)

@@ -1,6 +1,6 @@
-"""The lean lane (``fastrnn.engine.lean``): a small training step in one compiled call, its
-checks inside the kernel.  It must change neither a result nor an error, only the time:
-every test here compares a call through the lane with the same call on the full path."""
+"""The lean lane (``fastrnn.engine.lean``): a small training step or loss, its checks in a
+kernel.  It must change neither a result nor an error, only the time: every test here
+compares a call through the lane with the same call on the full path."""
 
 import threading
 
@@ -13,6 +13,7 @@ from fastrnn.backends import numba_backend, numba_kernels
 from helpers import assert_identical, copy_results, make_problem
 
 STEPS = {"dense": fastrnn.loss_and_grads, "one-hot": fastrnn.loss_and_grads_onehot}
+LOSSES = {"dense": fastrnn.loss, "one-hot": fastrnn.loss_onehot}
 SHAPES = [(8, 16, 8, 1, 100), (3, 5, 4, 2, 7), (3, 5, 4, 1, 1), (1, 1, 1, 1, 1), (5, 40, 6, 3, 9)]
 
 
@@ -23,23 +24,36 @@ def _inputs(kind, shape, dtype=np.float64, seed=0):
     return x, a0, y, params
 
 
+LANES = ("loss_and_grads", "losses")  # engine.lean's entry points
+
+
 @pytest.fixture
 def lane_calls(monkeypatch):
     """The calls the lane took (its results, None where it declined)."""
     taken = []
-    real = engine.lean.loss_and_grads
+    for name in LANES:
+        real = getattr(engine.lean, name)
 
-    def spy(*args):
-        taken.append(real(*args))
-        return taken[-1]
+        def spy(*args, real=real):
+            taken.append(real(*args))
+            return taken[-1]
 
-    monkeypatch.setattr(engine.lean, "loss_and_grads", spy)
+        monkeypatch.setattr(engine.lean, name, spy)
     return taken
 
 
 def _full_path(monkeypatch):
     """Turn the lane off: every call takes the full path."""
-    monkeypatch.setattr(engine.lean, "loss_and_grads", lambda *args: None)
+    for name in LANES:
+        monkeypatch.setattr(engine.lean, name, lambda *args: None)
+
+
+def _copied(result):
+    """A call's results, copied: a training step's ``(loss, grads[, state])``, or a loss's
+    value or ``(value, state)``."""
+    if isinstance(result, tuple) and isinstance(result[1], dict):
+        return copy_results(result)
+    return tuple(np.copy(value) for value in result) if isinstance(result, tuple) else np.copy(result)
 
 
 def _both_ways(monkeypatch, step, *args, **kwargs):
@@ -51,10 +65,20 @@ def _both_ways(monkeypatch, step, *args, **kwargs):
             if not lane:
                 _full_path(patch)
             try:
-                outcomes.append(copy_results(step(*args, **kwargs)))
+                outcomes.append(_copied(step(*args, **kwargs)))
             except Exception as error:  # noqa: BLE001  (compared below)
                 outcomes.append(error)
     return outcomes
+
+
+def _assert_same_loss(result, expected, what):
+    """Two ``loss`` results, bitwise, with the same types, dtypes and shapes."""
+    result, expected = (result, expected) if isinstance(expected, tuple) else ((result,), (expected,))
+    for value, wanted in zip(result, expected, strict=True):
+        assert type(value) is type(wanted) and value.dtype == wanted.dtype and value.shape == wanted.shape, (
+            what
+        )
+        np.testing.assert_array_equal(value, wanted, err_msg=what)
 
 
 @pytest.mark.parametrize("kind", STEPS)
@@ -80,6 +104,20 @@ def test_the_lane_gives_the_full_paths_results_bitwise(
             for key, value in result[1].items():  # the same public shapes and dtypes
                 assert value.shape == expected[1][key].shape and value.dtype == expected[1][key].dtype, key
             assert type(result[0]) is np.dtype(dtype).type
+
+
+@pytest.mark.parametrize("kind", LOSSES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_the_lane_gives_the_full_paths_losses_bitwise(monkeypatch, lane_calls, kind, shape, dtype):
+    x, a0, y, params = _inputs(kind, shape, dtype, seed=1)
+    for initial in (a0, None):
+        for per_sequence in (False, True):
+            for return_state in (False, True):
+                options = dict(backend="numba", per_sequence=per_sequence, return_state=return_state)
+                lane_calls.clear()
+                through_lane, full = _both_ways(monkeypatch, LOSSES[kind], x, initial, y, params, **options)
+                assert len(lane_calls) == 1 and lane_calls[0] is not None, "the lane did not take the call"
+                _assert_same_loss(through_lane, full, f"{kind} {shape} {options}")
 
 
 @pytest.mark.parametrize("kind", STEPS)
@@ -129,11 +167,13 @@ def _bad_calls(kind):
     return calls
 
 
+@pytest.mark.parametrize("call", ["step", "loss"])
 @pytest.mark.parametrize("kind", STEPS)
-def test_every_mistake_is_the_full_paths_error(monkeypatch, lane_calls, kind):
+def test_every_mistake_is_the_full_paths_error(monkeypatch, lane_calls, kind, call):
+    function = (STEPS if call == "step" else LOSSES)[kind]
     for what, x, a0, y, params in _bad_calls(kind):
         lane_calls.clear()
-        through_lane, full = _both_ways(monkeypatch, STEPS[kind], x, a0, y, params, backend="numba")
+        through_lane, full = _both_ways(monkeypatch, function, x, a0, y, params, backend="numba")
         assert isinstance(full, Exception), what
         assert type(through_lane) is type(full) and str(through_lane) == str(full), what
         assert lane_calls == [None], what  # the lane declined (or its kernel refused)
@@ -156,8 +196,10 @@ def test_the_kernel_refuses_each_mistake_before_computing(kind):
         else:
             assert status == expected.get(what, numba_kernels.REFUSED_SHAPES), what
         assert loss == 0.0, what
+        assert numba_backend.checked_sequence_losses(x, a0, y, params, "tanh")[0] == status, what
     x, a0, y, params = _inputs(kind, (3, 5, 4, 2, 7), seed=4)
     assert numba_backend.checked_loss_and_grads(x, a0, y, params, "tanh")[0] == numba_kernels.RAN
+    assert numba_backend.checked_sequence_losses(x, a0, y, params, "tanh")[0] == numba_kernels.RAN
 
 
 def _declined_calls():
@@ -211,10 +253,11 @@ def test_with_a_workspace_the_lane_fills_the_workspace(monkeypatch, lane_calls, 
     assert not np.array_equal(result[1]["dW_ax"], before[1]["dW_ax"])  # overwritten, as documented
 
 
-def test_a_result_that_overflows_is_the_full_paths_error(monkeypatch):
+@pytest.mark.parametrize("function", [fastrnn.loss_and_grads, fastrnn.loss], ids=lambda f: f.__name__)
+def test_a_result_that_overflows_is_the_full_paths_error(monkeypatch, function):
     x, a0, y, params = make_problem(3, 5, 4, 1, 7, dtype=np.float32, seed=6)
     params = {**params, "W_ya": np.full((4, 5), 3e38, np.float32)}
-    through_lane, full = _both_ways(monkeypatch, fastrnn.loss_and_grads, x, a0, y, params, backend="numba")
+    through_lane, full = _both_ways(monkeypatch, function, x, a0, y, params, backend="numba")
     assert isinstance(full, fastrnn.NonFiniteResultError)
     assert type(through_lane) is type(full) and str(through_lane) == str(full)
 

@@ -20,11 +20,15 @@ INTERFACE = [
 
 
 def test_only_the_numba_backend_has_a_lean_lane():
-    """``checked_loss_and_grads`` (``fastrnn.engine.lean``): a function in the Numba
-    backend, None in the NumPy reference, which always takes the full path."""
-    assert numpy_backend.checked_loss_and_grads is None
+    """``checked_loss_and_grads`` and ``checked_sequence_losses`` (``fastrnn.engine.lean``):
+    functions in the Numba backend, None in the NumPy reference, which always takes the
+    full path."""
+    assert numpy_backend.checked_loss_and_grads is None and numpy_backend.checked_sequence_losses is None
     assert list(inspect.signature(numba_backend.checked_loss_and_grads).parameters) == [
         "inputs", "a0", "y", "p", "nonlinearity", "empty",
+    ]  # fmt: skip
+    assert list(inspect.signature(numba_backend.checked_sequence_losses).parameters) == [
+        "inputs", "a0", "y", "p", "nonlinearity",
     ]  # fmt: skip
 
 
