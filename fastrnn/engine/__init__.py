@@ -29,6 +29,10 @@ A call takes one of two paths (``planning.uses_packed_path``):
 Both cut the batch into shards of whole sequences run by threads (``planning``,
 ``fastrnn.parallel``); both end in ``finish`` (non-finite results reported, results put in
 a workspace); their caches (``caches``) carry what a backward pass needs.
+
+``lean`` is the one entry that takes the door's arguments unchecked, in the seed's layout:
+a small training step or loss of the seed's network, its checks in a kernel, before the
+door checks anything (see there).
 """
 
 from typing import NamedTuple

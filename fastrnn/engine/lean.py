@@ -52,10 +52,10 @@ def loss_and_grads(backend, workspace, inputs, a0, y, params, workers, nonlinear
     lane = _lane(backend, inputs, a0, y, params, workers, nonlinearity, onehot, "loss_and_grads")
     if lane is None:
         return None
-    impl, run, a0, dtype = lane
+    checked, run, a0, dtype = lane
     empty = new_array if workspace is None else workspace.empty
     status, loss, grads, h, finite = parallel.call_with_blas_threads(
-        run.blas_threads, impl.checked_loss_and_grads, inputs, a0, y, params, nonlinearity, empty
+        run.blas_threads, checked, inputs, a0, y, params, nonlinearity, empty
     )
     if status:  # refused: the full path's checks say why
         return None
@@ -70,9 +70,9 @@ def losses(backend, inputs, a0, y, params, workers, nonlinearity, onehot):
     lane = _lane(backend, inputs, a0, y, params, workers, nonlinearity, onehot, "loss")
     if lane is None:
         return None
-    impl, run, a0, dtype = lane
+    checked, run, a0, dtype = lane
     status, sequence_losses, a_last, finite = parallel.call_with_blas_threads(
-        run.blas_threads, impl.checked_sequence_losses, inputs, a0, y, params, nonlinearity
+        run.blas_threads, checked, inputs, a0, y, params, nonlinearity
     )
     if status:
         return None
@@ -80,10 +80,12 @@ def losses(backend, inputs, a0, y, params, workers, nonlinearity, onehot):
 
 
 def _lane(backend, inputs, a0, y, params, workers, nonlinearity, onehot, call):
-    """``(impl, run, a0, dtype)`` for a call the lane takes: its backend, its plan (one
-    shard), ``a0`` (zeros for None) and the params' dtype; None for any other call."""
+    """``(checked, run, a0, dtype)`` for a ``call`` (``"loss_and_grads"`` or ``"loss"``) the
+    lane takes: the backend's lane function for it, its plan (one shard), ``a0`` (zeros
+    for None) and the params' dtype; None for any other call."""
     impl = backends.resolve(backend)
-    if impl.checked_loss_and_grads is None or type(params) is not dict or len(params) != 5:
+    checked = impl.checked_loss_and_grads if call == "loss_and_grads" else impl.checked_sequence_losses
+    if checked is None or type(params) is not dict or len(params) != 5:
         return None
     if type(nonlinearity) is not str or nonlinearity not in _NONLINEARITIES:
         return None
@@ -108,4 +110,4 @@ def _lane(backend, inputs, a0, y, params, workers, nonlinearity, onehot, call):
         return None
     n_x = 0 if onehot else inputs.shape[0]  # one-hot inputs are a lookup, no product (planning)
     run = parallel.plan(workers, m, T, n_x, W_aa.shape[0], W_ya.shape[0], impl.NAME, dtype=dtype, call=call)
-    return None if run.shards != 1 else (impl, run, a0, dtype)
+    return None if run.shards != 1 else (checked, run, a0, dtype)
