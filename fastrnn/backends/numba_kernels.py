@@ -939,8 +939,8 @@ def sequence_losses_onehot_kernel(
     )
 
 
-# -- the lean lane (``fastrnn.engine.lean``): a training step on the caller's own arrays --
-# A small step spends more time in the Python checks and copies around its kernel than in
+# -- the lean lane (``fastrnn.engine.lean``): a step or a loss on the caller's own arrays --
+# A small call spends more time in the Python checks and copies around its kernel than in
 # the kernel itself.  These kernels take the seed's arrays as the caller gave them and do
 # that work in compiled code, first: the checks, then the time-major copies.
 
@@ -988,7 +988,8 @@ def network_refusal(a0, y, n_x, m, T, W_ax, W_aa, b_a, W_ya, b_y):
 def checked_step_inputs_into(x, a0, y, W_ax, W_aa, b_a, W_ya, b_y, xs, h, labels):
     """A dense training step's inputs, from the seed's own arrays, checked first
     (``network_refusal``, and ``x`` finite), then copied time-major: ``xs[t, i] = x[:, i,
-    t]``, ``h[0] = a0.T``, ``labels[t, i] = y[i, t]``, what ``loss_and_grads_kernel`` takes.
+    t]``, ``h[0] = a0.T``, ``labels[t, i] = y[i, t]``, what ``loss_and_grads_kernel`` and
+    ``sequence_losses_kernel`` take.
 
     ``x`` (n_x, m, T), ``a0`` (n_a, m), ``y`` (m, T) intp and the parameters, C-contiguous;
     ``xs``, ``h`` and ``labels`` sized by the caller from ``x``'s and the weights' shapes
@@ -1017,8 +1018,8 @@ def checked_step_inputs_into(x, a0, y, W_ax, W_aa, b_a, W_ya, b_y, xs, h, labels
 @kernel
 def checked_onehot_step_inputs_into(x_index, a0, y, W_ax, W_aa, b_a, W_ya, b_y, index, h, labels):
     """``checked_step_inputs_into`` for one-hot inputs: ``x_index`` (m, T) intp, checked to
-    lie in ``[0, n_x)``, copied time-major into ``index`` (T, m), what
-    ``loss_and_grads_onehot_kernel`` takes."""
+    lie in ``[0, n_x)``, copied time-major into ``index`` (T, m), what the ``_onehot``
+    kernels take."""
     m, T = x_index.shape
     n_x = W_ax.shape[1]
     status = network_refusal(a0, y, n_x, m, T, W_ax, W_aa, b_a, W_ya, b_y)
