@@ -1,17 +1,18 @@
-"""The lean lane: a small training step or loss of the seed's network, its checks in compiled code.
+"""The lean lane: a small training step or loss of the seed's network, its checks in a kernel.
 
 For a small problem the Python path around a kernel costs more than the kernel: the tiny
 step (8, 16, 8, 1, 100) spent about 40 of its 65 us in checks, copies and allocations
 (docs/performance.md, "Where a call's time goes").  A call that needs nothing but the
-seed's network, one shard, on C-contiguous arrays of the parameters' dtype, comes here
-from the NumPy door: ``fastrnn.loss_and_grads`` and ``loss_and_grads_onehot`` (with or
-without a workspace), ``loss`` and ``loss_onehot``.
+seed's network, one shard, on C-contiguous arrays of the parameters' dtype (``a0`` in any
+layout, copied), comes here from the NumPy door: ``fastrnn.loss_and_grads`` and
+``loss_and_grads_onehot`` (with or without a workspace), ``loss`` and ``loss_onehot``.
 
 - Python looks at what picks a compiled variant (types, dtypes, numbers of dimensions,
   memory layout) and at nothing else;
 - one kernel (``numba_kernels.checked_step_inputs_into``) checks the rest (shapes,
   finiteness, label and index ranges) before it reads through any of it, and copies the
-  arrays time-major; then the dense path's own kernel runs the step: bitwise its results.
+  arrays time-major; then the dense path's own kernels run the step or the loss: bitwise
+  their results.
 
 Anything else returns None here, and so does a call the kernel refuses: the door then
 takes the full path, whose checks name what is wrong (or, if nothing is, compute the same
@@ -107,7 +108,11 @@ def _lane(backend, inputs, a0, y, params, workers, nonlinearity, onehot, call):
     if a0 is None:
         a0 = np.zeros((W_aa.shape[0], m), dtype)
     elif not _plain(a0, dtype, 2):
-        return None
+        if type(a0) is not np.ndarray or a0.dtype != dtype or a0.ndim != 2:
+            return None
+        # A state carried from the last call (``return_state``: a transposed view) or
+        # read-only: a C-ordered copy, the variant the kernel is compiled for.
+        a0 = np.array(a0, order="C")
     n_x = 0 if onehot else inputs.shape[0]  # one-hot inputs are a lookup, no product (planning)
     run = parallel.plan(workers, m, T, n_x, W_aa.shape[0], W_ya.shape[0], impl.NAME, dtype=dtype, call=call)
     return None if run.shards != 1 else (checked, run, a0, dtype)

@@ -119,6 +119,26 @@ def test_the_lane_gives_the_full_paths_losses_bitwise(monkeypatch, lane_calls, k
 
 
 @pytest.mark.parametrize("kind", STEPS)
+def test_a_carried_state_takes_the_lane(monkeypatch, lane_calls, kind):
+    """Truncated BPTT: the state a call returns (a transposed view), passed as the next
+    call's ``a0``, is copied for the kernel, with the full path's results; so is a
+    read-only ``a0``."""
+    x, a0, y, params = _inputs(kind, (3, 5, 4, 2, 7), seed=10)
+    _, _, a_last = STEPS[kind](x, a0, y, params, backend="numba", return_state=True)
+    assert not a_last.flags.c_contiguous
+    read_only = a0.copy()
+    read_only.flags.writeable = False
+    for initial in (a_last, read_only):
+        lane_calls.clear()
+        through_lane, full = _both_ways(monkeypatch, STEPS[kind], x, initial, y, params, backend="numba")
+        assert lane_calls[0] is not None, "the lane did not take the call"
+        assert_identical(through_lane, full, kind)
+    bad = np.asfortranarray(_set(a_last, (0, 1), np.nan))  # the copy's finiteness is checked
+    through_lane, full = _both_ways(monkeypatch, STEPS[kind], x, bad, y, params, backend="numba")
+    assert isinstance(full, ValueError) and str(through_lane) == str(full)
+
+
+@pytest.mark.parametrize("kind", STEPS)
 def test_the_lane_agrees_with_the_numpy_reference(kind, dtype):
     x, a0, y, params = _inputs(kind, (3, 5, 4, 2, 7), dtype, seed=3)
     numba = STEPS[kind](x, a0, y, params, backend="numba")
