@@ -71,6 +71,14 @@ def _both_ways(monkeypatch, step, *args, **kwargs):
     return outcomes
 
 
+def _through_the_lane(monkeypatch, lane_calls, function, *args, **kwargs):
+    """``_both_ways``, for a call the lane must take (asserted: it took exactly that one)."""
+    lane_calls.clear()
+    outcomes = _both_ways(monkeypatch, function, *args, **kwargs)
+    assert len(lane_calls) == 1 and lane_calls[0] is not None, "the lane did not take the call"
+    return outcomes
+
+
 def _assert_same_loss(result, expected, what):
     """Two ``loss`` results, bitwise, with the same types, dtypes and shapes."""
     result, expected = (result, expected) if isinstance(expected, tuple) else ((result,), (expected,))
@@ -91,9 +99,9 @@ def test_the_lane_gives_the_full_paths_results_bitwise(
     for initial in (a0, None):
         for return_state in (False, True):
             options = dict(backend="numba", nonlinearity=nonlinearity, return_state=return_state)
-            lane_calls.clear()
-            through_lane, full = _both_ways(monkeypatch, STEPS[kind], x, initial, y, params, **options)
-            assert len(lane_calls) == 1 and lane_calls[0] is not None, "the lane did not take the call"
+            through_lane, full = _through_the_lane(
+                monkeypatch, lane_calls, STEPS[kind], x, initial, y, params, **options
+            )
             assert_identical(
                 through_lane, full, f"{kind} {shape} a0={'given' if initial is not None else None}"
             )
@@ -112,9 +120,9 @@ def test_the_lane_gives_the_full_paths_losses_bitwise(monkeypatch, lane_calls, k
         for per_sequence in (False, True):
             for return_state in (False, True):
                 options = dict(backend="numba", per_sequence=per_sequence, return_state=return_state)
-                lane_calls.clear()
-                through_lane, full = _both_ways(monkeypatch, LOSSES[kind], x, initial, y, params, **options)
-                assert len(lane_calls) == 1 and lane_calls[0] is not None, "the lane did not take the call"
+                through_lane, full = _through_the_lane(
+                    monkeypatch, lane_calls, LOSSES[kind], x, initial, y, params, **options
+                )
                 _assert_same_loss(through_lane, full, f"{kind} {shape} {options}")
 
 
@@ -129,9 +137,9 @@ def test_a_carried_state_takes_the_lane(monkeypatch, lane_calls, kind):
     read_only = a0.copy()
     read_only.flags.writeable = False
     for initial in (a_last, read_only):
-        lane_calls.clear()
-        through_lane, full = _both_ways(monkeypatch, STEPS[kind], x, initial, y, params, backend="numba")
-        assert lane_calls[0] is not None, "the lane did not take the call"
+        through_lane, full = _through_the_lane(
+            monkeypatch, lane_calls, STEPS[kind], x, initial, y, params, backend="numba"
+        )
         assert_identical(through_lane, full, kind)
     bad = np.asfortranarray(_set(a_last, (0, 1), np.nan))  # the copy's finiteness is checked
     through_lane, full = _both_ways(monkeypatch, STEPS[kind], x, bad, y, params, backend="numba")
