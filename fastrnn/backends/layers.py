@@ -145,7 +145,7 @@ def network_backward(
         np.copyto(d_output, d_top)
     for layer in range(num_layers - 1, -1, -1):
         if d_final is not None:
-            _add_final_gradients(d_output, d_final, layer, directions, last_rows)
+            add_final_gradients(d_output, d_final, layer, directions, last_rows)
         layer_input = inputs if layer == 0 else layer_output(states[layer - 1], empty, f"output_l{layer - 1}")
         if between is not None and layer > 0:
             layer_input = between.forward(layer - 1, layer_input)
@@ -178,7 +178,7 @@ def network_backward(
     return grads
 
 
-def _add_final_gradients(d_output, d_final, layer, directions, last_rows):
+def add_final_gradients(d_output, d_final, layer, directions, last_rows):
     """dL/d(layer ``layer``'s final states) added into dL/d(its output) (N, D * n_a), in
     place: the forward direction's at each sequence's last row, the reverse one's at step 0."""
     n_a, m = d_final.shape[2], d_final.shape[1]

@@ -186,6 +186,10 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
         The top layer's output (N, D * n_a); the final states (num_layers * D, m, n_a),
         in the sorted order (``packing.final_states``); the lower layers' states.
     """
+    ops = ops or impl.DIRECTION_OPS
+    if num_layers == 1 and directions == 1 and between is None and output is None and lower is None:
+        with parallel.blas_threads(blas_threads):
+            return _one_direction_forward(ops, inputs, a0, p, rows, nonlinearity)
     N, n_a = inputs.shape[0], a0.shape[2]
     dtype = a0.dtype
     if output is None:
@@ -195,7 +199,7 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
     empty = RowsAllocator(output, lower, num_layers, directions)
     with parallel.blas_threads(blas_threads):
         states = layers.network_forward(
-            ops or impl.DIRECTION_OPS, inputs, a0, p, num_layers, directions, rows.batch_sizes, rows.offsets,
+            ops, inputs, a0, p, num_layers, directions, rows.batch_sizes, rows.offsets,
             nonlinearity,
             empty, between,
         )  # fmt: skip
@@ -208,6 +212,40 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
     if top is not output:
         output[...] = top
     return output, packing.final_states(states, rows.last_rows), lower
+
+
+def _one_direction_forward(ops, inputs, a0, p, rows, nonlinearity):
+    """``forward_rows`` of one layer in one direction: the direction functions called as
+    ``layers.network_forward`` calls them, without its loop's bookkeeping (names, views,
+    the allocator; about 7 us of a 30 us call at the tiny size, with the backward pass's
+    9 us: docs/pytorch.md, "Where a step's time goes")."""
+    z = ops.packed_projection(inputs, p["W_ax"])
+    H = ops.direction_forward(
+        z, a0[0], p["W_aa"], p["b_a"], rows.batch_sizes, rows.offsets, False, nonlinearity
+    )
+    return H, packing.final_states([[H]], rows.last_rows), np.empty((0,) + H.shape, dtype=H.dtype)
+
+
+def _one_direction_backward(
+    ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, d_is_scratch, empty
+):
+    """``backward_rows`` of one layer in one direction (as ``_one_direction_forward``):
+    ``layers.network_backward``'s calls, in its order, on the same arrays."""
+    if d_final is not None:
+        if not d_is_scratch:  # d_final is added into it
+            copy = empty("d_top", d_output.shape, d_output.dtype)
+            np.copyto(copy, d_output)
+            d_output, d_is_scratch = copy, True
+        layers.add_final_gradients(d_output, d_final, 0, 1, rows.last_rows)
+    dz, da0, dW_aa, db_a = ops.direction_backward(
+        d_output, output, a0[0], p["W_aa"], rows.batch_sizes, rows.offsets, False, nonlinearity,
+        dH_is_scratch=d_is_scratch, empty=empty,
+    )  # fmt: skip
+    dW_ax, dx = ops.packed_input_backward(dz, inputs, p["W_ax"], empty=empty)
+    grads = {"dW_ax": dW_ax, "dW_aa": dW_aa, "db_a": db_a, "da0": da0[None]}
+    if dx is not None:
+        grads["dx"] = dx
+    return grads
 
 
 def states_of(output, lower, num_layers, directions):
@@ -247,13 +285,19 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
     """
     directions = output.shape[1] // a0.shape[2]
     num_layers = a0.shape[0] // directions
-    states = states_of(output, lower, num_layers, directions)
     scratch = False
     if d_output is None:
         d_output, scratch = np.zeros_like(output), True
+    ops = ops or impl.DIRECTION_OPS
+    if num_layers == 1 and directions == 1 and between is None:
+        with parallel.blas_threads(blas_threads):
+            return _one_direction_backward(
+                ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, scratch, empty
+            )
+    states = states_of(output, lower, num_layers, directions)
     with parallel.blas_threads(blas_threads):
         return layers.network_backward(
-            ops or impl.DIRECTION_OPS, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets,
+            ops, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets,
             nonlinearity,
             d_top_is_scratch=scratch, empty=empty, between=between, d_final=d_final, last_rows=rows.last_rows,
         )  # fmt: skip

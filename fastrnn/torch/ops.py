@@ -26,8 +26,6 @@ module (``fastrnn.torch.RNN``) checks every argument before it calls these (the 
 trust shapes).
 """
 
-import functools
-
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
@@ -152,26 +150,41 @@ def forward_impl(
     return _forward(
         p, input, hx, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity, backend,
         workers,
-    )  # fmt: skip
+    )[0]  # fmt: skip
+
+
+class _Pass:
+    """What a forward pass ran on, as the kernels take it: its backward pass runs on the
+    same (the eager path keeps it, rather than making it again from the saved tensors:
+    about 10 us of a 60 us backward pass at the tiny size)."""
+
+    __slots__ = ("impl", "run", "inputs", "rows", "a0", "between", "ops", "output", "lower")
+
+    def __init__(self, input, hx, batch_sizes, dropout_masks, num_layers, directions, backend, workers):
+        self.inputs, self.rows = _rows(input, batch_sizes, hx.shape[1])
+        self.impl = backends.resolve(backend)
+        self.run = _plan(self.impl, workers, self.inputs, hx, num_layers, directions)
+        self.a0 = _array(hx)
+        self.between = _between(dropout_masks)
+        self.ops = _direction_ops(self.impl, self.run)
+        self.output = self.lower = None  # the forward pass's results, as arrays (N, D * n_a) and lower
 
 
 def _forward(
     p, input, hx, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity, backend, workers
 ):  # fmt: skip
-    """``forward_impl`` on the kernels' params ``p`` (``_params``) instead of ``weights``."""
+    """``forward_impl`` on the kernels' params ``p`` (``_params``) instead of ``weights``:
+    ``((output, h_n, lower), run)``, ``run`` the ``_Pass`` for the backward pass."""
     directions = 2 if bidirectional else 1
-    m, n_a = hx.shape[1], hx.shape[2]
-    inputs, rows = _rows(input, batch_sizes, m)
-    impl = backends.resolve(backend)
-    run = _plan(impl, workers, inputs, hx, num_layers, directions)
-    output, final, lower = recurrence.forward(
-        impl, run, inputs, _array(hx), p, num_layers, directions, rows, nonlinearity, _between(dropout_masks),
-        _direction_ops(impl, run),
+    run = _Pass(input, hx, batch_sizes, dropout_masks, num_layers, directions, backend, workers)
+    run.output, final, run.lower = recurrence.forward(
+        run.impl, run.run, run.inputs, run.a0, p, num_layers, directions, run.rows, nonlinearity, run.between,
+        run.ops,
     )  # fmt: skip
-    output = torch.from_numpy(output)
+    output = torch.from_numpy(run.output)
     if batch_sizes is None:
-        output = output.view(input.shape[0], m, directions * n_a)
-    return output, torch.from_numpy(final), torch.from_numpy(lower)
+        output = output.view(input.shape[0], hx.shape[1], directions * hx.shape[2])
+    return (output, torch.from_numpy(final), torch.from_numpy(run.lower)), run
 
 
 #: ``forward_impl`` as a PyTorch operator (its schema read from the annotations).
@@ -211,30 +224,22 @@ def backward_impl(
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """The gradients of ``input``, ``hx`` and every weight, for those of ``output`` and
     ``h_n`` (C-contiguous, as ``rnn``'s results)."""
-    return _backward(
-        None, grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
-        bidirectional, has_biases, nonlinearity, backend, workers,
-    )  # fmt: skip
-
-
-def _backward(
-    p, grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, lower, num_layers,
-    bidirectional, has_biases, nonlinearity, backend, workers,
-):  # fmt: skip
-    """``backward_impl`` on the kernels' params ``p`` as the forward pass built them (None:
-    built again from ``weights``)."""
     directions = 2 if bidirectional else 1
-    if p is None:
-        p = _params(weights, num_layers, directions, has_biases)
-    m = hx.shape[1]
-    inputs, rows = _rows(input, batch_sizes, m)
-    output_rows = _array(output).reshape(inputs.shape[0], -1)
-    d_output = None if grad_output is None else _array(grad_output).reshape(output_rows.shape)
-    impl = backends.resolve(backend)
-    run = _plan(impl, workers, inputs, hx, num_layers, directions)
+    run = _Pass(input, hx, batch_sizes, dropout_masks, num_layers, directions, backend, workers)
+    run.output = _array(output).reshape(run.inputs.shape[0], -1)
+    run.lower = _array(lower)
+    p = _params(weights, num_layers, directions, has_biases)
+    return _backward(
+        run, p, grad_output, grad_h_n, input.shape, num_layers, directions, has_biases, nonlinearity
+    )
+
+
+def _backward(run, p, grad_output, grad_h_n, input_shape, num_layers, directions, has_biases, nonlinearity):
+    """``backward_impl`` on the forward pass's ``_Pass`` and params ``p``."""
+    d_output = None if grad_output is None else _array(grad_output).reshape(run.output.shape)
     grads = recurrence.backward(
-        impl, run, d_output, None if grad_h_n is None else _array(grad_h_n), inputs, _array(hx), output_rows,
-        _array(lower), p, rows, nonlinearity, _between(dropout_masks), _direction_ops(impl, run), _SCRATCH.empty,
+        run.impl, run.run, d_output, None if grad_h_n is None else _array(grad_h_n), run.inputs, run.a0, run.output,
+        run.lower, p, run.rows, nonlinearity, run.between, run.ops, _SCRATCH.empty,
     )  # fmt: skip
     d_weights = []
     for layer in range(num_layers):
@@ -246,7 +251,7 @@ def _backward(
                 db_a = grads["d" + layer_key("b_a", layer, reverse)].reshape(-1)
                 d_weights.append(torch.from_numpy(db_a))  # both biases get dL/db_a
                 d_weights.append(torch.from_numpy(db_a.copy()))
-    d_input = torch.from_numpy(grads["dx"]).view(input.shape)
+    d_input = torch.from_numpy(grads["dx"]).view(input_shape)
     return d_input, torch.from_numpy(grads["da0"]), d_weights
 
 
@@ -275,6 +280,13 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*saved)  # PyTorch's version counters: in-place changes are its usual error
 
 
+def _contiguous(grad):
+    """A result's gradient as the kernels read it; None (zero) stays None: the autograd
+    engine gives None for an unused result (``set_materialize_grads(False)``), which the
+    kernels skip."""
+    return None if grad is None else grad.contiguous()
+
+
 def _gradients(ctx, grad_output, grad_h_n, backward):
     """The gradients of ``rnn``'s inputs, by ``backward`` (``backward_impl`` or its
     operator), for those of its results."""
@@ -284,13 +296,10 @@ def _gradients(ctx, grad_output, grad_h_n, backward):
     rest = saved[4 + ctx.n_weights :]
     batch_sizes = rest.pop(0) if ctx.has_batch_sizes else None
     dropout_masks = rest.pop(0) if ctx.has_masks else None
-    # An unused result's gradient is zero: None where the autograd engine gives None
-    # (``set_materialize_grads(False)``), so that the kernels skip it.
-    grad_output = grad_output.contiguous() if grad_output is not None else None
-    grad_h_n = grad_h_n.contiguous() if grad_h_n is not None else None
     d_input, d_hx, d_weights = backward(
-        grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, out, lower, *ctx.settings
-    )
+        _contiguous(grad_output), _contiguous(grad_h_n), input, hx, weights, batch_sizes, dropout_masks, out, lower,
+        *ctx.settings,
+    )  # fmt: skip
     return d_input, d_hx, list(d_weights)
 
 
@@ -318,7 +327,10 @@ class _RNNFunction(torch.autograd.Function):
         # in-place change to a weight before backward is still PyTorch's error: the weights
         # are saved tensors, whose version counters are checked before these are used.
         ctx.params = _params(weights, num_layers, 2 if bidirectional else 1, has_biases)
-        output = _forward(ctx.params, input, hx, batch_sizes, dropout_masks, *settings)
+        # The same for the arrays the forward pass ran on (``_Pass``): views of saved
+        # tensors, used only after ``ctx.saved_tensors`` has checked their versions.
+        output, ctx.run = _forward(ctx.params, input, hx, batch_sizes, dropout_masks, *settings)
+        ctx.input_shape = input.shape
         _setup_context(ctx, (input, hx, weights, batch_sizes, dropout_masks, *settings), output)
         ctx.mark_non_differentiable(output[2])
         ctx.set_materialize_grads(False)  # None for an unused result: no gradient to add
@@ -327,9 +339,12 @@ class _RNNFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # no double backward: differentiating these gradients is PyTorch's clear error
     def backward(ctx, grad_output, grad_h_n, grad_lower):
-        d_input, d_hx, d_weights = _gradients(
-            ctx, grad_output, grad_h_n, functools.partial(_backward, ctx.params)
-        )
+        ctx.saved_tensors  # noqa: B018 (PyTorch's error for a saved tensor changed in place since forward)
+        num_layers, bidirectional, has_biases, nonlinearity = ctx.settings[:4]
+        d_input, d_hx, d_weights = _backward(
+            ctx.run, ctx.params, _contiguous(grad_output), _contiguous(grad_h_n), ctx.input_shape, num_layers,
+            2 if bidirectional else 1, has_biases, nonlinearity,
+        )  # fmt: skip
         return d_input, d_hx, None, None, None, *d_weights
 
 

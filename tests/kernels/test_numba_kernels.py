@@ -4,6 +4,7 @@ import numba
 import numpy as np
 import pytest
 
+from fastrnn import packing
 from fastrnn.backends import numba_kernels as kernels
 from fastrnn.backends._jit import kernel
 
@@ -113,6 +114,48 @@ def test_small_products_both_paths(shape, dtype):
     _add_matmul(a, b, out, np.full((r, n), np.nan, dtype=dtype))  # scratch: overwritten before use
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out, c + a @ b, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("m, n_a", [(1, 16), (2, 16), (3, 5), (8, 8)], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("relu", [None, True], ids=["tanh", "relu"])
+def test_full_rows_direction_kernels_sum_as_the_dense_loops(m, n_a, reverse, relu, dtype):
+    # Where every sequence runs every step on few rows, the packed direction kernels run
+    # a loop without a call per step (full_rows_*_in_place): the same sums as the dense
+    # time loops where those run loops too (uses_blas), so bitwise the same states, dz and
+    # db_a.  A reverse direction is the forward one over reversed time.
+    T = 7
+    rng = np.random.default_rng(62)
+    W_aa = (rng.standard_normal((n_a, n_a)) / np.sqrt(n_a)).astype(dtype)
+    W_aa_T = np.ascontiguousarray(W_aa.T)
+    b_a = rng.standard_normal(n_a).astype(dtype)
+    a0 = rng.standard_normal((m, n_a)).astype(dtype)
+    projection, da = (rng.standard_normal((T, m, n_a)).astype(dtype) for _ in range(2))
+    rows = packing.full_rows(T, m)
+    order = slice(None, None, -1) if reverse else slice(None)
+
+    H = projection.reshape(T * m, n_a).copy()
+    kernels.direction_forward_in_place(
+        W_aa_T, b_a, a0, H, rows.batch_sizes, rows.offsets, reverse, np.empty((m, n_a), dtype), relu
+    )
+    h = np.empty((T + 1, m, n_a), dtype)
+    h[0], h[1:] = a0, projection[order]
+    kernels.hidden_forward_in_place(W_aa_T, b_a, h, np.empty((m, n_a), dtype), relu)
+    assert np.array_equal(H.reshape(T, m, n_a), h[1:][order])
+
+    dz, da0, db_a = da.reshape(T * m, n_a).copy(), np.empty((m, n_a), dtype), np.empty(n_a, dtype)
+    kernels.direction_backward_in_place(
+        dz, H, a0, W_aa, rows.batch_sizes, rows.offsets, reverse, da0, db_a, np.empty((m, n_a), dtype), relu
+    )
+    dense_dz, dense_da0, dense_db_a = da[order].copy(), np.empty((m, n_a), dtype), np.empty(n_a, dtype)
+    kernels.hidden_backward_in_place(
+        dense_dz, h, W_aa, dense_da0, np.empty((n_a, n_a), dtype), dense_db_a, relu
+    )
+    assert np.array_equal(dz.reshape(T, m, n_a), dense_dz[order])
+    assert np.array_equal(db_a, dense_db_a)
+    # the dense loops' last product (into da0) is BLAS's: equal to rounding
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(da0, dense_da0, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
