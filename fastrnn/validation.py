@@ -268,8 +268,10 @@ def _params_if_plainly_valid(params, finite):
     """
     # Plain loops and lookups, no generators: this runs on every call (a tiny step's
     # checks are mostly the interpreter's fixed costs).
-    if type(params) is not dict or len(params) != len(SINGLE_LAYER_NAMES):
+    if type(params) is not dict:
         return None
+    if len(params) != len(SINGLE_LAYER_NAMES):
+        return _layered_params_if_plainly_valid(params, finite)
     get = params.get
     W_ax, W_aa, b_a, W_ya, b_y = arrays = (get("W_ax"), get("W_aa"), get("b_a"), get("W_ya"), get("b_y"))
     if type(W_ax) is not np.ndarray or W_ax.dtype not in FLOAT_DTYPES:
@@ -289,6 +291,55 @@ def _params_if_plainly_valid(params, finite):
             if not _all_finite(array):
                 return None
     return {"W_ax": W_ax, "W_aa": W_aa, "b_a": b_a, "W_ya": W_ya, "b_y": b_y}, Dims(n_x, n_a, n_y, dtype)
+
+
+def _layered_params_if_plainly_valid(params, finite):
+    """``_params_if_plainly_valid`` for more layers or two directions: the same checks as
+    ``_check_params_thoroughly``, with the architecture and the shapes it implies
+    remembered for each set of keys and sizes (2 layers: 25 -> 4 us; 2 layers in both
+    directions: 52 -> 6 us)."""
+    found = _architecture_if_valid(tuple(params))
+    if found is None:
+        return None
+    num_layers, directions, names = found
+    W_ax, W_ya = params["W_ax"], params["W_ya"]
+    if type(W_ax) is not np.ndarray or W_ax.dtype not in FLOAT_DTYPES or W_ax.ndim != 2:
+        return None
+    if type(W_ya) is not np.ndarray or W_ya.ndim != 2:
+        return None
+    (n_a, n_x), n_y = W_ax.shape, W_ya.shape[0]
+    if not (n_x and n_a and n_y):
+        return None
+    dtype = W_ax.dtype
+    p = {}
+    for name, shape in zip(names, _param_shapes(num_layers, directions, n_x, n_a, n_y)):
+        array = params[name]
+        if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
+            return None
+        if not array.flags.c_contiguous or (finite and not _all_finite(array)):
+            return None
+        p[name] = array
+    return p, Dims(n_x, n_a, n_y, dtype, num_layers, directions)
+
+
+@functools.lru_cache(maxsize=64)
+def _architecture_if_valid(keys):
+    """``architecture(keys)``, or None where it raises (the thorough checks then say why)."""
+    try:
+        return architecture(keys)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(num_layers, directions, n_x, n_a, n_y):
+    """The shape of every parameter, in ``param_names`` order: what
+    ``_check_params_thoroughly`` requires of each."""
+    shapes = []
+    for layer in range(num_layers):
+        width = directions * n_a if layer else n_x  # layer l >= 1 reads the one below
+        shapes += [(n_a, width), (n_a, n_a), (n_a, 1)] * directions
+    return tuple(shapes) + ((n_y, directions * n_a), (n_y, 1))
 
 
 def _check_params_thoroughly(params, finite):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import optim
+from fastrnn import optim, validation
 from helpers import BACKENDS, assert_agree, check, numeric_gradient, padding_of, random_network
 
 LAYERS = (1, 2, 3)
@@ -57,6 +57,39 @@ def test_inconsistent_key_sets_are_named(change, match):
     x = np.zeros((3, 2, 3))
     with pytest.raises(ValueError, match=match):
         fastrnn.loss_and_grads(x, None, np.zeros((2, 3), dtype=int), params)
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (lambda p: p.update(W_aa_l1=np.asfortranarray(p["W_aa_l1"])), None),  # copied C-contiguous
+        (lambda p: p.update(b_a_reverse=p["b_a_reverse"].tolist()), None),  # converted
+        (lambda p: p.update(W_ax_l1=p["W_ax_l1"].astype(np.float32)), TypeError),
+        (lambda p: p.update(W_aa_l1_reverse=np.zeros((4, 5))), ValueError),
+        (lambda p: p.update(W_ya=np.zeros((5, 4))), ValueError),
+        (lambda p: p.update(b_y=np.full((5, 1), np.nan)), ValueError),
+        (lambda p: p.pop("b_a_l1"), ValueError),
+    ],
+)  # fmt: skip
+def test_layered_params_take_the_fast_checks_only_when_plainly_valid(change, error):
+    # Layered and bidirectional params of C-contiguous arrays are checked by check_params'
+    # fast path, with the thorough checks' result; anything else goes to the thorough
+    # checks, which convert it or name what is wrong.
+    params = fastrnn.init_params(3, 4, 5, num_layers=2, bidirectional=True, seed=0)
+    p, dims = validation.check_params(params)
+    assert list(p) == list(params) and all(p[name] is params[name] for name in params)
+    assert dims == (3, 4, 5, np.float64, 2, 2)
+    assert validation._params_if_plainly_valid(params, True) == (p, dims)
+    change(params)
+    assert validation._params_if_plainly_valid(params, True) is None
+    if error is None:
+        p, dims = validation.check_params(params)
+        assert dims.num_layers == 2 and all(
+            a.flags.c_contiguous and a.dtype == np.float64 for a in p.values()
+        )
+    else:
+        with pytest.raises(error):
+            validation.check_params(params)
 
 
 # -- the backends agree --------------------------------------------------------------------
