@@ -39,8 +39,6 @@ kernel                                      reference step(s) it computes
 ``pack_rows_into``, ``unpack_rows_into``    ``pack_rows``, ``unpack_rows``
 ``direction_forward_in_place``              ``direction_forward``, over the projection in ``h``
 ``direction_backward_in_place``             ``direction_backward`` less ``dW_aa``
-``full_rows_forward_in_place`` (and         the two above where every sequence runs every
-``full_rows_backward_in_place``)            step, on loops without a call per step
 ``previous_states_into``                    ``previous_states``
 ``packed_loss_and_grads_kernel`` (and       ``packed_loss_and_grads`` of one layer in one
 ``_onehot``)                                direction, plus a finiteness scan
@@ -283,27 +281,33 @@ def _add_blas_product(a, b, out, scratch):
 
 @inline_kernel
 def _add_matmul_loops(a, b, out):
-    """``out += a @ b`` in loops (a (r, k), b (k, n), out (r, n)): they add the product
-    straight into ``out`` (no scratch to zero, no pass to add it), four rows of ``b`` per
-    pass over a row of ``out``: one load and store of ``out`` per four multiply-adds
-    instead of per one, which nearly halves a (1 x 16) @ (16 x 16) product.  The inner
-    loops run along rows of ``b`` and ``out`` and vectorise."""
-    r, k = a.shape
+    """``out += a @ b`` in loops (a (r, k), b (k, n), out (r, n)): ``_add_matmul_rows_loops``
+    over all the rows."""
+    _add_matmul_rows_loops(a, 0, b, out, 0, a.shape[0])
+
+
+@inline_kernel
+def _add_matmul_rows_loops(a, a_row, b, out, out_row, r):
+    """``out[out_row : out_row + r] += a[a_row : a_row + r] @ b`` in loops: they add the
+    product straight into ``out`` (no scratch to zero, no pass to add it), four rows of
+    ``b`` per pass over a row of ``out``: one load and store of ``out`` per four
+    multiply-adds instead of per one, which nearly halves a (1 x 16) @ (16 x 16) product.
+    The inner loops run along rows of ``b`` and ``out`` and vectorise.  They index the
+    arrays rather than make views of their rows (``add_blas_rows_into`` says why)."""
+    k = a.shape[1]
     n = b.shape[1]
     k_blocked = k - k % 4
     for i in range(r):
-        a_i = a[i]
-        out_i = out[i]
+        a_i = a_row + i
+        out_i = out_row + i
         for kk in range(0, k_blocked, 4):
-            a0, a1, a2, a3 = a_i[kk], a_i[kk + 1], a_i[kk + 2], a_i[kk + 3]
-            b0, b1, b2, b3 = b[kk], b[kk + 1], b[kk + 2], b[kk + 3]
+            a0, a1, a2, a3 = a[a_i, kk], a[a_i, kk + 1], a[a_i, kk + 2], a[a_i, kk + 3]
             for j in range(n):
-                out_i[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j])
+                out[out_i, j] += (a0 * b[kk, j] + a1 * b[kk + 1, j]) + (a2 * b[kk + 2, j] + a3 * b[kk + 3, j])
         for kk in range(k_blocked, k):
-            a_ik = a_i[kk]
-            b_k = b[kk]
+            a_ik = a[a_i, kk]
             for j in range(n):
-                out_i[j] += a_ik * b_k[j]
+                out[out_i, j] += a_ik * b[kk, j]
 
 
 # =======================================================================================
@@ -320,16 +324,33 @@ def _add_matmul_loops(a, b, out):
 PACKED_LOOP_ROWS = 8
 
 
-@kernel  # called per step from the packed recurrences: compiled once, not inlined six times
-def add_matmul_rows_into(a, b, out, scratch):
-    """``out += a @ b`` with the crossover of the packed recurrences, whose steps run a
-    few rows at the end of a batch of variable lengths: loops up to ``PACKED_LOOP_ROWS``
-    rows, BLAS above.  (The dense path's kernels keep ``uses_blas``, so that their
-    results stay bitwise what they were.)"""
-    if a.shape[0] > PACKED_LOOP_ROWS:
-        _add_blas_product(a, b, out, scratch)
+@kernel  # called by the packed recurrences for a step's rare second product (see there)
+def add_matmul_rows_into(a, a_row, b, out, out_row, n, scratch):
+    """``out[out_row : out_row + n] += a[a_row : a_row + n] @ b`` with the crossover of the
+    packed recurrences, whose steps run a few rows at the end of a batch of variable
+    lengths: loops up to ``PACKED_LOOP_ROWS`` rows, BLAS above (``scratch``: n rows at
+    least).  (The dense path's kernels keep ``uses_blas``, so that their results stay
+    bitwise what they were.)
+
+    The time loops write this choice out where they make a step's product: inlined as a
+    function, its array arguments were reference-counted around the BLAS call (10.4
+    against 6.5 us for 100 steps at n_a = 16)."""
+    if n > PACKED_LOOP_ROWS:
+        add_blas_rows_into(a, a_row, b, out, out_row, n, scratch)
     else:
-        _add_matmul_loops(a, b, out)
+        _add_matmul_rows_loops(a, a_row, b, out, out_row, n)
+
+
+@kernel  # a call, out of the packed time loops: with BLAS in them, their views were reference-counted
+def add_blas_rows_into(a, a_row, b, out, out_row, n, scratch):
+    """``add_matmul_rows_into`` by BLAS.
+
+    The time loops give whole arrays and row numbers, never views: a view made at each
+    step and passed to a call is reference-counted (an atomic increment and decrement,
+    every vector register spilled around them).  When the packed recurrences called the
+    loops-or-BLAS choice on views, that cost about 110 ns a step, more than a step's work
+    at n_a = 16 (``uses_blas`` tells the same story for the dense loops)."""
+    _add_blas_product(a[a_row : a_row + n], b, out[out_row : out_row + n], scratch[:n])
 
 
 @inline_kernel
@@ -1251,32 +1272,39 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
     there): the products shrink with the running sequences, on contiguous blocks.
     """
     n_steps = batch_sizes.size
-    m = batch_sizes[0]
-    if batch_sizes[n_steps - 1] == m and m <= PACKED_LOOP_ROWS:
-        # Every sequence runs every step, on loops: the same sums without a call per step
-        # (full_rows_forward_in_place says why)
-        full_rows_forward_in_place(W_aa_T, b_a, a0[:m], h.reshape((n_steps, m, h.shape[1])), reverse, relu)
-        return
     for s in range(n_steps):
         t = n_steps - 1 - s if reverse else s
         n = batch_sizes[t]
         start = offsets[t]
-        block = h[start : start + n]
-        if not reverse:
-            previous = a0[:n] if t == 0 else h[offsets[t - 1] : offsets[t - 1] + n]
-            add_matmul_rows_into(previous, W_aa_T, block, rec[:n])
+        n_running, running_row = _rows_read(batch_sizes, offsets, t, reverse)
+        # Each step reads the states of the step before (after, in reverse) for the
+        # sequences running there, else a0: whole arrays and row numbers, no views
+        # (add_blas_rows_into says why).  One product a step (inlined once); a second
+        # only in reverse, at a step where some sequences start (their last step).
+        from_states = n_running > 0
+        previous = h if from_states else a0
+        row = running_row if from_states else n_running  # (n_running = 0: a literal 0 would type apart)
+        count = n_running if from_states else n
+        if count > PACKED_LOOP_ROWS:  # add_matmul_rows_into's choice, written out (it says why)
+            add_blas_rows_into(previous, row, W_aa_T, h, start, count, rec)
         else:
-            n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
-            if n_next > 0:
-                add_matmul_rows_into(
-                    h[offsets[t + 1] : offsets[t + 1] + n_next], W_aa_T, block[:n_next], rec[:n_next]
-                )
-            if n_next < n:  # sequences whose last step is t start from a0
-                add_matmul_rows_into(a0[n_next:n], W_aa_T, block[n_next:], rec[n_next:n])
+            _add_matmul_rows_loops(previous, row, W_aa_T, h, start, count)
+        if 0 < n_running < n:
+            add_matmul_rows_into(a0, n_running, W_aa_T, h, start + n_running, n - n_running, rec)
         if relu is None:  # pruned at compile time (NONLINEARITY)
-            _tanh_with_bias_in_place(block, b_a)
+            _tanh_with_bias_in_place(h[start : start + n], b_a)
         else:
-            _relu_with_bias_in_place(block, b_a)
+            _relu_with_bias_in_place(h[start : start + n], b_a)
+
+
+@inline_kernel
+def _rows_read(batch_sizes, offsets, t, reverse):
+    """How many of step t's rows read the states of a step (the one before, after in
+    ``reverse``), and where that step's rows start; the others read ``a0``."""
+    neighbour = t + 1 if reverse else t - 1
+    if neighbour < 0 or neighbour >= batch_sizes.size:
+        return 0, 0
+    return min(batch_sizes[neighbour], batch_sizes[t]), offsets[neighbour]
 
 
 @kernel
@@ -1288,68 +1316,23 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
     n_steps = batch_sizes.size
     _zero(da0)
     _zero(db_a)
-    m = batch_sizes[0]
-    if batch_sizes[n_steps - 1] == m and m <= PACKED_LOOP_ROWS:  # as direction_forward_in_place
-        full_rows_backward_in_place(dz, h, m, W_aa, reverse, da0[:m], db_a, relu)
-        return
     for s in range(n_steps):
         t = s if reverse else n_steps - 1 - s  # the forward pass's order, reversed
         n = batch_sizes[t]
         start = offsets[t]
-        block = dz[start : start + n]
-        if relu is None:  # pruned at compile time (NONLINEARITY)
-            _tanh_gradient_in_place(block, h[start : start + n], db_a)
+        _activation_gradient_in_place(dz[start : start + n], h[start : start + n], db_a, relu)
+        n_running, running_row = _rows_read(batch_sizes, offsets, t, reverse)
+        # back to the rows step t read, as direction_forward_in_place
+        from_states = n_running > 0
+        target = dz if from_states else da0
+        row = running_row if from_states else n_running
+        count = n_running if from_states else n
+        if count > PACKED_LOOP_ROWS:  # as direction_forward_in_place
+            add_blas_rows_into(dz, start, W_aa, target, row, count, rec)
         else:
-            _relu_gradient_in_place(block, h[start : start + n], db_a)
-        if not reverse:
-            target = da0[:n] if t == 0 else dz[offsets[t - 1] : offsets[t - 1] + n]
-            add_matmul_rows_into(block, W_aa, target, rec[:n])
-        else:
-            n_next = batch_sizes[t + 1] if t + 1 < n_steps else 0
-            if n_next > 0:
-                add_matmul_rows_into(
-                    block[:n_next], W_aa, dz[offsets[t + 1] : offsets[t + 1] + n_next], rec[:n_next]
-                )
-            if n_next < n:
-                add_matmul_rows_into(block[n_next:], W_aa, da0[n_next:n], rec[n_next:n])
-
-
-@kernel  # called once per direction: compiled once, not inlined
-def full_rows_forward_in_place(W_aa_T, b_a, a0, h, reverse, relu):
-    """``direction_forward_in_place`` where all ``m`` sequences run all T steps, on at most
-    ``PACKED_LOOP_ROWS`` rows: ``h`` (T, m, n_a), the projection in, the states out.
-
-    The same loops and sums as the general path (bitwise the same states), with no call
-    per step: there, each step called ``add_matmul_rows_into`` on new views, whose
-    reference counts cost about 110 ns a step, more than the step itself at n_a = 16
-    (18.7 against 7.8 us for 100 steps in float32; ``uses_blas`` tells the same story).
-    """
-    T = h.shape[0]
-    first = T - 1 if reverse else 0
-    _add_matmul_loops(a0, W_aa_T, h[first])
-    activation_with_bias_at(h, first, b_a, relu)
-    for s in range(1, T):
-        t = T - 1 - s if reverse else s
-        _add_matmul_loops(h[t + 1 if reverse else t - 1], W_aa_T, h[t])
-        activation_with_bias_at(h, t, b_a, relu)
-
-
-@kernel  # as full_rows_forward_in_place
-def full_rows_backward_in_place(dz, h, m, W_aa, reverse, da0, db_a, relu):
-    """``direction_backward_in_place`` where all ``m`` sequences run all T steps, on at
-    most ``PACKED_LOOP_ROWS`` rows (``dz``, ``h`` (T * m, n_a); ``da0`` (m, n_a) and
-    ``db_a`` zeroed by the caller): the same loops and sums as there, no call per step."""
-    T = dz.shape[0] // m
-    for s in range(T - 1):
-        t = s if reverse else T - 1 - s  # the forward pass's order, reversed
-        block = dz[t * m : (t + 1) * m]
-        _activation_gradient_in_place(block, h[t * m : (t + 1) * m], db_a, relu)
-        read = t + 1 if reverse else t - 1  # the step whose states step t read
-        _add_matmul_loops(block, W_aa, dz[read * m : (read + 1) * m])
-    t = T - 1 if reverse else 0  # the step that read a0
-    block = dz[t * m : (t + 1) * m]
-    _activation_gradient_in_place(block, h[t * m : (t + 1) * m], db_a, relu)
-    _add_matmul_loops(block, W_aa, da0)
+            _add_matmul_rows_loops(dz, start, W_aa, target, row, count)
+        if 0 < n_running < n:
+            add_matmul_rows_into(dz, start + n_running, W_aa, da0, n_running, n - n_running, rec)
 
 
 @kernel

@@ -119,11 +119,12 @@ def test_small_products_both_paths(shape, dtype):
 @pytest.mark.parametrize("m, n_a", [(1, 16), (2, 16), (3, 5), (8, 8)], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("relu", [None, True], ids=["tanh", "relu"])
-def test_full_rows_direction_kernels_sum_as_the_dense_loops(m, n_a, reverse, relu, dtype):
-    # Where every sequence runs every step on few rows, the packed direction kernels run
-    # a loop without a call per step (full_rows_*_in_place): the same sums as the dense
-    # time loops where those run loops too (uses_blas), so bitwise the same states, dz and
-    # db_a.  A reverse direction is the forward one over reversed time.
+def test_packed_direction_kernels_sum_as_the_dense_loops(m, n_a, reverse, relu, dtype):
+    # Full-length rows, at most PACKED_LOOP_ROWS of them: the packed direction kernels run
+    # the same loops as the dense time loops where those run loops too (uses_blas), so
+    # bitwise the same states, dz and db_a (the packed loops index whole arrays by row
+    # number, the dense ones their views).  A reverse direction is the forward one over
+    # reversed time.
     T = 7
     rng = np.random.default_rng(62)
     W_aa = (rng.standard_normal((n_a, n_a)) / np.sqrt(n_a)).astype(dtype)
@@ -156,6 +157,41 @@ def test_full_rows_direction_kernels_sum_as_the_dense_loops(m, n_a, reverse, rel
     # the dense loops' last product (into da0) is BLAS's: equal to rounding
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(da0, dense_da0, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_packed_direction_kernels_over_variable_lengths(reverse, dtype):
+    # 12 sequences of lengths 1..9: steps of more than PACKED_LOOP_ROWS rows (BLAS) and of
+    # fewer (loops), and in reverse, steps where some sequences start from a0: every row
+    # offset of add_matmul_rows_into's calls, against the NumPy reference.
+    from fastrnn.backends import numpy_backend
+
+    n_a, lengths = 6, np.array([9, 9, 8, 7, 7, 5, 4, 4, 3, 2, 1, 1])
+    m = lengths.size
+    batch_sizes = np.array([np.count_nonzero(lengths > t) for t in range(lengths.max())], dtype=np.intp)
+    rows = packing.rows_of_batch_sizes(batch_sizes, m)
+    rng = np.random.default_rng(63)
+    W_aa = (rng.standard_normal((n_a, n_a)) / np.sqrt(n_a)).astype(dtype)
+    b_a = rng.standard_normal(n_a).astype(dtype)
+    a0 = rng.standard_normal((m, n_a)).astype(dtype)
+    projection, dH = (rng.standard_normal((lengths.sum(), n_a)).astype(dtype) for _ in range(2))
+    arguments = (rows.batch_sizes, rows.offsets, reverse)
+
+    H = projection.copy()
+    kernels.direction_forward_in_place(
+        np.ascontiguousarray(W_aa.T), b_a, a0, H, *arguments, np.empty((m, n_a), dtype), None
+    )
+    expected_H = numpy_backend.direction_forward(projection, a0, W_aa, b_a.reshape(-1, 1), *arguments, "tanh")
+    dz, da0, db_a = dH.copy(), np.empty((m, n_a), dtype), np.empty(n_a, dtype)
+    kernels.direction_backward_in_place(
+        dz, H, a0, W_aa, *arguments, da0, db_a, np.empty((m, n_a), dtype), None
+    )
+    expected_dz, expected_da0, _, expected_db_a = numpy_backend.direction_backward(
+        dH, expected_H, a0, W_aa, *arguments, "tanh"
+    )
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    for actual, expected in ((H, expected_H), (dz, expected_dz), (da0, expected_da0), (db_a, expected_db_a)):
+        np.testing.assert_allclose(actual, np.reshape(expected, actual.shape), rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
