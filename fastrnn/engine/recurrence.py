@@ -217,8 +217,8 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
 def _one_direction_forward(ops, inputs, a0, p, rows, nonlinearity):
     """``forward_rows`` of one layer in one direction: the direction functions called as
     ``layers.network_forward`` calls them, without its loop's bookkeeping (names, views,
-    the allocator; about 7 us of a 30 us call at the tiny size, with the backward pass's
-    9 us: docs/pytorch.md, "Where a step's time goes")."""
+    the allocator: about 7 us of a 30 us call at the tiny size, and 9 us of the backward
+    pass's 39 us; docs/performance.md, "PyTorch models")."""
     z = ops.packed_projection(inputs, p["W_ax"])
     H = ops.direction_forward(
         z, a0[0], p["W_aa"], p["b_a"], rows.batch_sizes, rows.offsets, False, nonlinearity
