@@ -247,10 +247,13 @@ def _overload_fast_tanh(x):
 # =======================================================================================
 
 # r * k * n at or below which loops beat a BLAS call, for one row (a matrix-vector product,
-# where BLAS's gemm is least efficient) and for several rows: measured crossovers, float64
-# and float32 alike (docs/performance.md, "Measurements behind the code").
+# where BLAS's gemm is least efficient) and for several rows, up to SMALL_MATMUL_ROWS rows
+# (the loops read all of b once per row; with narrow rows they do not even vectorise):
+# crossovers measured inside a compiled loop, float64 and float32 alike
+# (docs/performance.md, "Measurements behind the code").
 SMALL_MATVEC_FLOPS = 8192
-SMALL_MATMUL_FLOPS = 512
+SMALL_MATMUL_FLOPS = 2048
+SMALL_MATMUL_ROWS = 8
 
 
 @inline_kernel
@@ -258,15 +261,19 @@ def uses_blas(r, k, n):
     """Whether a product (r, k) @ (k, n) goes to BLAS (``_add_blas_product``) rather than
     loops (``_add_matmul_loops``): above ``SMALL_MATVEC_FLOPS`` multiply-adds for one row (a
     matrix-vector product, where BLAS's gemm is least efficient), above
-    ``SMALL_MATMUL_FLOPS`` for several.
+    ``SMALL_MATMUL_FLOPS`` or ``SMALL_MATMUL_ROWS`` rows for several.  One rule for the
+    dense time loops, the cell and the packed recurrences, whose steps run fewer rows as
+    sequences end: they choose at each step.
 
-    The time loops decide it once, before the loop: with the choice inside it, every
+    The dense time loops decide it once, before the loop: with the choice inside it, every
     step's views of the state arrays were reference-counted (an atomic increment and
     decrement, with every vector register spilled and reloaded around the calls), about
     50 ns a step, half of a step at n_a = 16 (docs/performance.md, "Where a call's time
-    goes").
+    goes").  The packed ones pass no views (``add_blas_rows_into``).
     """
-    return r * k * n > (SMALL_MATVEC_FLOPS if r == 1 else SMALL_MATMUL_FLOPS)
+    if r == 1:
+        return k * n > SMALL_MATVEC_FLOPS
+    return r > SMALL_MATMUL_ROWS or r * k * n > SMALL_MATMUL_FLOPS
 
 
 @inline_kernel
@@ -318,24 +325,16 @@ def _add_matmul_rows_loops(a, a_row, b, out, out_row, r):
 # =======================================================================================
 
 
-#: Rows at or below which ``add_matmul_rows_into`` uses loops.  A BLAS gemm of 2 to 8 rows
-#: costs 6 to 8 us at 128 x 128 whatever the rows (its fixed cost), loops 1 to 4 us; from 16
-#: rows BLAS wins, at n_a = 64, 128 and 256 alike (docs/performance.md, "Measurements behind the code").
-PACKED_LOOP_ROWS = 8
-
-
 @kernel  # called by the packed recurrences for a step's rare second product (see there)
 def add_matmul_rows_into(a, a_row, b, out, out_row, n, scratch):
-    """``out[out_row : out_row + n] += a[a_row : a_row + n] @ b`` with the crossover of the
-    packed recurrences, whose steps run a few rows at the end of a batch of variable
-    lengths: loops up to ``PACKED_LOOP_ROWS`` rows, BLAS above (``scratch``: n rows at
-    least).  (The dense path's kernels keep ``uses_blas``, so that their results stay
-    bitwise what they were.)
+    """``out[out_row : out_row + n] += a[a_row : a_row + n] @ b``, by loops or BLAS as
+    ``uses_blas`` chooses, the dense time loops' rule (``scratch``: n rows at least): the
+    packed recurrences, whose steps run fewer rows as sequences end, choose at each step.
 
     The time loops write this choice out where they make a step's product: inlined as a
     function, its array arguments were reference-counted around the BLAS call (10.4
     against 6.5 us for 100 steps at n_a = 16)."""
-    if n > PACKED_LOOP_ROWS:
+    if uses_blas(n, b.shape[0], b.shape[1]):
         add_blas_rows_into(a, a_row, b, out, out_row, n, scratch)
     else:
         _add_matmul_rows_loops(a, a_row, b, out, out_row, n)
@@ -1272,6 +1271,7 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
     there): the products shrink with the running sequences, on contiguous blocks.
     """
     n_steps = batch_sizes.size
+    n_a = W_aa_T.shape[0]
     for s in range(n_steps):
         t = n_steps - 1 - s if reverse else s
         n = batch_sizes[t]
@@ -1285,7 +1285,7 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
         previous = h if from_states else a0
         row = running_row if from_states else n_running  # (n_running = 0: a literal 0 would type apart)
         count = n_running if from_states else n
-        if count > PACKED_LOOP_ROWS:  # add_matmul_rows_into's choice, written out (it says why)
+        if uses_blas(count, n_a, n_a):  # add_matmul_rows_into's choice, written out (it says why)
             add_blas_rows_into(previous, row, W_aa_T, h, start, count, rec)
         else:
             _add_matmul_rows_loops(previous, row, W_aa_T, h, start, count)
@@ -1314,6 +1314,7 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
     recurrence sends back is added into the rows it read (``da0`` for ``a0``), as
     ``hidden_backward_in_place`` does.  ``rec`` (m, n_a) is scratch."""
     n_steps = batch_sizes.size
+    n_a = W_aa.shape[0]
     _zero(da0)
     _zero(db_a)
     for s in range(n_steps):
@@ -1327,7 +1328,7 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
         target = dz if from_states else da0
         row = running_row if from_states else n_running
         count = n_running if from_states else n
-        if count > PACKED_LOOP_ROWS:  # as direction_forward_in_place
+        if uses_blas(count, n_a, n_a):  # as direction_forward_in_place
             add_blas_rows_into(dz, start, W_aa, target, row, count, rec)
         else:
             _add_matmul_rows_loops(dz, start, W_aa, target, row, count)

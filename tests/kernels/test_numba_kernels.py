@@ -101,12 +101,23 @@ def test_exp_of_nonpositive_within_one_ulp(dtype, bound):
 
 @pytest.mark.parametrize(
     "shape",
-    [(1, 16, 16), (2, 3, 5), (3, 6, 7), (1, 15, 15), (1, 64, 64), (1, 91, 91), (4, 16, 16), (7, 64, 48)],
+    [
+        (1, 16, 16),
+        (2, 3, 5),
+        (3, 6, 7),
+        (1, 15, 15),
+        (1, 64, 64),
+        (1, 91, 91),
+        (4, 16, 16),
+        (9, 4, 4),
+        (7, 64, 48),
+    ],
     ids=str,
 )
 def test_small_products_both_paths(shape, dtype):
-    # Loops at or below SMALL_MATVEC_FLOPS (one row) or SMALL_MATMUL_FLOPS, else BLAS.
-    # k % 4 != 0 runs the loops' remainder; (1, 91, 91) and (4, 16, 16) run BLAS.
+    # Loops at or below SMALL_MATVEC_FLOPS (one row), or SMALL_MATMUL_FLOPS and
+    # SMALL_MATMUL_ROWS, else BLAS.  k % 4 != 0 runs the loops' remainder; (1, 91, 91),
+    # (9, 4, 4) (rows) and (7, 64, 48) (multiply-adds) run BLAS.
     r, k, n = shape
     rng = np.random.default_rng(61)
     a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((r, k), (k, n), (r, n)))
@@ -116,15 +127,14 @@ def test_small_products_both_paths(shape, dtype):
     np.testing.assert_allclose(out, c + a @ b, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("m, n_a", [(1, 16), (2, 16), (3, 5), (8, 8)], ids=str)
+@pytest.mark.parametrize("m, n_a", [(1, 16), (2, 16), (3, 5), (8, 8), (12, 8), (3, 40)], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("relu", [None, True], ids=["tanh", "relu"])
 def test_packed_direction_kernels_sum_as_the_dense_loops(m, n_a, reverse, relu, dtype):
-    # Full-length rows, at most PACKED_LOOP_ROWS of them: the packed direction kernels run
-    # the same loops as the dense time loops where those run loops too (uses_blas), so
-    # bitwise the same states, dz and db_a (the packed loops index whole arrays by row
-    # number, the dense ones their views).  A reverse direction is the forward one over
-    # reversed time.
+    # Full-length rows: the packed direction kernels choose loops or BLAS by the dense time
+    # loops' rule (uses_blas; (12, 8) and (3, 40) run BLAS), so bitwise the same states, dz
+    # and db_a (the packed loops index whole arrays by row number, the dense ones their
+    # views).  A reverse direction is the forward one over reversed time.
     T = 7
     rng = np.random.default_rng(62)
     W_aa = (rng.standard_normal((n_a, n_a)) / np.sqrt(n_a)).astype(dtype)
@@ -154,15 +164,15 @@ def test_packed_direction_kernels_sum_as_the_dense_loops(m, n_a, reverse, relu, 
     )
     assert np.array_equal(dz.reshape(T, m, n_a), dense_dz[order])
     assert np.array_equal(db_a, dense_db_a)
-    # the dense loops' last product (into da0) is BLAS's: equal to rounding
+    # the dense loops' last product (into da0) is always BLAS's: equal to rounding
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(da0, dense_da0, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_packed_direction_kernels_over_variable_lengths(reverse, dtype):
-    # 12 sequences of lengths 1..9: steps of more than PACKED_LOOP_ROWS rows (BLAS) and of
-    # fewer (loops), and in reverse, steps where some sequences start from a0: every row
+    # 12 sequences of lengths 1..9: steps of more than SMALL_MATMUL_ROWS rows (BLAS) and of
+    # fewer (loops, uses_blas), and in reverse, steps where some sequences start from a0: every row
     # offset of add_matmul_rows_into's calls, against the NumPy reference.
     from fastrnn.backends import numpy_backend
 
