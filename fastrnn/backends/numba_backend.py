@@ -312,16 +312,37 @@ def unpack_rows(packed, sequences, steps, out):
 
 
 class Products(NamedTuple):
-    """The two matrix products of the direction functions below: ``matmul_into(a, b, out)``,
-    ``out = a @ b``, and ``matmul_transposed_into(a, b, out)``, ``out = a.T @ b``.  The
-    kernels' (SciPy's BLAS, ``KERNEL_PRODUCTS``) by default; a door may bring its own (the
-    PyTorch door runs them on PyTorch's threads: ``fastrnn.torch.ops``)."""
+    """The matrix products of the direction functions below: ``matmul_into(a, b, out)``,
+    ``out = a @ b``, ``matmul_transposed_into(a, b, out)``, ``out = a.T @ b``, and
+    ``add_matmul_into(a, b, out)``, ``out += a @ b``, or None.  The kernels' (SciPy's BLAS,
+    ``KERNEL_PRODUCTS``) by default; a door may bring its own (the PyTorch door runs them on
+    PyTorch's threads: ``fastrnn.torch.ops``).  With ``add_matmul_into``, the recurrences'
+    products large enough to gain from those threads are made step by step
+    (``STEP_PRODUCT_MULTIPLY_ADDS``); without it, the kernels make every recurrent product."""
 
     matmul_into: object
     matmul_transposed_into: object
+    add_matmul_into: object = None
 
 
 KERNEL_PRODUCTS = Products(kernels.matmul_into, kernels.matmul_transposed_into)
+
+#: Multiply-adds of a step's recurrent product (rows x n_a x n_a, at the first step) from
+#: which a door's ``add_matmul_into`` makes it, the time loop then running here, in Python,
+#: with a kernel per step for the activation: the kernel's loop runs its products on the
+#: calling thread, and a door's threads (PyTorch's, awake in a training loop) are worth
+#: the loop's 10 us or so a step above this.  A PyTorch training step, per step's product:
+#: 64 x 512 x 512, float32 / float64, 1.26x / 1.28x faster than the kernel; 32 x 256 x
+#: 256, 1.17x / 1.25x; 64 x 128 x 128, 0.96x / 1.18x; 16 x 128 x 128, 0.66x / 0.75x
+#: (docs/pytorch.md, "Threads").
+STEP_PRODUCT_MULTIPLY_ADDS = {4: 1_500_000, 8: 750_000}  # by itemsize
+
+
+def _by_steps(products, a0):
+    """Whether the recurrences of a direction with ``a0`` (m, n_a) make their products by
+    ``products.add_matmul_into``, step by step (``STEP_PRODUCT_MULTIPLY_ADDS``)."""
+    m, n_a = a0.shape
+    return products.add_matmul_into is not None and m * n_a * n_a >= STEP_PRODUCT_MULTIPLY_ADDS[a0.itemsize]
 
 
 def _transposed(W, empty=new_array, name="W_T"):
@@ -345,22 +366,48 @@ def packed_projection(layer_input, W_ax, empty=new_array, tag="", products=KERNE
     return z
 
 
-def direction_forward(z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity, empty=new_array, tag=""):
-    """The states (N, n_a), computed in ``z``'s memory."""
+def direction_forward(
+    z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity, empty=new_array, tag="", products=KERNEL_PRODUCTS
+):  # fmt: skip
+    """The states (N, n_a), computed in ``z``'s memory: by the kernel, or step by step where
+    ``products`` make the recurrent products (``_by_steps``)."""
+    relu = kernels.NONLINEARITY[nonlinearity]
+    if _by_steps(products, a0):
+        _direction_forward_by_steps(
+            W_aa, b_a.reshape(-1), a0, z, batch_sizes, offsets, reverse, relu, products
+        )
+        return z
     kernels.direction_forward_in_place(
         _transposed(W_aa, empty, "W_aa_T" + tag), b_a.reshape(-1), a0, z, batch_sizes, offsets, reverse,
-        empty("rows" + tag, a0.shape[-2:], a0.dtype), kernels.NONLINEARITY[nonlinearity],
+        empty("rows" + tag, a0.shape[-2:], a0.dtype), relu,
     )  # fmt: skip
     return z
+
+
+def _direction_forward_by_steps(W_aa, b_a, a0, h, batch_sizes, offsets, reverse, relu, products):
+    """``kernels.direction_forward_in_place``'s time loop, line for line, with each step's
+    product by ``products.add_matmul_into`` and its activation by a kernel."""
+    add_matmul_into, W_aa_T = products.add_matmul_into, W_aa.T
+    n_steps = batch_sizes.size
+    for s in range(n_steps):
+        t = n_steps - 1 - s if reverse else s
+        n, start = batch_sizes[t], offsets[t]
+        n_running, running_row = kernels.rows_read(batch_sizes, offsets, t, reverse)
+        if n_running > 0:
+            add_matmul_into(h[running_row : running_row + n_running], W_aa_T, h[start : start + n_running])
+        if n_running < n:  # the sequences that start here read a0
+            add_matmul_into(a0[n_running:n], W_aa_T, h[start + n_running : start + n])
+        kernels.activation_rows_in_place(h, start, n, b_a, relu)
 
 
 def direction_backward(
     dH, H, a0, W_aa, batch_sizes, offsets, reverse, nonlinearity, dH_is_scratch=False, H_is_scratch=False,
     empty=new_array, tag="", products=KERNEL_PRODUCTS,
 ):  # fmt: skip
-    """As the reference's.  ``dH_is_scratch``: ``dH`` is a C-contiguous array of the
-    caller's own, which becomes ``dz``; ``H_is_scratch``: ``H`` is not needed after this
-    call and becomes ``previous_states`` (no copy, no fresh memory either way)."""
+    """As the reference's, by the kernel or step by step (as ``direction_forward``).
+    ``dH_is_scratch``: ``dH`` is a C-contiguous array of the caller's own, which becomes
+    ``dz``; ``H_is_scratch``: ``H`` is not needed after this call and becomes
+    ``previous_states`` (no copy, no fresh memory either way)."""
     if dH_is_scratch:
         dz = dH
     else:  # the kernel turns it into dz in place
@@ -368,14 +415,38 @@ def direction_backward(
         np.copyto(dz, dH)
     da0 = empty("da0_direction" + tag, a0.shape, a0.dtype)
     db_a = empty("db_a" + tag, (W_aa.shape[0], 1), W_aa.dtype)
-    kernels.direction_backward_in_place(
-        dz, H, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a.reshape(-1),
-        empty("rows" + tag, a0.shape[-2:], a0.dtype), kernels.NONLINEARITY[nonlinearity],
-    )  # fmt: skip
+    relu = kernels.NONLINEARITY[nonlinearity]
+    if _by_steps(products, a0):
+        _direction_backward_by_steps(
+            dz, H, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a.reshape(-1), relu, products
+        )
+    else:
+        kernels.direction_backward_in_place(
+            dz, H, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a.reshape(-1),
+            empty("rows" + tag, a0.shape[-2:], a0.dtype), relu,
+        )  # fmt: skip
     dW_aa = recurrent_weight_gradient(
         dz, H, a0, batch_sizes, offsets, reverse, H_is_scratch, empty, tag, products
     )
     return dz, da0, dW_aa, db_a
+
+
+def _direction_backward_by_steps(dz, h, a0, W_aa, batch_sizes, offsets, reverse, da0, db_a, relu, products):
+    """``kernels.direction_backward_in_place``'s time loop, line for line, with each step's
+    product by ``products.add_matmul_into`` and its activation gradient by a kernel."""
+    add_matmul_into = products.add_matmul_into
+    da0[...] = 0
+    db_a[...] = 0
+    n_steps = batch_sizes.size
+    for s in range(n_steps):
+        t = s if reverse else n_steps - 1 - s  # the forward pass's order, reversed
+        n, start = batch_sizes[t], offsets[t]
+        kernels.activation_gradient_rows_in_place(dz, h, start, n, db_a, relu)
+        n_running, running_row = kernels.rows_read(batch_sizes, offsets, t, reverse)
+        if n_running > 0:  # back to the rows step t read
+            add_matmul_into(dz[start : start + n_running], W_aa, dz[running_row : running_row + n_running])
+        if n_running < n:
+            add_matmul_into(dz[start + n_running : start + n], W_aa, da0[n_running:n])
 
 
 def recurrent_weight_gradient(
@@ -427,7 +498,7 @@ def direction_ops(products):
     products, as a ``layers.DirectionOps``."""
     return layers.DirectionOps(
         functools.partial(packed_projection, products=products),
-        direction_forward,
+        functools.partial(direction_forward, products=products),
         functools.partial(direction_backward, products=products),
         functools.partial(packed_input_backward, products=products),
     )

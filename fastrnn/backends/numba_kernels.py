@@ -1276,7 +1276,7 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
         t = n_steps - 1 - s if reverse else s
         n = batch_sizes[t]
         start = offsets[t]
-        n_running, running_row = _rows_read(batch_sizes, offsets, t, reverse)
+        n_running, running_row = rows_read(batch_sizes, offsets, t, reverse)
         # Each step reads the states of the step before (after, in reverse) for the
         # sequences running there, else a0: whole arrays and row numbers, no views
         # (add_blas_rows_into says why).  One product a step (inlined once); a second
@@ -1298,7 +1298,7 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
 
 
 @inline_kernel
-def _rows_read(batch_sizes, offsets, t, reverse):
+def rows_read(batch_sizes, offsets, t, reverse):
     """How many of step t's rows read the states of a step (the one before, after in
     ``reverse``), and where that step's rows start; the others read ``a0``."""
     neighbour = t + 1 if reverse else t - 1
@@ -1322,7 +1322,7 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
         n = batch_sizes[t]
         start = offsets[t]
         _activation_gradient_in_place(dz[start : start + n], h[start : start + n], db_a, relu)
-        n_running, running_row = _rows_read(batch_sizes, offsets, t, reverse)
+        n_running, running_row = rows_read(batch_sizes, offsets, t, reverse)
         # back to the rows step t read, as direction_forward_in_place
         from_states = n_running > 0
         target = dz if from_states else da0
@@ -1334,6 +1334,24 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
             _add_matmul_rows_loops(dz, start, W_aa, target, row, count)
         if 0 < n_running < n:
             add_matmul_rows_into(dz, start + n_running, W_aa, da0, n_running, n - n_running, rec)
+
+
+@kernel  # called once per time step, from numba_backend's step-by-step direction functions
+def activation_rows_in_place(h, start, n, b_a, relu):
+    """``h[start : start + n] = f(h[start : start + n] + b_a)``: one step's activation, as
+    ``direction_forward_in_place`` runs it after the step's product (where a door's own
+    products make that product: ``numba_backend.direction_forward``)."""
+    if relu is None:  # pruned at compile time (NONLINEARITY)
+        _tanh_with_bias_in_place(h[start : start + n], b_a)
+    else:
+        _relu_with_bias_in_place(h[start : start + n], b_a)
+
+
+@kernel  # as activation_rows_in_place
+def activation_gradient_rows_in_place(dz, h, start, n, db_a, relu):
+    """One step of ``direction_backward_in_place`` before its product: ``dz[start : start
+    + n]``, dL/dH on entry, becomes dL/dz, added into ``db_a``."""
+    _activation_gradient_in_place(dz[start : start + n], h[start : start + n], db_a, relu)
 
 
 @kernel

@@ -169,16 +169,9 @@ class RowsAllocator:
 
 
 def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, blas_threads=None,
-                 between=None, output=None, lower=None, ops=None):  # fmt: skip
+                 between=None, ops=None):  # fmt: skip
     """Every layer and direction over packed rows, by ``ops`` (a ``layers.DirectionOps``;
     None: the backend's own, ``impl.DIRECTION_OPS``).
-
-    Parameters
-    ----------
-    output : ndarray, shape (N, D * n_a), optional
-        Where the top layer's output is written.
-    lower : ndarray, shape ((num_layers - 1) * D, N, n_a), optional
-        Where the lower layers' states are written (what ``backward_rows`` reads again).
 
     Returns
     -------
@@ -187,15 +180,12 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
         in the sorted order (``packing.final_states``); the lower layers' states.
     """
     ops = ops or impl.DIRECTION_OPS
-    if num_layers == 1 and directions == 1 and between is None and output is None and lower is None:
+    if num_layers == 1 and directions == 1 and between is None:
         with parallel.blas_threads(blas_threads):
             return _one_direction_forward(ops, inputs, a0, p, rows, nonlinearity)
     N, n_a = inputs.shape[0], a0.shape[2]
-    dtype = a0.dtype
-    if output is None:
-        output = np.empty((N, directions * n_a), dtype=dtype)
-    if lower is None:
-        lower = np.empty(((num_layers - 1) * directions, N, n_a), dtype=dtype)
+    output = np.empty((N, directions * n_a), dtype=a0.dtype)
+    lower = np.empty(((num_layers - 1) * directions, N, n_a), dtype=a0.dtype)
     empty = RowsAllocator(output, lower, num_layers, directions)
     with parallel.blas_threads(blas_threads):
         states = layers.network_forward(

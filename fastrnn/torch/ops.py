@@ -100,6 +100,11 @@ def _matmul_transposed_into(a, b, out):
     torch.mm(torch.from_numpy(a).t(), torch.from_numpy(b), out=torch.from_numpy(out))
 
 
+def _add_matmul_into(a, b, out):
+    """``out += a @ b`` by PyTorch, in place (its BLAS adds into ``out``: no scratch)."""
+    torch.from_numpy(out).addmm_(torch.from_numpy(a), torch.from_numpy(b))
+
+
 _DIRECTION_OPS = {}
 
 
@@ -107,14 +112,18 @@ def _direction_ops(impl, run):
     """The direction functions the door runs on the plan ``run``: the Numba backend's with
     PyTorch's matrix products, so that the products outside the recurrence (input
     projections, weight and input gradients) run on PyTorch's threads, which a training
-    loop keeps busy anyway, and never beside them (docs/pytorch.md, "Threads").  Where
-    every product is too small for threads (``run.blas_threads`` None), the kernels' own:
-    a call into PyTorch costs more than such a product.  The NumPy reference as it is."""
+    loop keeps busy anyway, and never beside them (docs/pytorch.md, "Threads").  On one
+    shard, so do the recurrences' own products where they are large enough
+    (``numba_backend.STEP_PRODUCT_MULTIPLY_ADDS``); shards make theirs in their kernels.
+    Where every product is too small for threads (``run.blas_threads`` None), the kernels'
+    own: a call into PyTorch costs more than such a product.  The NumPy reference as it is."""
     if not hasattr(impl, "direction_ops") or run.blas_threads is None:
         return impl.DIRECTION_OPS
-    if impl.NAME not in _DIRECTION_OPS:
-        _DIRECTION_OPS[impl.NAME] = impl.direction_ops(impl.Products(_matmul_into, _matmul_transposed_into))
-    return _DIRECTION_OPS[impl.NAME]
+    key = (impl.NAME, run.shards == 1)
+    if key not in _DIRECTION_OPS:
+        steps = _add_matmul_into if run.shards == 1 else None
+        _DIRECTION_OPS[key] = impl.direction_ops(impl.Products(_matmul_into, _matmul_transposed_into, steps))
+    return _DIRECTION_OPS[key]
 
 
 #: The backward pass's arrays that no gradient is a view of (``dz`` of every layer and

@@ -204,6 +204,48 @@ def test_packed_direction_kernels_over_variable_lengths(reverse, dtype):
         np.testing.assert_allclose(actual, np.reshape(expected, actual.shape), rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_direction_functions_by_steps_equal_the_kernels(reverse, relu, dtype, monkeypatch):
+    # A door's add_matmul_into (here NumPy's) makes the recurrent products step by step
+    # (numba_backend.STEP_PRODUCT_MULTIPLY_ADDS, forced): the same states and gradients as
+    # the kernels', over variable lengths (steps where sequences start from a0 included).
+    from fastrnn.backends import numba_backend
+
+    def add_matmul_into(a, b, out):
+        out += a @ b
+
+    by_steps = numba_backend.Products(kernels.matmul_into, kernels.matmul_transposed_into, add_matmul_into)
+    n_a, lengths = 6, np.array([9, 9, 8, 7, 7, 5, 4, 4, 3, 2, 1, 1])
+    m = lengths.size
+    batch_sizes = np.array([np.count_nonzero(lengths > t) for t in range(lengths.max())], dtype=np.intp)
+    rows = packing.rows_of_batch_sizes(batch_sizes, m)
+    rng = np.random.default_rng(64)
+    W_aa = (rng.standard_normal((n_a, n_a)) / np.sqrt(n_a)).astype(dtype)
+    b_a = rng.standard_normal((n_a, 1)).astype(dtype)
+    a0 = rng.standard_normal((m, n_a)).astype(dtype)
+    projection, dH = (rng.standard_normal((lengths.sum(), n_a)).astype(dtype) for _ in range(2))
+    nonlinearity = "relu" if relu else "tanh"
+    arguments = (rows.batch_sizes, rows.offsets, reverse, nonlinearity)
+    calls = []
+    real_activation = kernels.activation_rows_in_place
+    monkeypatch.setattr(
+        kernels, "activation_rows_in_place", lambda *a: calls.append(1) or real_activation(*a)
+    )
+
+    results = []
+    for products, threshold in ((numba_backend.KERNEL_PRODUCTS, None), (by_steps, 0)):
+        if threshold is not None:
+            monkeypatch.setattr(numba_backend, "STEP_PRODUCT_MULTIPLY_ADDS", {4: threshold, 8: threshold})
+        H = numba_backend.direction_forward(projection.copy(), a0, W_aa, b_a, *arguments, products=products)
+        grads = numba_backend.direction_backward(dH, H, a0, W_aa, *arguments, products=products)
+        results.append([H, *grads])
+    assert len(calls) == batch_sizes.size  # one activation call per step, by steps only
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    for by_kernel, stepped in zip(*results):
+        np.testing.assert_allclose(stepped, by_kernel, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_the_algorithms_as_plain_python(dtype):
     # The compiled kernels inline these functions; called from Python they run the same

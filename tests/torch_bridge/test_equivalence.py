@@ -131,3 +131,41 @@ def test_sharded_plans_give_the_same_results(workers):
         results.append([output.data.detach(), h_n.detach(), xx.grad] + [p.grad for p in module.parameters()])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize(
+    "network", [(1, False, "tanh"), (2, True, "relu")], ids=["one-layer", "two-layers-bi-relu"]
+)
+@pytest.mark.parametrize("kind", ["padded", "packed_unsorted"])
+def test_recurrent_products_by_steps_as_nn_rnn(network, kind, dtype, monkeypatch):
+    """Where the recurrences' products are large enough, PyTorch makes them step by step on
+    its threads (``numba_backend.STEP_PRODUCT_MULTIPLY_ADDS``): forced here at a small size,
+    the same results and gradients as ``nn.RNN``, both directions, variable lengths."""
+    from fastrnn import parallel
+    from fastrnn.backends import numba_backend, numba_kernels
+    from fastrnn.engine import recurrence
+
+    monkeypatch.setattr(numba_backend, "STEP_PRODUCT_MULTIPLY_ADDS", {4: 0, 8: 0})
+    monkeypatch.setattr(recurrence, "plan", lambda *args: parallel.Plan(1, 1, 1))  # PyTorch's products
+    steps = []
+    real_activation = numba_kernels.activation_rows_in_place
+    monkeypatch.setattr(
+        numba_kernels, "activation_rows_in_place", lambda *args: steps.append(1) or real_activation(*args)
+    )
+    num_layers, bidirectional, nonlinearity = network
+    generator = torch.Generator().manual_seed(5)
+    lengths = torch.tensor([T, 1, 4])
+    x = make_input(kind, dtype, generator)
+    hx_shape = (num_layers * (2 if bidirectional else 1), M, N_A)
+    hx = torch.randn(hx_shape, dtype=dtype, generator=generator, requires_grad=True)
+    results = []
+    for module in pair(num_layers, bidirectional, nonlinearity, True, dtype):
+        x.grad = hx.grad = None
+        output, h_n = module(given(x, kind, lengths), hx)
+        data = output.data if kind.startswith("packed") else output
+        (data.square().sum() + h_n.sin().sum()).backward()
+        results.append([data.detach(), h_n.detach(), x.grad, hx.grad] + [p.grad for p in module.parameters()])
+    assert steps  # the steps ran
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
