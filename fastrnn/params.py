@@ -50,11 +50,6 @@ def gradient_names(num_layers=1, directions=1):
     return tuple("d" + name for name in param_names(num_layers, directions))
 
 
-def direction_params(p, layer, reverse):
-    """``W_ax``, ``W_aa``, ``b_a`` of one layer and direction."""
-    return tuple(p[layer_key(name, layer, reverse)] for name in HIDDEN_NAMES)
-
-
 def is_single_layer(num_layers, directions):
     """Whether a network is one layer in one direction: the seed's network."""
     return num_layers == 1 and directions == 1

@@ -370,27 +370,36 @@ def _check_params_thoroughly(params, finite):
     n_y = W_ya.shape[0]
     _check_nonempty(W_ax, "params['W_ax']", "(n_a, n_x)")
     concatenated = "D * n_a" if directions == 2 else "n_a"
+    # The shapes are _param_shapes' (the fast path's too); the messages say where they come from.
+    expected = dict(zip(names, _param_shapes(num_layers, directions, n_x, n_a, n_y)))
     for layer in range(num_layers):
         for reverse in range(directions):
             key = functools.partial(layer_key, layer=layer, reverse=bool(reverse))
             if layer:
                 _check_shape(
-                    arrays[key("W_ax")], f"params['{key('W_ax')}']", (n_a, directions * n_a),
+                    arrays[key("W_ax")], f"params['{key('W_ax')}']", expected[key("W_ax")],
                     f"(n_a, {concatenated}) with n_a from W_ax (it reads the layer below)",
                 )  # fmt: skip
             elif reverse:
                 _check_shape(
-                    arrays[key("W_ax")], f"params['{key('W_ax')}']", (n_a, n_x), "(n_a, n_x) as W_ax"
+                    arrays[key("W_ax")],
+                    f"params['{key('W_ax')}']",
+                    expected[key("W_ax")],
+                    "(n_a, n_x) as W_ax",
                 )
             _check_shape(
-                arrays[key("W_aa")], f"params['{key('W_aa')}']", (n_a, n_a), "(n_a, n_a) with n_a from W_ax"
-            )
+                arrays[key("W_aa")], f"params['{key('W_aa')}']", expected[key("W_aa")],
+                "(n_a, n_a) with n_a from W_ax",
+            )  # fmt: skip
             _check_shape(
-                arrays[key("b_a")], f"params['{key('b_a')}']", (n_a, 1), "(n_a, 1) with n_a from W_ax"
+                arrays[key("b_a")],
+                f"params['{key('b_a')}']",
+                expected[key("b_a")],
+                "(n_a, 1) with n_a from W_ax",
             )
-    _check_shape(W_ya, "params['W_ya']", (n_y, directions * n_a), f"(n_y, {concatenated}) with n_a from W_ax")
+    _check_shape(W_ya, "params['W_ya']", expected["W_ya"], f"(n_y, {concatenated}) with n_a from W_ax")
     _check_nonempty(W_ya, "params['W_ya']", "(n_y, n_a)")
-    _check_shape(arrays["b_y"], "params['b_y']", (n_y, 1), "(n_y, 1) with n_y from W_ya")
+    _check_shape(arrays["b_y"], "params['b_y']", expected["b_y"], "(n_y, 1) with n_y from W_ya")
     if finite:
         for name, array in arrays.items():
             _check_finite(array, f"params['{name}']")

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..packing import final_states
-from ..params import HIDDEN_NAMES, direction_params, layer_key
+from ..params import HIDDEN_NAMES, layer_key
 from ..workspace import new_array
 
 
@@ -47,6 +47,38 @@ class DirectionOps(NamedTuple):
     direction_forward: object  # (z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity) -> H
     direction_backward: object  # (dH, H, a0, W_aa, ..., dH_is_scratch, H_is_scratch) -> dz, da0, dW_aa, db_a
     packed_input_backward: object  # (dz, layer_input, W_ax) -> dW_ax, d_input (None for one-hot)
+
+
+class Direction(NamedTuple):
+    """One layer and direction of a network, as the loops below name it."""
+
+    layer: int
+    direction: int
+    reverse: bool
+    tag: str  # ``layer_key("", layer, reverse)``: the suffix of its arrays' names
+    param_keys: tuple  # its W_ax, W_aa, b_a
+    gradient_keys: tuple  # "d" + each
+
+
+@functools.lru_cache(maxsize=64)
+def network_directions(num_layers, directions):
+    """``network_directions(L, D)[layer]``: the ``Direction``s of each layer, made once per
+    architecture (the loops run at every call, and at small sizes the names cost as much
+    as a direction's kernels)."""
+    return tuple(
+        tuple(
+            Direction(
+                layer,
+                direction,
+                direction == 1,
+                layer_key("", layer, direction == 1),
+                tuple(layer_key(name, layer, direction == 1) for name in HIDDEN_NAMES),
+                tuple("d" + layer_key(name, layer, direction == 1) for name in HIDDEN_NAMES),
+            )  # fmt: skip
+            for direction in range(directions)
+        )
+        for layer in range(num_layers)
+    )
 
 
 def layer_output(layer_states, empty=None, name="output"):
@@ -96,22 +128,21 @@ def network_forward(
     """
     states = []
     layer_input = inputs
-    for layer in range(num_layers):
+    for layer, layer_directions in enumerate(network_directions(num_layers, directions)):
         layer_states = []
-        for direction in range(directions):
-            reverse = direction == 1
-            tag = layer_key("", layer, reverse)
-            W_ax, W_aa, b_a = direction_params(p, layer, reverse)
-            z = ops.packed_projection(layer_input, W_ax, empty=empty, tag=tag)
-            initial = a0[layer * directions + direction]
+        for d in layer_directions:
+            W_ax, W_aa, b_a = p[d.param_keys[0]], p[d.param_keys[1]], p[d.param_keys[2]]
+            z = ops.packed_projection(layer_input, W_ax, empty=empty, tag=d.tag)
             H = ops.direction_forward(
-                z, initial, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity, empty=empty, tag=tag
-            )
+                z, a0[layer * directions + d.direction], W_aa, b_a, batch_sizes, offsets, d.reverse, nonlinearity,
+                empty=empty, tag=d.tag,
+            )  # fmt: skip
             layer_states.append(H)
         states.append(layer_states)
-        layer_input = layer_output(layer_states, empty, f"output_l{layer}")
-        if between is not None and layer < num_layers - 1:
-            layer_input = between.forward(layer, layer_input)
+        if layer < num_layers - 1:
+            layer_input = layer_output(layer_states, empty, f"output_l{layer}")
+            if between is not None:
+                layer_input = between.forward(layer, layer_input)
     return states
 
 
@@ -143,30 +174,29 @@ def network_backward(
     if d_final is not None and not d_top_is_scratch:  # d_final is added into it
         d_output, d_top_is_scratch = empty("d_top", d_top.shape, d_top.dtype), True
         np.copyto(d_output, d_top)
-    for layer in range(num_layers - 1, -1, -1):
+    for layer_directions in reversed(network_directions(num_layers, directions)):
+        layer = layer_directions[0].layer
         if d_final is not None:
             add_final_gradients(d_output, d_final, layer, directions, last_rows)
         layer_input = inputs if layer == 0 else layer_output(states[layer - 1], empty, f"output_l{layer - 1}")
         if between is not None and layer > 0:
             layer_input = between.forward(layer - 1, layer_input)
         d_input = None
-        for direction in range(directions):
-            reverse = direction == 1
-            tag = layer_key("", layer, reverse)
-            W_ax, W_aa, _ = direction_params(p, layer, reverse)
-            d_states = d_output[:, direction * n_a : (direction + 1) * n_a]
-            index = layer * directions + direction
+        for d in layer_directions:
+            W_ax, W_aa = p[d.param_keys[0]], p[d.param_keys[1]]
+            d_states = (
+                d_output if directions == 1 else d_output[:, d.direction * n_a : (d.direction + 1) * n_a]
+            )
+            index = layer * directions + d.direction
             # With one direction, d_output is the caller's d_top, or an array of this loop's own
             dz, da0[index], dW_aa, db_a = ops.direction_backward(
-                d_states, states[layer][direction], a0[index], W_aa, batch_sizes, offsets, reverse, nonlinearity,
+                d_states, states[layer][d.direction], a0[index], W_aa, batch_sizes, offsets, d.reverse, nonlinearity,
                 dH_is_scratch=directions == 1 and d_top_is_scratch, H_is_scratch=states_are_scratch, empty=empty,
-                tag=tag,
+                tag=d.tag,
             )  # fmt: skip
             d_top_is_scratch = True
-            dW_ax, d_part = ops.packed_input_backward(dz, layer_input, W_ax, empty=empty, tag=tag)
-            grads.update(
-                zip(("d" + layer_key(name, layer, reverse) for name in HIDDEN_NAMES), (dW_ax, dW_aa, db_a))
-            )
+            dW_ax, d_part = ops.packed_input_backward(dz, layer_input, W_ax, empty=empty, tag=d.tag)
+            grads.update(zip(d.gradient_keys, (dW_ax, dW_aa, db_a)))
             if d_part is not None:
                 d_input = d_part if d_input is None else np.add(d_input, d_part, out=d_input)
         if between is not None and layer > 0:
