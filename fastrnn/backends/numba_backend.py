@@ -331,10 +331,10 @@ KERNEL_PRODUCTS = Products(kernels.matmul_into, kernels.matmul_transposed_into)
 #: which a door's ``add_matmul_into`` makes it, the time loop then running here, in Python,
 #: with a kernel per step for the activation: the kernel's loop runs its products on the
 #: calling thread, and a door's threads (PyTorch's, awake in a training loop) are worth
-#: the loop's 10 us or so a step above this.  A PyTorch training step, per step's product:
-#: 64 x 512 x 512, float32 / float64, 1.26x / 1.28x faster than the kernel; 32 x 256 x
-#: 256, 1.17x / 1.25x; 64 x 128 x 128, 0.96x / 1.18x; 16 x 128 x 128, 0.66x / 0.75x
-#: (docs/pytorch.md, "Threads").
+#: the loop's 10 us or so a step above this.  A PyTorch training step against the kernel's
+#: loop, float32 / float64, by the step's product: 64 x 512 x 512, 1.42x / 1.41x faster;
+#: 32 x 256 x 256, 1.23x / 1.25x; 48 x 128 x 128, float64, 1.00x; in a prototype, 64 x 128
+#: x 128, 0.96x / 1.18x, and 16 x 128 x 128, 0.66x / 0.75x (docs/pytorch.md, "Threads").
 STEP_PRODUCT_MULTIPLY_ADDS = {4: 1_500_000, 8: 750_000}  # by itemsize
 
 
