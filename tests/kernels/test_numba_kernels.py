@@ -169,22 +169,29 @@ def test_packed_direction_kernels_sum_as_the_dense_loops(m, n_a, reverse, relu, 
     np.testing.assert_allclose(da0, dense_da0, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_packed_direction_kernels_over_variable_lengths(reverse, dtype):
-    # 12 sequences of lengths 1..9: steps of more than SMALL_MATMUL_ROWS rows (BLAS) and of
-    # fewer (loops, uses_blas), and in reverse, steps where some sequences start from a0: every row
-    # offset of add_matmul_rows_into's calls, against the NumPy reference.
-    from fastrnn.backends import numpy_backend
-
+def _variable_length_direction(dtype, seed):
+    """One direction over 12 sequences of lengths 1..9: steps of more than
+    SMALL_MATMUL_ROWS rows (BLAS) and of fewer (loops, uses_blas), and in reverse, steps
+    where some sequences start from a0.  ``(rows, W_aa, b_a (n_a,), a0, projection, dH)``."""
     n_a, lengths = 6, np.array([9, 9, 8, 7, 7, 5, 4, 4, 3, 2, 1, 1])
     m = lengths.size
     batch_sizes = np.array([np.count_nonzero(lengths > t) for t in range(lengths.max())], dtype=np.intp)
-    rows = packing.rows_of_batch_sizes(batch_sizes, m)
-    rng = np.random.default_rng(63)
+    rng = np.random.default_rng(seed)
     W_aa = (rng.standard_normal((n_a, n_a)) / np.sqrt(n_a)).astype(dtype)
     b_a = rng.standard_normal(n_a).astype(dtype)
     a0 = rng.standard_normal((m, n_a)).astype(dtype)
     projection, dH = (rng.standard_normal((lengths.sum(), n_a)).astype(dtype) for _ in range(2))
+    return packing.rows_of_batch_sizes(batch_sizes, m), W_aa, b_a, a0, projection, dH
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_packed_direction_kernels_over_variable_lengths(reverse, dtype):
+    # Every row offset of add_matmul_rows_into's calls (_variable_length_direction),
+    # against the NumPy reference.
+    from fastrnn.backends import numpy_backend
+
+    rows, W_aa, b_a, a0, projection, dH = _variable_length_direction(dtype, 63)
+    m, n_a = a0.shape
     arguments = (rows.batch_sizes, rows.offsets, reverse)
 
     H = projection.copy()
@@ -216,15 +223,8 @@ def test_direction_functions_by_steps_equal_the_kernels(reverse, relu, dtype, mo
         out += a @ b
 
     by_steps = numba_backend.Products(kernels.matmul_into, kernels.matmul_transposed_into, add_matmul_into)
-    n_a, lengths = 6, np.array([9, 9, 8, 7, 7, 5, 4, 4, 3, 2, 1, 1])
-    m = lengths.size
-    batch_sizes = np.array([np.count_nonzero(lengths > t) for t in range(lengths.max())], dtype=np.intp)
-    rows = packing.rows_of_batch_sizes(batch_sizes, m)
-    rng = np.random.default_rng(64)
-    W_aa = (rng.standard_normal((n_a, n_a)) / np.sqrt(n_a)).astype(dtype)
-    b_a = rng.standard_normal((n_a, 1)).astype(dtype)
-    a0 = rng.standard_normal((m, n_a)).astype(dtype)
-    projection, dH = (rng.standard_normal((lengths.sum(), n_a)).astype(dtype) for _ in range(2))
+    rows, W_aa, b_a, a0, projection, dH = _variable_length_direction(dtype, 64)
+    b_a = b_a.reshape(-1, 1)
     nonlinearity = "relu" if relu else "tanh"
     arguments = (rows.batch_sizes, rows.offsets, reverse, nonlinearity)
     calls = []
@@ -240,7 +240,7 @@ def test_direction_functions_by_steps_equal_the_kernels(reverse, relu, dtype, mo
         H = numba_backend.direction_forward(projection.copy(), a0, W_aa, b_a, *arguments, products=products)
         grads = numba_backend.direction_backward(dH, H, a0, W_aa, *arguments, products=products)
         results.append([H, *grads])
-    assert len(calls) == batch_sizes.size  # one activation call per step, by steps only
+    assert len(calls) == rows.batch_sizes.size  # one activation call per step, by steps only
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     for by_kernel, stepped in zip(*results):
         np.testing.assert_allclose(stepped, by_kernel, rtol=tolerance, atol=tolerance)
