@@ -248,22 +248,25 @@ def _overload_fast_tanh(x):
 
 # r * k * n at or below which loops beat a BLAS call, for one row (a matrix-vector product,
 # where BLAS's gemm is least efficient) and for several rows, up to SMALL_MATMUL_ROWS rows
-# (the loops read all of b once per row; with narrow rows they do not even vectorise):
-# crossovers measured inside a compiled loop, float64 and float32 alike
+# (the loops read all of b once per row; with narrow rows they do not even vectorise),
+# times the item size for several rows: a vector of the loops holds twice the float32
+# multiply-adds, BLAS's cost per call is the same, so float32 loops pay for twice as much
+# work (2048 multiply-adds, float64 1024).  Crossovers measured inside a compiled loop
 # (docs/performance.md, "Measurements behind the code").
 SMALL_MATVEC_FLOPS = 8192
-SMALL_MATMUL_FLOPS = 2048
+SMALL_MATMUL_BYTES = 8192
 SMALL_MATMUL_ROWS = 8
 
 
 @inline_kernel
-def uses_blas(r, k, n):
-    """Whether a product (r, k) @ (k, n) goes to BLAS (``_add_blas_product``) rather than
-    loops (``_add_matmul_loops``): above ``SMALL_MATVEC_FLOPS`` multiply-adds for one row (a
-    matrix-vector product, where BLAS's gemm is least efficient), above
-    ``SMALL_MATMUL_FLOPS`` or ``SMALL_MATMUL_ROWS`` rows for several.  One rule for the
-    dense time loops, the cell and the packed recurrences, whose steps run fewer rows as
-    sequences end: they choose at each step.
+def uses_blas(r, k, n, itemsize):
+    """Whether a product (r, k) @ (k, n) of ``itemsize``-byte floats goes to BLAS
+    (``_add_blas_product``) rather than loops (``_add_matmul_loops``): above
+    ``SMALL_MATVEC_FLOPS`` multiply-adds for one row (a matrix-vector product, where BLAS's
+    gemm is least efficient), above ``SMALL_MATMUL_BYTES`` multiply-adds times the item
+    size or ``SMALL_MATMUL_ROWS`` rows for several.  One rule for the dense time loops, the
+    cell and the packed recurrences, whose steps run fewer rows as sequences end: they
+    choose at each step.
 
     The dense time loops decide it once, before the loop: with the choice inside it, every
     step's views of the state arrays were reference-counted (an atomic increment and
@@ -273,7 +276,7 @@ def uses_blas(r, k, n):
     """
     if r == 1:
         return k * n > SMALL_MATVEC_FLOPS
-    return r > SMALL_MATMUL_ROWS or r * k * n > SMALL_MATMUL_FLOPS
+    return r > SMALL_MATMUL_ROWS or r * k * n * itemsize > SMALL_MATMUL_BYTES
 
 
 @inline_kernel
@@ -334,7 +337,7 @@ def add_matmul_rows_into(a, a_row, b, out, out_row, n, scratch):
     The time loops write this choice out where they make a step's product: inlined as a
     function, its array arguments were reference-counted around the BLAS call (10.4
     against 6.5 us for 100 steps at n_a = 16)."""
-    if uses_blas(n, b.shape[0], b.shape[1]):
+    if uses_blas(n, b.shape[0], b.shape[1], b.itemsize):
         add_blas_rows_into(a, a_row, b, out, out_row, n, scratch)
     else:
         _add_matmul_rows_loops(a, a_row, b, out, out_row, n)
@@ -448,7 +451,7 @@ def hidden_forward_in_place(W_aa_T, b_a, h, rec, relu):
     """
     # The only sequential part: W_aa a<t-1> needs the previous step.  The product's kind is
     # chosen once, outside the loop (uses_blas says why).
-    if uses_blas(h.shape[1], W_aa_T.shape[0], W_aa_T.shape[1]):
+    if uses_blas(h.shape[1], W_aa_T.shape[0], W_aa_T.shape[1], h.itemsize):
         for t in range(1, h.shape[0]):
             _add_blas_product(h[t - 1], W_aa_T, h[t], rec)
             activation_with_bias_at(h, t, b_a, relu)
@@ -635,7 +638,7 @@ def hidden_backward_in_place(dz, h, W_aa, da0, dW_aa, db_a, relu):
     db_a[:] = 0
     # Steps T-1 .. 1 pass dL/dz<t> on to dz[t-1]; step 0 to da0, below.  The product's kind
     # is chosen once, outside the loop (uses_blas says why).
-    if uses_blas(dz.shape[1], W_aa.shape[0], W_aa.shape[1]):
+    if uses_blas(dz.shape[1], W_aa.shape[0], W_aa.shape[1], dz.itemsize):
         for t in range(dz.shape[0] - 1, 0, -1):
             _activation_gradient_in_place(dz[t], h[t + 1], db_a, relu)
             _add_blas_product(dz[t], W_aa, dz[t - 1], da0)
@@ -821,7 +824,7 @@ def cell_forward_kernel(inputs, copies, scratch, a_t, y_hat, relu):
     np.dot(W_ax, x_t, a_t)
     # The recurrent product in loops below the time loops' crossover (uses_blas), where a
     # BLAS call costs more than the arithmetic.
-    if uses_blas(m, n_a, n_a):
+    if uses_blas(m, n_a, n_a, a_t.itemsize):
         np.dot(W_aa, a_prev, rec)
     else:
         _zero(rec)
@@ -1285,7 +1288,7 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
         previous = h if from_states else a0
         row = running_row if from_states else n_running  # (n_running = 0: a literal 0 would type apart)
         count = n_running if from_states else n
-        if uses_blas(count, n_a, n_a):  # add_matmul_rows_into's choice, written out (it says why)
+        if uses_blas(count, n_a, n_a, h.itemsize):  # add_matmul_rows_into's choice, written out (it says why)
             add_blas_rows_into(previous, row, W_aa_T, h, start, count, rec)
         else:
             _add_matmul_rows_loops(previous, row, W_aa_T, h, start, count)
@@ -1328,7 +1331,7 @@ def direction_backward_in_place(dz, h, a0, W_aa, batch_sizes, offsets, reverse, 
         target = dz if from_states else da0
         row = running_row if from_states else n_running
         count = n_running if from_states else n
-        if uses_blas(count, n_a, n_a):  # as direction_forward_in_place
+        if uses_blas(count, n_a, n_a, dz.itemsize):  # as direction_forward_in_place
             add_blas_rows_into(dz, start, W_aa, target, row, count, rec)
         else:
             _add_matmul_rows_loops(dz, start, W_aa, target, row, count)
@@ -1512,7 +1515,7 @@ def packed_loss_and_grads_onehot_kernel(
 def step_product_into(a, b, out):
     """``out = a @ b`` (a (r, k), b (k, n), out (r, n)): loops at the sizes where they beat
     a BLAS call (``uses_blas``), BLAS above."""
-    if uses_blas(a.shape[0], a.shape[1], b.shape[1]):
+    if uses_blas(a.shape[0], a.shape[1], b.shape[1], a.itemsize):
         np.dot(a, b, out)
     else:
         _zero(out)

@@ -24,7 +24,7 @@ def _apply_exp(x, out):
 @kernel
 def _add_matmul(a, b, out, scratch):
     """``out += a @ b`` as the time loops run it: BLAS or loops by ``uses_blas``."""
-    if kernels.uses_blas(a.shape[0], a.shape[1], b.shape[1]):
+    if kernels.uses_blas(a.shape[0], a.shape[1], b.shape[1], a.itemsize):
         kernels._add_blas_product(a, b, out, scratch)
     else:
         kernels._add_matmul_loops(a, b, out)
@@ -110,14 +110,16 @@ def test_exp_of_nonpositive_within_one_ulp(dtype, bound):
         (1, 91, 91),
         (4, 16, 16),
         (9, 4, 4),
+        (8, 16, 16),
         (7, 64, 48),
     ],
     ids=str,
 )
 def test_small_products_both_paths(shape, dtype):
-    # Loops at or below SMALL_MATVEC_FLOPS (one row), or SMALL_MATMUL_FLOPS and
-    # SMALL_MATMUL_ROWS, else BLAS.  k % 4 != 0 runs the loops' remainder; (1, 91, 91),
-    # (9, 4, 4) (rows) and (7, 64, 48) (multiply-adds) run BLAS.
+    # Loops at or below SMALL_MATVEC_FLOPS (one row), or SMALL_MATMUL_BYTES (multiply-adds
+    # times the item size) and SMALL_MATMUL_ROWS, else BLAS.  k % 4 != 0 runs the loops'
+    # remainder; (1, 91, 91), (9, 4, 4) (rows) and (7, 64, 48) (multiply-adds) run BLAS,
+    # (8, 16, 16) loops in float32 and BLAS in float64.
     r, k, n = shape
     rng = np.random.default_rng(61)
     a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((r, k), (k, n), (r, n)))
@@ -127,14 +129,14 @@ def test_small_products_both_paths(shape, dtype):
     np.testing.assert_allclose(out, c + a @ b, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("m, n_a", [(1, 16), (2, 16), (3, 5), (8, 8), (12, 8), (3, 40)], ids=str)
+@pytest.mark.parametrize("m, n_a", [(1, 16), (2, 16), (3, 5), (8, 8), (8, 16), (12, 8), (3, 40)], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("relu", [None, True], ids=["tanh", "relu"])
 def test_packed_direction_kernels_sum_as_the_dense_loops(m, n_a, reverse, relu, dtype):
     # Full-length rows: the packed direction kernels choose loops or BLAS by the dense time
-    # loops' rule (uses_blas; (12, 8) and (3, 40) run BLAS), so bitwise the same states, dz
-    # and db_a (the packed loops index whole arrays by row number, the dense ones their
-    # views).  A reverse direction is the forward one over reversed time.
+    # loops' rule (uses_blas; (12, 8) and (3, 40) run BLAS, (8, 16) in float64), so bitwise
+    # the same states, dz and db_a (the packed loops index whole arrays by row number, the
+    # dense ones their views).  A reverse direction is the forward one over reversed time.
     T = 7
     rng = np.random.default_rng(62)
     W_aa = (rng.standard_normal((n_a, n_a)) / np.sqrt(n_a)).astype(dtype)
