@@ -466,10 +466,16 @@ def hidden_forward_in_place(W_aa_T, b_a, h, rec, relu):
 # new view per step is reference-counted, uses_blas says what that costs)
 def activation_with_bias_at(h, t, b_a, relu):
     """``h[t] = f(h[t] + b_a)``, ``f`` tanh (``relu`` None) or ``max(z, 0)`` (True)."""
+    _activation_with_bias_in_place(h[t], b_a, relu)
+
+
+@inline_kernel
+def _activation_with_bias_in_place(a_t, b_a, relu):
+    """``a_t = f(a_t + b_a)`` for rows ``a_t`` (m, n_a), as ``activation_with_bias_at``."""
     if relu is None:  # pruned at compile time (NONLINEARITY)
-        _tanh_with_bias_in_place(h[t], b_a)
+        _tanh_with_bias_in_place(a_t, b_a)
     else:
-        _relu_with_bias_in_place(h[t], b_a)
+        _relu_with_bias_in_place(a_t, b_a)
 
 
 @inline_kernel
@@ -1294,10 +1300,7 @@ def direction_forward_in_place(W_aa_T, b_a, a0, h, batch_sizes, offsets, reverse
             _add_matmul_rows_loops(previous, row, W_aa_T, h, start, count)
         if 0 < n_running < n:
             add_matmul_rows_into(a0, n_running, W_aa_T, h, start + n_running, n - n_running, rec)
-        if relu is None:  # pruned at compile time (NONLINEARITY)
-            _tanh_with_bias_in_place(h[start : start + n], b_a)
-        else:
-            _relu_with_bias_in_place(h[start : start + n], b_a)
+        _activation_with_bias_in_place(h[start : start + n], b_a, relu)
 
 
 @inline_kernel
@@ -1344,10 +1347,7 @@ def activation_rows_in_place(h, start, n, b_a, relu):
     """``h[start : start + n] = f(h[start : start + n] + b_a)``: one step's activation, as
     ``direction_forward_in_place`` runs it after the step's product (where a door's own
     products make that product: ``numba_backend.direction_forward``)."""
-    if relu is None:  # pruned at compile time (NONLINEARITY)
-        _tanh_with_bias_in_place(h[start : start + n], b_a)
-    else:
-        _relu_with_bias_in_place(h[start : start + n], b_a)
+    _activation_with_bias_in_place(h[start : start + n], b_a, relu)
 
 
 @kernel  # as activation_rows_in_place
