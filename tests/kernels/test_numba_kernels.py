@@ -281,6 +281,61 @@ def _softmax_cross_entropy(logits, b_y, labels, db_y):
 
 
 @kernel
+def _softmax_blocks(logits, b_y):
+    kernels.softmax_with_bias(logits, b_y)
+
+
+@kernel
+def _softmax_rows_one_by_one(logits, b_y):
+    for r in range(logits.shape[0]):
+        kernels._softmax_row(logits[r], b_y)
+
+
+# Rows x classes around SOFTMAX_BLOCK_ENTRIES (2048): one block, several with a ragged
+# last one, a block per row (n_y > 2048), and one row.
+_SOFTMAX_SHAPES = [(100, 8), (700, 8), (31, 65), (97, 65), (3, 2500), (1, 3)]
+
+
+@pytest.mark.parametrize("shape", _SOFTMAX_SHAPES, ids=str)
+def test_softmax_blocks_equal_the_row_by_row_softmax(shape, dtype):
+    # The blocked passes (the bias and maximum, one flat exp per block, the sums) compute
+    # each row exactly as _softmax_row does on its own: bitwise the same.
+    rng = np.random.default_rng(71)
+    logits = (rng.standard_normal((1, *shape)) * 5).astype(dtype)
+    b_y = rng.standard_normal(shape[1]).astype(dtype)
+    blocked, one_by_one = logits.copy(), logits[0].copy()
+    _softmax_blocks(blocked, b_y)
+    _softmax_rows_one_by_one(one_by_one, b_y)
+    np.testing.assert_array_equal(blocked[0], one_by_one)
+    np.testing.assert_allclose(blocked[0].sum(axis=1), 1, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("shape", _SOFTMAX_SHAPES, ids=str)
+def test_blocked_cross_entropy_against_numpy(shape, dtype):
+    rng = np.random.default_rng(72)
+    rows, n_y = shape
+    logits = (rng.standard_normal((1, rows, n_y)) * 5).astype(dtype)
+    b_y = rng.standard_normal(n_y).astype(dtype)
+    labels = rng.integers(0, n_y, (1, rows))
+    db_y = np.full(n_y, np.nan, dtype)
+    z = logits[0].astype(np.float64) + b_y
+    softmax = np.exp(z - z.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)) + z.max(axis=1)
+    expected_loss = (log_sum - z[np.arange(rows), labels[0]]).sum() / rows
+    expected_dlogits = softmax.copy()
+    expected_dlogits[np.arange(rows), labels[0]] -= 1
+    expected_dlogits /= rows
+
+    loss = _softmax_cross_entropy(logits, b_y, labels, db_y)
+
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss, expected_loss, rtol=tolerance)
+    np.testing.assert_allclose(logits[0], expected_dlogits, rtol=tolerance, atol=tolerance / rows)
+    np.testing.assert_allclose(db_y, expected_dlogits.sum(axis=0), rtol=tolerance, atol=tolerance)
+
+
+@kernel
 def _transpose(a, out):
     kernels.transpose_into(a, out)
 
