@@ -46,7 +46,7 @@ class DirectionOps(NamedTuple):
     packed_projection: object  # (layer_input, W_ax) -> z (N, n_a)
     direction_forward: object  # (z, a0, W_aa, b_a, batch_sizes, offsets, reverse, nonlinearity) -> H
     direction_backward: object  # (dH, H, a0, W_aa, ..., dH_is_scratch, H_is_scratch) -> dz, da0, dW_aa, db_a
-    packed_input_backward: object  # (dz, layer_input, W_ax) -> dW_ax, d_input (None for one-hot)
+    packed_input_backward: object  # (dz, layer_input, W_ax, ..., input_gradient) -> dW_ax, d_input or None
 
 
 class Direction(NamedTuple):
@@ -148,7 +148,7 @@ def network_forward(
 
 def network_backward(
     ops, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False,
-    states_are_scratch=False, empty=new_array, between=None, d_final=None, last_rows=None,
+    states_are_scratch=False, empty=new_array, between=None, d_final=None, last_rows=None, input_gradient=True,
 ):  # fmt: skip
     """Backpropagation through every layer and direction, from ``d_top`` (N, D * n_a),
     dL/d(the top layer's output) from outside the recurrences, and ``d_final`` (num_layers
@@ -159,12 +159,13 @@ def network_backward(
     ``d_top_is_scratch``: ``d_top`` may be overwritten; ``states_are_scratch``: so may
     ``states``, each after its last read (a layer's states are read by the layer above's
     gradients first, then by its own).  The NumPy reference ignores both.
+    ``input_gradient`` False: no ``dx`` (the inputs need no gradient; one product fewer).
 
     Returns
     -------
     grads : dict
         ``"d" + key`` of every hidden-layer parameter, ``da0`` (num_layers * D, m, n_a),
-        and ``dx`` (N, n_x) for dense inputs.
+        and ``dx`` (N, n_x) for dense inputs with ``input_gradient``.
     """
     num_layers, directions = len(states), len(states[0])
     n_a = a0.shape[-1]
@@ -195,7 +196,9 @@ def network_backward(
                 tag=d.tag,
             )  # fmt: skip
             d_top_is_scratch = True
-            dW_ax, d_part = ops.packed_input_backward(dz, layer_input, W_ax, empty=empty, tag=d.tag)
+            dW_ax, d_part = ops.packed_input_backward(
+                dz, layer_input, W_ax, empty=empty, tag=d.tag, input_gradient=input_gradient or layer > 0
+            )
             grads.update(zip(d.gradient_keys, (dW_ax, dW_aa, db_a)))
             if d_part is not None:
                 d_input = d_part if d_input is None else np.add(d_input, d_part, out=d_input)

@@ -480,7 +480,9 @@ def recurrent_weight_gradient(
     return dW_aa
 
 
-def packed_input_backward(dz, layer_input, W_ax, empty=new_array, tag="", products=KERNEL_PRODUCTS):
+def packed_input_backward(
+    dz, layer_input, W_ax, empty=new_array, tag="", products=KERNEL_PRODUCTS, input_gradient=True
+):
     dW_ax = empty("dW_ax" + tag, W_ax.shape, W_ax.dtype)
     if layer_input.ndim == 1:
         kernels.packed_lookup_backward_into(
@@ -488,6 +490,8 @@ def packed_input_backward(dz, layer_input, W_ax, empty=new_array, tag="", produc
         )
         return dW_ax, None
     products.matmul_transposed_into(dz, layer_input, dW_ax)
+    if not input_gradient:
+        return dW_ax, None
     d_input = empty("d_input" + tag, layer_input.shape, dz.dtype)
     products.matmul_into(dz, W_ax, d_input)
     return dW_ax, d_input

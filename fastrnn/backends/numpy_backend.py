@@ -574,13 +574,14 @@ def packed_projection(layer_input, W_ax, empty=None, tag=""):
     return layer_input @ W_ax.T
 
 
-def packed_input_backward(dz, layer_input, W_ax, empty=None, tag=""):
-    """``dW_ax`` and ``dL/d(layer_input)`` (None for one-hot indices), as ``input_backward``."""
+def packed_input_backward(dz, layer_input, W_ax, empty=None, tag="", input_gradient=True):
+    """``dW_ax`` and ``dL/d(layer_input)`` (None for one-hot indices, and where
+    ``input_gradient`` is False: nobody asked for it), as ``input_backward``."""
     if layer_input.ndim == 1:
         dW_ax_T = np.zeros(W_ax.T.shape, dtype=dz.dtype)
         np.add.at(dW_ax_T, layer_input, dz)
         return np.ascontiguousarray(dW_ax_T.T), None
-    return dz.T @ layer_input, dz @ W_ax
+    return dz.T @ layer_input, (dz @ W_ax if input_gradient else None)
 
 
 # The layer x direction loop is the same for both backends (``layers``); this backend's

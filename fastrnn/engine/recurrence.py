@@ -93,18 +93,18 @@ def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity
 
 def backward(
     impl, run, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, between=None, ops=None,
-    empty=new_array,
+    empty=new_array, input_gradient=True,
 ):  # fmt: skip
     """``backward_rows`` on the plan ``run`` of its forward pass (see the module)."""
     if run.shards == 1 or between is not None:
         return backward_rows(
             impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, _one_shard_blas(run),
-            between, ops, empty,
+            between, ops, empty, input_gradient,
         )  # fmt: skip
     directions = output.shape[1] // a0.shape[2]
     num_layers = a0.shape[0] // directions
     m = a0.shape[1]
-    dx = np.empty_like(inputs)
+    dx = np.empty_like(inputs) if input_gradient else None
     da0 = np.empty_like(a0)
     shards = _shards(run, rows, m)
 
@@ -114,15 +114,19 @@ def backward(
             impl, None if d_output is None else d_output[taken],
             None if d_final is None else np.ascontiguousarray(d_final[:, sequences]), inputs[taken],
             np.ascontiguousarray(a0[:, sequences]), output[taken], lower[:, taken], p, own_rows, nonlinearity,
-            ops=ops, empty=empty,
+            ops=ops, empty=empty, input_gradient=input_gradient,
         )  # fmt: skip
-        dx[taken], da0[:, sequences] = grads.pop("dx"), grads.pop("da0")
+        da0[:, sequences] = grads.pop("da0")
+        if dx is not None:
+            dx[taken] = grads.pop("dx")
         return grads
 
     with parallel.blas_threads(run.blas_threads):
         parts = parallel.run_shards(run_shard, run.shards, run.threads)
     grads = parallel.sum_in_order(parts, gradient_names(num_layers, directions)[:-2])  # no output layer
-    grads["dx"], grads["da0"] = dx, da0
+    grads["da0"] = da0
+    if dx is not None:
+        grads["dx"] = dx
     return grads
 
 
@@ -231,7 +235,7 @@ def _one_direction_forward(ops, inputs, a0, p, rows, nonlinearity):
 
 
 def _one_direction_backward(
-    ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, d_is_scratch, empty
+    ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, d_is_scratch, empty, input_gradient
 ):
     """``backward_rows`` of one layer in one direction (as ``_one_direction_forward``):
     ``layers.network_backward``'s calls, in its order, on the same arrays."""
@@ -245,7 +249,7 @@ def _one_direction_backward(
         d_output, output, a0[0], p["W_aa"], rows.batch_sizes, rows.offsets, False, nonlinearity,
         dH_is_scratch=d_is_scratch, empty=empty,
     )  # fmt: skip
-    dW_ax, dx = ops.packed_input_backward(dz, inputs, p["W_ax"], empty=empty)
+    dW_ax, dx = ops.packed_input_backward(dz, inputs, p["W_ax"], empty=empty, input_gradient=input_gradient)
     grads = {"dW_ax": dW_ax, "dW_aa": dW_aa, "db_a": db_a, "da0": da0[None]}
     if dx is not None:
         grads["dx"] = dx
@@ -267,10 +271,11 @@ def states_of(output, lower, num_layers, directions):
 
 
 def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity,
-                  blas_threads=None, between=None, ops=None, empty=new_array):  # fmt: skip
+                  blas_threads=None, between=None, ops=None, empty=new_array, input_gradient=True):  # fmt: skip
     """Backpropagation through every layer and direction of ``forward_rows`` (``ops`` as
     there; ``empty``: the allocator of the arrays, ``workspace.ScratchArrays`` for one that
-    reuses the scratch ones).
+    reuses the scratch ones).  ``input_gradient`` False: no ``dx``, whose product is then
+    skipped (a door's inputs that need no gradient: data, not a layer's output).
 
     Parameters
     ----------
@@ -285,7 +290,7 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
     -------
     grads : dict
         ``"d" + key`` of every hidden-layer parameter (``db_a`` (n_a, 1)), ``da0``
-        (num_layers * D, m, n_a) sorted, and ``dx`` (N, n_x).
+        (num_layers * D, m, n_a) sorted, and ``dx`` (N, n_x) with ``input_gradient``.
     """
     directions = output.shape[1] // a0.shape[2]
     num_layers = a0.shape[0] // directions
@@ -296,12 +301,14 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
     if num_layers == 1 and directions == 1 and between is None:
         with parallel.blas_threads(blas_threads):
             return _one_direction_backward(
-                ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, scratch, empty
-            )
+                ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, scratch, empty,
+                input_gradient,
+            )  # fmt: skip
     states = states_of(output, lower, num_layers, directions)
     with parallel.blas_threads(blas_threads):
         return layers.network_backward(
             ops, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets,
             nonlinearity,
             d_top_is_scratch=scratch, empty=empty, between=between, d_final=d_final, last_rows=rows.last_rows,
+            input_gradient=input_gradient,
         )  # fmt: skip

@@ -243,12 +243,18 @@ def backward_impl(
     )
 
 
-def _backward(call, p, grad_output, grad_h_n, input_shape, num_layers, directions, has_biases, nonlinearity):
-    """``backward_impl`` on the forward pass's ``_Pass`` and params ``p``."""
+def _backward(
+    call, p, grad_output, grad_h_n, input_shape, num_layers, directions, has_biases, nonlinearity,
+    input_gradient=True,
+):  # fmt: skip
+    """``backward_impl`` on the forward pass's ``_Pass`` and params ``p``.  ``input_gradient``
+    False: the input needs no gradient (``ctx.needs_input_grad``, as ``nn.RNN``'s backward
+    skips it), so its product is not made and ``d_input`` is None."""
     d_output = None if grad_output is None else _array(grad_output).reshape(call.output.shape)
     grads = recurrence.backward(
         call.impl, call.plan, d_output, None if grad_h_n is None else _array(grad_h_n), call.inputs, call.a0,
         call.output, call.lower, p, call.rows, nonlinearity, call.between, call.ops, _SCRATCH.empty,
+        input_gradient=input_gradient,
     )  # fmt: skip
     d_weights = []
     for layer in range(num_layers):
@@ -260,7 +266,7 @@ def _backward(call, p, grad_output, grad_h_n, input_shape, num_layers, direction
                 db_a = grads["d" + layer_key("b_a", layer, reverse)].reshape(-1)
                 d_weights.append(torch.from_numpy(db_a))  # both biases get dL/db_a
                 d_weights.append(torch.from_numpy(db_a.copy()))
-    d_input = torch.from_numpy(grads["dx"]).view(input_shape)
+    d_input = torch.from_numpy(grads["dx"]).view(input_shape) if input_gradient else None
     return d_input, torch.from_numpy(grads["da0"]), d_weights
 
 
@@ -352,7 +358,7 @@ class _RNNFunction(torch.autograd.Function):
         num_layers, bidirectional, has_biases, nonlinearity = ctx.settings[:4]
         d_input, d_hx, d_weights = _backward(
             ctx.call, ctx.params, _contiguous(grad_output), _contiguous(grad_h_n), ctx.input_shape, num_layers,
-            2 if bidirectional else 1, has_biases, nonlinearity,
+            2 if bidirectional else 1, has_biases, nonlinearity, ctx.needs_input_grad[0],
         )  # fmt: skip
         return d_input, d_hx, None, None, None, *d_weights
 

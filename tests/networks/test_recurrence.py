@@ -37,7 +37,9 @@ def problem(num_layers, directions, lengths, dtype, seed=0):
     return inputs, a0, p, rows
 
 
-def run(backend, inputs, a0, p, rows, d_output, d_final, num_layers, directions, workers=None):
+def run(
+    backend, inputs, a0, p, rows, d_output, d_final, num_layers, directions, workers=None, input_gradient=True
+):
     impl = backends.resolve(backend)
     run_plan = recurrence.plan(
         workers, a0.shape[1], inputs.shape[0], N_X, N_A, num_layers, directions, backend
@@ -46,7 +48,8 @@ def run(backend, inputs, a0, p, rows, d_output, d_final, num_layers, directions,
         impl, run_plan, inputs, a0, p, num_layers, directions, rows, "tanh"
     )
     grads = recurrence.backward(
-        impl, run_plan, d_output, d_final, inputs, a0, output, lower, p, rows, "tanh"
+        impl, run_plan, d_output, d_final, inputs, a0, output, lower, p, rows, "tanh",
+        input_gradient=input_gradient,
     )  # fmt: skip
     return output, final, grads
 
@@ -115,6 +118,43 @@ def test_shards_change_only_rounding(backend, workers):
         assert_agree(got, want, np.float64, what)  # the products' rounding depends on their rows
     for key in one[2]:
         assert_agree(several[2][key], one[2][key], np.float64, key)
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+@pytest.mark.parametrize("network", NETWORKS, ids=lambda n: f"L{n[0]}-D{n[1]}")
+def test_without_the_input_gradient(backend, network, workers, dtype):
+    # Inputs that need no gradient (PyTorch's data): no dx, its product skipped, every
+    # other gradient bitwise what the full backward pass gives, on one shard or several.
+    num_layers, directions = network
+    inputs, a0, p, rows = problem(num_layers, directions, LENGTHS, dtype)
+    rng = np.random.default_rng(4)
+    d_output = rng.standard_normal((inputs.shape[0], directions * N_A)).astype(dtype)
+    d_final = rng.standard_normal(a0.shape).astype(dtype)
+    arguments = (backend, inputs, a0, p, rows, d_output, d_final, num_layers, directions, workers)
+    calls = []
+    ops = backends.resolve(backend).DIRECTION_OPS
+    impl = backends.resolve(backend)
+    real = impl.packed_input_backward
+
+    def spy(*args, input_gradient=True, **kwargs):
+        calls.append(input_gradient)
+        return real(*args, input_gradient=input_gradient, **kwargs)
+
+    full = run(*arguments)
+    try:  # the layer loop calls the backend's DIRECTION_OPS
+        impl.DIRECTION_OPS = ops._replace(packed_input_backward=spy)
+        without = run(*arguments, input_gradient=False)
+    finally:
+        impl.DIRECTION_OPS = ops
+    assert "dx" in full[2] and "dx" not in without[2]
+    assert set(without[2]) == set(full[2]) - {"dx"}
+    for key in without[2]:
+        np.testing.assert_array_equal(without[2][key], full[2][key], err_msg=key)
+    shards = 1 if workers is None else workers
+    # every direction of every shard asked, and only the first layer's without dx
+    assert sorted(calls) == sorted(
+        [False] * directions * shards + [True] * (num_layers - 1) * directions * shards
+    )
 
 
 def test_default_plan_is_the_calling_thread():

@@ -169,3 +169,34 @@ def test_recurrent_products_by_steps_as_nn_rnn(network, kind, dtype, monkeypatch
     assert steps  # the steps ran
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("network", [(1, False), (2, True)], ids=["one-layer", "two-layers-bi"])
+@pytest.mark.parametrize("kind", ["padded", "batch_first", "packed_unsorted"])
+def test_inputs_without_gradient_skip_their_product(network, kind, dtype, monkeypatch):
+    """Data that needs no gradient (the usual first layer's input): the backward pass is
+    not asked for ``dx``, as ``nn.RNN``'s is not, and every other gradient is the same."""
+    from fastrnn.engine import recurrence
+
+    asked = []
+    real_backward = recurrence.backward
+
+    def spy(*args, input_gradient=True, **kwargs):
+        asked.append(input_gradient)
+        return real_backward(*args, input_gradient=input_gradient, **kwargs)
+
+    monkeypatch.setattr(recurrence, "backward", spy)
+    num_layers, bidirectional = network
+    generator = torch.Generator().manual_seed(6)
+    lengths = torch.tensor([T, 1, 4])
+    x = make_input(kind, dtype, generator).detach()  # data: no gradient
+    results = []
+    for module in pair(num_layers, bidirectional, "tanh", True, dtype, batch_first=kind == "batch_first"):
+        output, h_n = module(given(x, kind, lengths))
+        data = output.data if kind.startswith("packed") else output
+        (data.square().sum() + h_n.sin().sum()).backward()
+        results.append([data.detach(), h_n.detach()] + [p.grad for p in module.parameters()])
+    assert asked == [False] and x.grad is None
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
