@@ -56,22 +56,16 @@ def plan(workers, m, N, n_x, n_a, num_layers, directions, backend):
     return run if run.shards > 1 or run.blas_threads is None else parallel.Plan(1, 1, 1)
 
 
-def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity, between=None, ops=None):
+def forward(
+    impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity, between=None, ops=None,
+    empty=new_array,
+):  # fmt: skip
     """``forward_rows`` on the plan ``run`` (see the module): ``(output, final, lower)``."""
     if run.shards == 1 or between is not None:
         return forward_rows(
-            impl,
-            inputs,
-            a0,
-            p,
-            num_layers,
-            directions,
-            rows,
-            nonlinearity,
-            _one_shard_blas(run),
-            between,
-            ops=ops,
-        )
+            impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, _one_shard_blas(run), between,
+            ops=ops, empty=empty,
+        )  # fmt: skip
     N, m, n_a = inputs.shape[0], a0.shape[1], a0.shape[2]
     output = np.empty((N, directions * n_a), dtype=a0.dtype)
     final = np.empty_like(a0)
@@ -82,7 +76,7 @@ def forward(impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity
         sequences, own_rows, taken = shards[k]
         out_k, final_k, lower_k = forward_rows(
             impl, inputs[taken], np.ascontiguousarray(a0[:, sequences]), p, num_layers, directions, own_rows,
-            nonlinearity, ops=ops,
+            nonlinearity, ops=ops, empty=empty,
         )  # fmt: skip
         output[taken], final[:, sequences], lower[:, taken] = out_k, final_k, lower_k
 
@@ -155,19 +149,20 @@ class RowsAllocator:
     into ``lower[layer * D + direction]`` (N, n_a): the arrays a door returns, written by
     the kernels, not copied there.  (The Numba backend computes a direction's states in its
     input projection's memory, ``"z" + tag``; the NumPy reference allocates its own, which
-    ``forward_rows`` copies.)"""
+    ``forward_rows`` copies.)  Every other array comes from ``empty``."""
 
-    def __init__(self, output, lower, num_layers, directions):
+    def __init__(self, output, lower, num_layers, directions, empty=new_array):
         self.named = {
             name: output if index is None else lower[index]
             for name, index in _rows_names(num_layers, directions)
         }
+        self.empty = empty
 
     def __call__(self, name, shape, dtype):
         array = self.named.get(name)
         if array is not None and array.shape == shape and array.dtype == dtype:
             return array
-        return np.empty(shape, dtype=dtype)
+        return self.empty(name, shape, dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -184,9 +179,11 @@ def _rows_names(num_layers, directions):
 
 
 def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, blas_threads=None,
-                 between=None, ops=None):  # fmt: skip
+                 between=None, ops=None, empty=new_array):  # fmt: skip
     """Every layer and direction over packed rows, by ``ops`` (a ``layers.DirectionOps``;
-    None: the backend's own, ``impl.DIRECTION_OPS``).
+    None: the backend's own, ``impl.DIRECTION_OPS``).  ``empty``: the allocator of the
+    arrays the call drops (a lower layer's output as the next layer reads it), as in
+    ``backward_rows``.
 
     Returns
     -------
@@ -201,7 +198,7 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
     N, n_a = inputs.shape[0], a0.shape[2]
     output = np.empty((N, directions * n_a), dtype=a0.dtype)
     lower = np.empty(((num_layers - 1) * directions, N, n_a), dtype=a0.dtype)
-    empty = RowsAllocator(output, lower, num_layers, directions)
+    empty = RowsAllocator(output, lower, num_layers, directions, empty)
     with parallel.blas_threads(blas_threads):
         states = layers.network_forward(
             ops, inputs, a0, p, num_layers, directions, rows.batch_sizes, rows.offsets,
@@ -256,17 +253,19 @@ def _one_direction_backward(
     return grads
 
 
-def states_of(output, lower, num_layers, directions):
+def states_of(output, lower, num_layers, directions, empty=new_array):
     """``states[layer][direction]`` (N, n_a) again, from ``forward_rows``' output and lower
-    layers' states (the top layer's directions are column blocks of the output, made
-    contiguous for the kernels)."""
+    layers' states (the top layer's directions are column blocks of the output, copied
+    into ``empty("top_states" + direction)``, contiguous for the kernels)."""
     n_a = output.shape[1] // directions
     states = [[lower[layer * directions + d] for d in range(directions)] for layer in range(num_layers - 1)]
-    top = (
-        [output]
-        if directions == 1
-        else [np.ascontiguousarray(output[:, d * n_a : (d + 1) * n_a]) for d in range(directions)]
-    )
+    if directions == 1:
+        return states + [[output]]
+    top = []
+    for d in range(directions):
+        copy = empty(f"top_states{d}", (output.shape[0], n_a), output.dtype)
+        np.copyto(copy, output[:, d * n_a : (d + 1) * n_a])
+        top.append(copy)
     return states + [top]
 
 
@@ -304,7 +303,7 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
                 ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, scratch, empty,
                 input_gradient,
             )  # fmt: skip
-    states = states_of(output, lower, num_layers, directions)
+    states = states_of(output, lower, num_layers, directions, empty)
     with parallel.blas_threads(blas_threads):
         return layers.network_backward(
             ops, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets,

@@ -200,3 +200,36 @@ def test_inputs_without_gradient_skip_their_product(network, kind, dtype, monkey
     assert asked == [False] and x.grad is None
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("network", [(2, True), (3, True), (2, False)], ids=["L2-bi", "L3-bi", "L2-uni"])
+def test_graphs_alive_together_keep_their_own_gradients(network):
+    """The door reuses the memory of the arrays a pass drops (``ops._SCRATCH``) in each
+    thread: two forward passes before either backward pass, and their backward passes in
+    the other order, give each graph the gradients it gets alone."""
+    num_layers, bidirectional = network
+    _, ours = pair(num_layers, bidirectional, "tanh", True, torch.float64)
+    generator = torch.Generator().manual_seed(7)
+    inputs = [make_input("padded", torch.float64, generator) for _ in range(2)]
+    weights = [torch.randn(T * M * (2 if bidirectional else 1) * N_A, dtype=torch.float64, generator=generator)
+               for _ in range(2)]  # fmt: skip
+
+    def loss(x, w):
+        output, h_n = ours(x)
+        return (output * w.view_as(output)).sum() + h_n.sin().sum()
+
+    alone = []
+    for x, w in zip(inputs, weights):
+        ours.zero_grad()
+        loss(x, w).backward()
+        alone.append([x.grad.clone()] + [p.grad.clone() for p in ours.parameters()])
+        x.grad = None
+    losses = [loss(x, w) for x, w in zip(inputs, weights)]  # both graphs alive
+    together = [None, None]
+    for k in (1, 0):
+        ours.zero_grad()
+        losses[k].backward()
+        together[k] = [inputs[k].grad] + [p.grad.clone() for p in ours.parameters()]
+    for got, want in zip(together, alone):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
