@@ -122,7 +122,7 @@ def test_shards_change_only_rounding(backend, workers):
 
 @pytest.mark.parametrize("workers", [None, 2])
 @pytest.mark.parametrize("network", NETWORKS, ids=lambda n: f"L{n[0]}-D{n[1]}")
-def test_without_the_input_gradient(backend, network, workers, dtype):
+def test_without_the_input_gradient(backend, network, workers, dtype, monkeypatch):
     # Inputs that need no gradient (PyTorch's data): no dx, its product skipped, every
     # other gradient bitwise what the full backward pass gives, on one shard or several.
     num_layers, directions = network
@@ -131,21 +131,17 @@ def test_without_the_input_gradient(backend, network, workers, dtype):
     d_output = rng.standard_normal((inputs.shape[0], directions * N_A)).astype(dtype)
     d_final = rng.standard_normal(a0.shape).astype(dtype)
     arguments = (backend, inputs, a0, p, rows, d_output, d_final, num_layers, directions, workers)
-    calls = []
-    ops = backends.resolve(backend).DIRECTION_OPS
     impl = backends.resolve(backend)
-    real = impl.packed_input_backward
+    calls = []
 
     def spy(*args, input_gradient=True, **kwargs):
         calls.append(input_gradient)
-        return real(*args, input_gradient=input_gradient, **kwargs)
+        return impl.packed_input_backward(*args, input_gradient=input_gradient, **kwargs)
 
     full = run(*arguments)
-    try:  # the layer loop calls the backend's DIRECTION_OPS
-        impl.DIRECTION_OPS = ops._replace(packed_input_backward=spy)
-        without = run(*arguments, input_gradient=False)
-    finally:
-        impl.DIRECTION_OPS = ops
+    # the layer loop calls the backend's DIRECTION_OPS
+    monkeypatch.setattr(impl, "DIRECTION_OPS", impl.DIRECTION_OPS._replace(packed_input_backward=spy))
+    without = run(*arguments, input_gradient=False)
     assert "dx" in full[2] and "dx" not in without[2]
     assert set(without[2]) == set(full[2]) - {"dx"}
     for key in without[2]:
