@@ -107,8 +107,9 @@ def backward(
         grads = backward_rows(
             impl, None if d_output is None else d_output[taken],
             None if d_final is None else np.ascontiguousarray(d_final[:, sequences]), inputs[taken],
-            np.ascontiguousarray(a0[:, sequences]), output[taken], lower[:, taken], p, own_rows, nonlinearity,
-            ops=ops, empty=empty, input_gradient=input_gradient,
+            # (np.take: lower[:, taken] of 3 layers or more would be strided, rows (L - 1) * D * n_a apart)
+            np.ascontiguousarray(a0[:, sequences]), output[taken], np.take(lower, taken, axis=1), p, own_rows,
+            nonlinearity, ops=ops, empty=empty, input_gradient=input_gradient,
         )  # fmt: skip
         da0[:, sequences] = grads.pop("da0")
         if dx is not None:
