@@ -1437,8 +1437,8 @@ def previous_states_into(h, a0, batch_sizes, offsets, reverse, prev):
 def softmax_rows_with_bias(logits, b_y):
     """``softmax_with_bias`` over the rows of ``logits`` (R, n_y), in place; returns whether
     every output is finite."""
-    for r in range(logits.shape[0]):
-        _softmax_row(logits[r], b_y)
+    R, n_y = logits.shape
+    softmax_with_bias(logits.reshape((1, R, n_y)), b_y)
     return all_finite(logits)
 
 
