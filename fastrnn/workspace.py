@@ -1,5 +1,6 @@
 """Reusable memory for repeated training steps of the same shape."""
 
+import functools
 import math
 import threading
 
@@ -96,7 +97,24 @@ class ScratchArrays:
     def empty(self, name, shape, dtype):
         if not name.startswith(self.prefixes):
             return new_array(name, shape, dtype)
-        buffers = self._local.__dict__.setdefault("buffers", {})
+        return self._reused(self._local.__dict__.setdefault("buffers", {}), name, shape, dtype)
+
+    def bound(self):
+        """``empty`` on the calling thread's memory, from whichever thread calls it: for a
+        call that hands tasks to other threads and reads their arrays after them (a layer's
+        two directions run side by side, ``backends.layers``).  A pool thread's own memory
+        would not do: its next task, another caller's perhaps, would write over an array
+        still in use.  Tasks that run at once must ask for different names."""
+        return functools.partial(self._bound_empty, self._local.__dict__.setdefault("buffers", {}))
+
+    def _bound_empty(self, buffers, name, shape, dtype):
+        if not name.startswith(self.prefixes):
+            return new_array(name, shape, dtype)
+        return self._reused(buffers, name, shape, dtype)
+
+    @staticmethod
+    def _reused(buffers, name, shape, dtype):
+        """A view of ``buffers``' array for ``name``, grown where it is too small."""
         dtype = np.dtype(dtype)
         size = math.prod(shape)
         buffer = buffers.get((name, dtype))

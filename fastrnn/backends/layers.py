@@ -26,6 +26,17 @@ the layer's own states, which stay as they are), and ``backward(layer, d_read)``
 dL/d(``output``) from dL/d(what was read).  The backward pass calls ``forward`` again for
 the same layer and output, so it must give the same array again (a dropout mask drawn
 once per step and kept).
+
+``side_by_side`` lets a door run the recurrences of a layer's two directions at once, on
+two threads: a function ``side_by_side(task, count)`` returning ``[task(0), ...,
+task(count - 1)]`` (``parallel.run_shards``).  Only ``direction_forward`` and
+``direction_backward`` go to it: two independent sequential loops, which one thread runs
+on one core however many it has.  The projections and the input gradients, large products
+that BLAS threads share out, stay on the calling thread, one after the other.  A task's
+arrays come back to the calling thread, so ``empty`` must hand out memory that stays the
+caller's (``workspace.ScratchArrays.bound``); the two directions ask for different names.
+None (the default): one direction after the other.  The results are the same bits either
+way: each direction's arithmetic is its own.
 """
 
 import functools
@@ -105,6 +116,7 @@ def network_forward(
     nonlinearity,
     empty=new_array,
     between=None,
+    side_by_side=None,
 ):
     """Every layer and direction of a network over packed rows.
 
@@ -120,6 +132,8 @@ def network_forward(
         The allocator (see the module).
     between : object or None
         What a front door does between layers (see the module).
+    side_by_side : callable or None
+        Runs a layer's directions' recurrences at once (see the module).
 
     Returns
     -------
@@ -129,15 +143,17 @@ def network_forward(
     states = []
     layer_input = inputs
     for layer, layer_directions in enumerate(network_directions(num_layers, directions)):
-        layer_states = []
-        for d in layer_directions:
-            W_ax, W_aa, b_a = p[d.param_keys[0]], p[d.param_keys[1]], p[d.param_keys[2]]
-            z = ops.packed_projection(layer_input, W_ax, empty=empty, tag=d.tag)
-            H = ops.direction_forward(
-                z, a0[layer * directions + d.direction], W_aa, b_a, batch_sizes, offsets, d.reverse, nonlinearity,
-                empty=empty, tag=d.tag,
+        zs = [ops.packed_projection(layer_input, p[d.param_keys[0]], empty=empty, tag=d.tag)
+              for d in layer_directions]  # fmt: skip
+
+        def recurrence(k, layer=layer, layer_directions=layer_directions, zs=zs):
+            d = layer_directions[k]
+            return ops.direction_forward(
+                zs[k], a0[layer * directions + d.direction], p[d.param_keys[1]], p[d.param_keys[2]], batch_sizes,
+                offsets, d.reverse, nonlinearity, empty=empty, tag=d.tag,
             )  # fmt: skip
-            layer_states.append(H)
+
+        layer_states = _run_directions(recurrence, len(layer_directions), side_by_side)
         states.append(layer_states)
         if layer < num_layers - 1:
             layer_input = layer_output(layer_states, empty, f"output_l{layer}")
@@ -149,6 +165,7 @@ def network_forward(
 def network_backward(
     ops, d_top, inputs, a0, states, p, batch_sizes, offsets, nonlinearity, d_top_is_scratch=False,
     states_are_scratch=False, empty=new_array, between=None, d_final=None, last_rows=None, input_gradient=True,
+    side_by_side=None,
 ):  # fmt: skip
     """Backpropagation through every layer and direction, from ``d_top`` (N, D * n_a),
     dL/d(the top layer's output) from outside the recurrences, and ``d_final`` (num_layers
@@ -160,6 +177,7 @@ def network_backward(
     ``states``, each after its last read (a layer's states are read by the layer above's
     gradients first, then by its own).  The NumPy reference ignores both.
     ``input_gradient`` False: no ``dx`` (the inputs need no gradient; one product fewer).
+    ``side_by_side``: as ``network_forward``'s.
 
     Returns
     -------
@@ -182,23 +200,29 @@ def network_backward(
         layer_input = inputs if layer == 0 else layer_output(states[layer - 1], empty, f"output_l{layer - 1}")
         if between is not None and layer > 0:
             layer_input = between.forward(layer - 1, layer_input)
-        d_input = None
-        for d in layer_directions:
-            W_ax, W_aa = p[d.param_keys[0]], p[d.param_keys[1]]
+
+        def recurrence(k, layer=layer, layer_directions=layer_directions, d_output=d_output,
+                       d_is_scratch=directions == 1 and d_top_is_scratch):  # fmt: skip
+            d = layer_directions[k]
             d_states = (
-                d_output if directions == 1 else d_output[:, d.direction * n_a : (d.direction + 1) * n_a]
+                d_output[:, d.direction * n_a : (d.direction + 1) * n_a] if directions == 2 else d_output
             )
             index = layer * directions + d.direction
             # With one direction, d_output is the caller's d_top, or an array of this loop's own
-            dz, da0[index], dW_aa, db_a = ops.direction_backward(
-                d_states, states[layer][d.direction], a0[index], W_aa, batch_sizes, offsets, d.reverse, nonlinearity,
-                dH_is_scratch=directions == 1 and d_top_is_scratch, H_is_scratch=states_are_scratch, empty=empty,
-                tag=d.tag,
+            return ops.direction_backward(
+                d_states, states[layer][d.direction], a0[index], p[d.param_keys[1]], batch_sizes, offsets, d.reverse,
+                nonlinearity, dH_is_scratch=d_is_scratch, H_is_scratch=states_are_scratch, empty=empty, tag=d.tag,
             )  # fmt: skip
-            d_top_is_scratch = True
+
+        recurrences = _run_directions(recurrence, len(layer_directions), side_by_side)
+        d_top_is_scratch = True
+        d_input = None
+        for d, (dz, da0_direction, dW_aa, db_a) in zip(layer_directions, recurrences):
+            da0[layer * directions + d.direction] = da0_direction
             dW_ax, d_part = ops.packed_input_backward(
-                dz, layer_input, W_ax, empty=empty, tag=d.tag, input_gradient=input_gradient or layer > 0
-            )
+                dz, layer_input, p[d.param_keys[0]], empty=empty, tag=d.tag,
+                input_gradient=input_gradient or layer > 0,
+            )  # fmt: skip
             grads.update(zip(d.gradient_keys, (dW_ax, dW_aa, db_a)))
             if d_part is not None:
                 d_input = d_part if d_input is None else np.add(d_input, d_part, out=d_input)
@@ -209,6 +233,14 @@ def network_backward(
     if d_output is not None:
         grads["dx"] = d_output
     return grads
+
+
+def _run_directions(task, count, side_by_side):
+    """``[task(0), ..., task(count - 1)]``: by ``side_by_side`` for a layer's two
+    directions where a door gave it, else one after the other."""
+    if side_by_side is None or count == 1:
+        return [task(k) for k in range(count)]
+    return side_by_side(task, count)
 
 
 def add_final_gradients(d_output, d_final, layer, directions, last_rows):

@@ -58,13 +58,14 @@ def plan(workers, m, N, n_x, n_a, num_layers, directions, backend):
 
 def forward(
     impl, run, inputs, a0, p, num_layers, directions, rows, nonlinearity, between=None, ops=None,
-    empty=new_array,
+    empty=new_array, side_by_side=None,
 ):  # fmt: skip
-    """``forward_rows`` on the plan ``run`` (see the module): ``(output, final, lower)``."""
+    """``forward_rows`` on the plan ``run`` (see the module): ``(output, final, lower)``.
+    ``side_by_side``: for one shard, as ``forward_rows``'s (shards ignore it)."""
     if run.shards == 1 or between is not None:
         return forward_rows(
             impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, _one_shard_blas(run), between,
-            ops=ops, empty=empty,
+            ops=ops, empty=empty, side_by_side=side_by_side,
         )  # fmt: skip
     N, m, n_a = inputs.shape[0], a0.shape[1], a0.shape[2]
     output = np.empty((N, directions * n_a), dtype=a0.dtype)
@@ -87,13 +88,14 @@ def forward(
 
 def backward(
     impl, run, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, between=None, ops=None,
-    empty=new_array, input_gradient=True,
+    empty=new_array, input_gradient=True, side_by_side=None,
 ):  # fmt: skip
-    """``backward_rows`` on the plan ``run`` of its forward pass (see the module)."""
+    """``backward_rows`` on the plan ``run`` of its forward pass (see the module);
+    ``side_by_side`` as in ``forward``."""
     if run.shards == 1 or between is not None:
         return backward_rows(
             impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity, _one_shard_blas(run),
-            between, ops, empty, input_gradient,
+            between, ops, empty, input_gradient, side_by_side,
         )  # fmt: skip
     directions = output.shape[1] // a0.shape[2]
     num_layers = a0.shape[0] // directions
@@ -180,11 +182,12 @@ def _rows_names(num_layers, directions):
 
 
 def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity, blas_threads=None,
-                 between=None, ops=None, empty=new_array):  # fmt: skip
+                 between=None, ops=None, empty=new_array, side_by_side=None):  # fmt: skip
     """Every layer and direction over packed rows, by ``ops`` (a ``layers.DirectionOps``;
     None: the backend's own, ``impl.DIRECTION_OPS``).  ``empty``: the allocator of the
     arrays the call drops (a lower layer's output as the next layer reads it), as in
-    ``backward_rows``.
+    ``backward_rows``; ``side_by_side``: what runs a layer's two directions at once
+    (``layers.network_forward``), or None.
 
     Returns
     -------
@@ -204,7 +207,7 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
         states = layers.network_forward(
             ops, inputs, a0, p, num_layers, directions, rows.batch_sizes, rows.offsets,
             nonlinearity,
-            empty, between,
+            empty, between, side_by_side,
         )  # fmt: skip
     for layer in range(num_layers - 1):  # the NumPy reference's own arrays
         for direction in range(directions):
@@ -271,10 +274,11 @@ def states_of(output, lower, num_layers, directions, empty=new_array):
 
 
 def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, nonlinearity,
-                  blas_threads=None, between=None, ops=None, empty=new_array, input_gradient=True):  # fmt: skip
-    """Backpropagation through every layer and direction of ``forward_rows`` (``ops`` as
-    there; ``empty``: the allocator of the arrays, ``workspace.ScratchArrays`` for one that
-    reuses the scratch ones).  ``input_gradient`` False: no ``dx``, whose product is then
+                  blas_threads=None, between=None, ops=None, empty=new_array, input_gradient=True,
+                  side_by_side=None):  # fmt: skip
+    """Backpropagation through every layer and direction of ``forward_rows`` (``ops`` and
+    ``side_by_side`` as there; ``empty``: the allocator of the arrays,
+    ``workspace.ScratchArrays`` for one that reuses the scratch ones).  ``input_gradient`` False: no ``dx``, whose product is then
     skipped (a door's inputs that need no gradient: data, not a layer's output).
 
     Parameters
@@ -310,5 +314,5 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
             ops, d_output, inputs, a0, states, p, rows.batch_sizes, rows.offsets,
             nonlinearity,
             d_top_is_scratch=scratch, empty=empty, between=between, d_final=d_final, last_rows=rows.last_rows,
-            input_gradient=input_gradient,
+            input_gradient=input_gradient, side_by_side=side_by_side,
         )  # fmt: skip

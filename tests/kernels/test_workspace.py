@@ -148,3 +148,32 @@ def test_scratch_arrays_reuse_their_named_memory_in_each_thread():
     worker.start()
     worker.join(timeout=60)
     assert theirs and not np.shares_memory(theirs[0], bigger)
+
+
+def test_bound_scratch_arrays_are_the_calling_threads_from_any_thread():
+    # What a call hands to another thread and reads after it (a layer's directions side by
+    # side): the arrays come from the caller's memory, never the helper thread's own.
+    import threading
+
+    from fastrnn.workspace import ScratchArrays
+
+    scratch = ScratchArrays(("dz",))
+    mine = scratch.empty("dz_l0", (6, 4), np.float64)
+    bound = scratch.bound()
+    got = {}
+
+    def helper():
+        got["bound"] = bound("dz_l0", (6, 4), np.float64)
+        got["own"] = scratch.empty("dz_l0", (6, 4), np.float64)
+        got["other name"] = bound("dz_l0_reverse", (6, 4), np.float64)
+        got["not scratch"] = bound("dW_aa", (4, 4), np.float64)
+
+    worker = threading.Thread(target=helper)
+    worker.start()
+    worker.join(timeout=60)
+    assert np.shares_memory(got["bound"], mine)
+    assert not np.shares_memory(got["own"], mine)
+    # a name first asked for on the helper thread is kept for the caller
+    assert np.shares_memory(scratch.empty("dz_l0_reverse", (6, 4), np.float64), got["other name"])
+    assert not np.shares_memory(scratch.empty("dz_l0_reverse", (6, 4), np.float64), got["own"])
+    assert got["not scratch"].shape == (4, 4) and not np.shares_memory(got["not scratch"], mine)

@@ -2,12 +2,15 @@
 runs), without PyTorch: both backends agree, the gradients (the final states' included)
 match central differences, and shards change nothing but rounding."""
 
+import threading
+
 import numpy as np
 import pytest
 
 from fastrnn import backends, packing, parallel
 from fastrnn.engine import recurrence
 from fastrnn.params import HIDDEN_NAMES, layer_key
+from fastrnn.workspace import ScratchArrays, new_array
 from helpers import BACKENDS, assert_agree, check, numeric_gradient
 
 N_X, N_A = 3, 4
@@ -38,18 +41,20 @@ def problem(num_layers, directions, lengths, dtype, seed=0):
 
 
 def run(
-    backend, inputs, a0, p, rows, d_output, d_final, num_layers, directions, workers=None, input_gradient=True
-):
+    backend, inputs, a0, p, rows, d_output, d_final, num_layers, directions, workers=None, input_gradient=True,
+    side_by_side=None, empty=new_array,
+):  # fmt: skip
     impl = backends.resolve(backend)
     run_plan = recurrence.plan(
         workers, a0.shape[1], inputs.shape[0], N_X, N_A, num_layers, directions, backend
     )
     output, final, lower = recurrence.forward(
-        impl, run_plan, inputs, a0, p, num_layers, directions, rows, "tanh"
-    )
+        impl, run_plan, inputs, a0, p, num_layers, directions, rows, "tanh", empty=empty,
+        side_by_side=side_by_side,
+    )  # fmt: skip
     grads = recurrence.backward(
-        impl, run_plan, d_output, d_final, inputs, a0, output, lower, p, rows, "tanh",
-        input_gradient=input_gradient,
+        impl, run_plan, d_output, d_final, inputs, a0, output, lower, p, rows, "tanh", empty=empty,
+        input_gradient=input_gradient, side_by_side=side_by_side,
     )  # fmt: skip
     return output, final, grads
 
@@ -151,6 +156,39 @@ def test_without_the_input_gradient(backend, network, workers, dtype, monkeypatc
     assert sorted(calls) == sorted(
         [False] * directions * shards + [True] * (num_layers - 1) * directions * shards
     )
+
+
+@pytest.mark.parametrize("network", [(1, 2), (2, 2), (3, 2)], ids=lambda n: f"L{n[0]}-D{n[1]}")
+@pytest.mark.parametrize("lengths", [LENGTHS, np.array([6, 6, 6])], ids=["ragged", "full"])
+def test_directions_side_by_side_change_nothing(backend, network, lengths, dtype):
+    # A door may run a layer's two directions on two threads at once (layers.network_forward's
+    # side_by_side); with the memory of its arrays bound to the calling thread (as the PyTorch
+    # door does), every result is bitwise what one direction after the other gives.
+    num_layers, directions = network
+    inputs, a0, p, rows = problem(num_layers, directions, lengths, dtype)
+    rng = np.random.default_rng(5)
+    d_output = rng.standard_normal((inputs.shape[0], directions * N_A)).astype(dtype)
+    d_final = rng.standard_normal(a0.shape).astype(dtype)
+    arguments = (backend, inputs, a0, p, rows, d_output, d_final, num_layers, directions)
+    threads_seen = []
+
+    def side_by_side(task, count):
+        def task_on_its_thread(k):
+            threads_seen.append(threading.get_ident())
+            return task(k)
+
+        return parallel.run_shards(task_on_its_thread, count, count)
+
+    scratch = ScratchArrays(("dz", "d_top", "output_l", "d_input_l", "top_states"))
+    one_after_the_other = run(*arguments, empty=scratch.empty)
+    together = run(*arguments, side_by_side=side_by_side, empty=scratch.bound())
+    # every layer's two directions, in both passes, went to side_by_side
+    assert len(threads_seen) == 2 * 2 * num_layers
+    for got, want in zip(together[:2], one_after_the_other[:2]):
+        np.testing.assert_array_equal(got, want)
+    assert together[2].keys() == one_after_the_other[2].keys()
+    for key in together[2]:
+        np.testing.assert_array_equal(together[2][key], one_after_the_other[2][key], err_msg=key)
 
 
 def test_default_plan_is_the_calling_thread():

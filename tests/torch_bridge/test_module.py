@@ -203,6 +203,142 @@ def test_threads_default_to_the_calling_thread_and_workers_overrides(monkeypatch
     assert [calls[0] for calls in shard_calls] == [3, 3]  # both passes ran it
 
 
+@pytest.fixture
+def two_torch_threads():
+    """PyTorch's thread setting at 2 for the test (the door's budget), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_side_by_side_only_where_it_pays(two_torch_threads, monkeypatch):
+    """A bidirectional layer's two directions run on two threads only in the door's default
+    plan, within PyTorch's thread setting, for recurrences run by the kernels and long
+    enough (``ops.SIDE_BY_SIDE_MULTIPLY_ADDS``)."""
+    from fastrnn import backends
+    from fastrnn.torch import ops
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    numba_impl, numpy_impl = backends.resolve("numba"), backends.resolve("numpy")
+
+    def decide(impl=numba_impl, workers=0, T=64, m=32, n_a=128, directions=2, dtype=torch.float32):
+        inputs = torch.empty(T * m, 65, dtype=dtype)
+        hx = torch.empty(directions, m, n_a, dtype=dtype)
+        plan = ops._plan(impl, workers, inputs, hx, 1, directions)
+        return ops._side_by_side(impl, workers, plan, inputs, hx, directions)
+
+    assert decide() is ops._run_side_by_side  # char-rnn size, both dtypes
+    assert decide(dtype=torch.float64) is ops._run_side_by_side
+    assert decide(directions=1) is None
+    assert decide(workers=1) is None and decide(workers=2) is None  # the user's plan
+    assert decide(impl=numpy_impl) is None  # the reference stays one thread
+    assert decide(T=100, m=1, n_a=16) is None  # tiny: 25,600 multiply-adds a direction
+    assert decide(T=50, m=64, n_a=512) is None  # recurrences step by step on PyTorch's threads
+    torch.set_num_threads(1)
+    assert decide() is None  # one thread in all
+    torch.set_num_threads(2)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 1)
+    assert decide() is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_directions_side_by_side_give_the_same_bits(
+    num_layers, packed, dtype, two_torch_threads, monkeypatch
+):
+    """Forced on at a small size, the directions side by side give outputs, ``h_n`` and every
+    gradient bitwise as one after the other (in training, with dropout between layers), and
+    as ``nn.RNN``'s within rounding."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from fastrnn.torch import ops
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    calls = []
+    real_run_shards = parallel.run_shards
+
+    def spy_run_shards(task, shards, threads):
+        calls.append((shards, threads))
+        return real_run_shards(task, shards, threads)
+
+    monkeypatch.setattr(parallel, "run_shards", spy_run_shards)
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(7, 4, 3, dtype=dtype, generator=generator, requires_grad=True)
+    hx = torch.randn(2 * num_layers, 4, 5, dtype=dtype, generator=generator, requires_grad=True)
+    lengths = torch.tensor([7, 2, 5, 1])
+    torch.manual_seed(3)
+    reference = nn.RNN(3, 5, num_layers=num_layers, bidirectional=True, dtype=dtype)
+    ours = ft.RNN(
+        3, 5, num_layers=num_layers, bidirectional=True, dtype=dtype, dropout=0.3 if num_layers > 1 else 0.0
+    )
+    ours.load_state_dict(reference.state_dict())
+
+    def results(module, threshold, training):
+        monkeypatch.setattr(ops, "SIDE_BY_SIDE_MULTIPLY_ADDS", threshold)
+        module.train(training)
+        module.zero_grad()
+        x.grad = hx.grad = None
+        torch.manual_seed(11)  # the same dropout masks
+        output, h_n = module(pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x, hx)
+        data = output.data if packed else output
+        (data.square().sum() + h_n.sin().sum()).backward()
+        return [data.detach(), h_n.detach(), x.grad, hx.grad] + [p.grad.clone() for p in module.parameters()]
+
+    for training in (False, True):
+        calls.clear()
+        together = results(ours, 0, training)
+        assert calls == [(2, 2)] * 2 * num_layers  # every layer, both passes
+        calls.clear()
+        one_after_the_other = results(ours, 10**18, training)
+        assert calls == []
+        for got, want in zip(together, one_after_the_other):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    tolerance = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for got, want in zip(results(ours, 0, False), results(reference, 0, False)):
+        torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_side_by_side_calls_from_several_threads_keep_their_own_results(two_torch_threads, monkeypatch):
+    """Two threads training their own bidirectional models at once, both side by side (four
+    threads on fastrnn's pool and the callers): each gets, at every step, the bits it gets
+    alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastrnn.torch import ops
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    monkeypatch.setattr(ops, "SIDE_BY_SIDE_MULTIPLY_ADDS", 0)
+
+    def model(seed):  # made on this thread: PyTorch's global generator is shared by all
+        torch.manual_seed(seed)
+        return ft.RNN(3, 6, num_layers=2, bidirectional=True, dtype=torch.float64), torch.randn(
+            9, 5, 3, dtype=torch.float64
+        )
+
+    def steps(rnn, x):
+        got = []
+        for _ in range(100):
+            rnn.zero_grad()
+            output, h_n = rnn(x)
+            (output.square().sum() + h_n.sum()).backward()
+            got.append(
+                torch.cat([output.detach().reshape(-1)] + [p.grad.reshape(-1) for p in rnn.parameters()])
+            )
+        return got
+
+    models = [model(seed) for seed in (1, 2)]
+    alone = [steps(*models[k]) for k in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        together = [
+            future.result(timeout=120) for future in [pool.submit(steps, *models[k]) for k in range(2)]
+        ]
+    for got, want in zip(together, alone):
+        for step_got, step_want in zip(got, want):
+            torch.testing.assert_close(step_got, step_want, rtol=0, atol=0)
+
+
 def test_dropout_is_drawn_by_torch_and_off_in_eval():
     torch.manual_seed(4)
     rnn = ft.RNN(3, 4, num_layers=3, dropout=0.5, bidirectional=True)
