@@ -41,8 +41,11 @@ class RNN(nn.RNN):
     workers : int or None
         None: the kernels run on the calling thread, within any ``torch.set_num_threads``
         (PyTorch's own threads, spinning after its operators, would only compete with more:
-        see docs/pytorch.md, "Threads").  An int (or -1, every core): that many shards of
-        whole sequences, run by fastrnn's thread pool.
+        see docs/pytorch.md, "Threads"), except that a bidirectional layer large enough
+        runs its two directions' recurrences on the calling thread and one of fastrnn's
+        pool at once where ``torch.get_num_threads()`` is 2 or more.  An int (or -1, every
+        core): that many shards of whole sequences, run by fastrnn's thread pool; 1 runs
+        everything on the calling thread.
     backend : {"numba", "numpy"} or None
         fastrnn's backend (None: ``fastrnn``'s default, ``FASTRNN_BACKEND``).
 
