@@ -278,8 +278,9 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
                   side_by_side=None):  # fmt: skip
     """Backpropagation through every layer and direction of ``forward_rows`` (``ops`` and
     ``side_by_side`` as there; ``empty``: the allocator of the arrays,
-    ``workspace.ScratchArrays`` for one that reuses the scratch ones).  ``input_gradient`` False: no ``dx``, whose product is then
-    skipped (a door's inputs that need no gradient: data, not a layer's output).
+    ``workspace.ScratchArrays`` for one that reuses the scratch ones).  ``input_gradient``
+    False: no ``dx``, whose product is then skipped (a door's inputs that need no
+    gradient: data, not a layer's output).
 
     Parameters
     ----------
