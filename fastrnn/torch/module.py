@@ -69,6 +69,19 @@ class RNN(nn.RNN):
         """Nothing to do: the kernels read the parameters where they are (``nn.RNN``'s does
         something only for cuDNN)."""
 
+    def _update_flat_weights(self):
+        """``nn.RNN``'s, after a cheaper check first: where every flat weight is the very
+        ``Parameter`` the module holds under its name (the usual case, at every call),
+        nothing has changed.  Otherwise (a weight reassigned, deleted, parametrized, or
+        swapped in by ``torch.func.functional_call``) PyTorch's own check and refresh run.
+        PyTorch's compares weak references through ``getattr``, 5 us of a 90 us forward pass
+        at the tiny size; this, 0.5 us."""
+        parameters = self._parameters
+        for weight, name in zip(self._flat_weights, self._flat_weights_names):
+            if parameters.get(name) is not weight:
+                super()._update_flat_weights()
+                return
+
     def extra_repr(self):
         return super().extra_repr() + f", backend={self.backend!r}"
 
@@ -163,7 +176,7 @@ class RNN(nn.RNN):
         that PyTorch's path rejects with its own error (hx of another dtype)."""
         dtype = input.dtype
         for k, tensor in enumerate((input, hx, *self._flat_weights)):  # one pass: every call pays for it
-            if tensor.device.type != "cpu":
+            if not tensor.is_cpu:  # (``is_cpu``: 0.05 us a tensor; ``device.type``, 0.3)
                 return f"the tensors are on {tensor.device.type}"
             if tensor.dtype != dtype:
                 return _PYTORCH_ERROR if dtype in _KERNEL_DTYPES else f"the dtype is {dtype}"

@@ -203,6 +203,50 @@ def test_threads_default_to_the_calling_thread_and_workers_overrides(monkeypatch
     assert [calls[0] for calls in shard_calls] == [3, 3]  # both passes ran it
 
 
+def test_weights_replaced_between_calls_are_the_ones_used():
+    """The module's cheap check that its flat weights are its parameters (``RNN.
+    _update_flat_weights``) falls back to PyTorch's for every other case: a weight
+    reassigned, changed through ``.data``, parametrized, or swapped in by
+    ``torch.func.functional_call``.  Each call uses the weights ``nn.RNN`` uses."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, weight):
+            return 2 * weight
+
+    torch.manual_seed(12)
+    reference = nn.RNN(3, 4, num_layers=2, dtype=torch.float64)
+    ours = ft.RNN(3, 4, num_layers=2, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+
+    def same():
+        for got, want in zip(ours(x), reference(x)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    same()
+    new_weight = torch.randn(4, 4, dtype=torch.float64)
+    for module in (ours, reference):
+        module.weight_hh_l1 = nn.Parameter(new_weight.clone())  # reassigned
+    same()
+    for module in (ours, reference):
+        module.weight_ih_l0.data = module.weight_ih_l0.data * 0.5  # the same Parameter, new data
+    same()
+    swapped = {"bias_hh_l0": torch.randn(4, dtype=torch.float64)}
+    for got, want in zip(
+        torch.func.functional_call(ours, swapped, (x,)), torch.func.functional_call(reference, swapped, (x,))
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    same()  # and back to the module's own afterwards
+    for module in (ours, reference):
+        parametrize.register_parametrization(module, "weight_hh_l0", Doubled())
+    same()
+    with torch.no_grad():
+        for module in (ours, reference):
+            module.parametrizations.weight_hh_l0.original.mul_(-1)  # the parametrization recomputed
+    same()
+
+
 @pytest.fixture
 def two_torch_threads():
     """PyTorch's thread setting at 2 for the test (the door's budget), restored after."""
