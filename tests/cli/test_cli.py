@@ -155,20 +155,45 @@ def test_bad_settings_are_usage_errors(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/guide.md"])
-def test_python_examples_of_the_docs_run(page, tmp_path, monkeypatch):
+DOC_PAGES = ("README.md", "docs/guide.md")
+
+
+def python_examples(page, *, pytorch):
+    """The ```python blocks of ``page``: those that import PyTorch (``fastrnn.torch``'s
+    examples), or the others."""
     import re
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / page).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks
+    imports_torch = re.compile(r"^\s*(import|from) (torch|fastrnn\.torch)\b", re.M)
+    return [block for block in blocks if bool(imports_torch.search(block)) == pytorch]
+
+
+def run_examples(blocks, page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write files
     # The guide's Dask example sets OMP_NUM_THREADS and friends in this process's
     # environment (the cluster's workers inherit them): the tests after this one, and the
     # processes they start, must not.
     with mock.patch.dict(os.environ):
         exec(compile("\n".join(blocks), page, "exec"), {})
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_python_examples_of_the_docs_run(page, tmp_path, monkeypatch):
+    blocks = python_examples(page, pytorch=False)
+    assert blocks
+    run_examples(blocks, page, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("page", [page for page in DOC_PAGES if python_examples(page, pytorch=True)])
+def test_pytorch_examples_of_the_docs_run(page, tmp_path, monkeypatch):
+    """The examples of ``fastrnn.torch``, apart: PyTorch is no test dependency (the README's
+    test command runs without it), and .ci/run installs it, so CI runs them."""
+    pytest.importorskip(
+        "torch", reason="PyTorch is optional (pip install 'fastrnn[torch]'); .ci/run installs a CPU build"
+    )
+    run_examples(python_examples(page, pytorch=True), page, tmp_path, monkeypatch)
 
 
 def test_train_workers_flag(tmp_path):
