@@ -198,7 +198,7 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
     ops = ops or impl.DIRECTION_OPS
     if num_layers == 1 and directions == 1 and between is None:
         with parallel.blas_threads(blas_threads):
-            return _one_direction_forward(ops, inputs, a0, p, rows, nonlinearity)
+            return one_direction_forward(ops, inputs, a0, p, rows, nonlinearity)
     N, n_a = inputs.shape[0], a0.shape[2]
     output = np.empty((N, directions * n_a), dtype=a0.dtype)
     lower = np.empty(((num_layers - 1) * directions, N, n_a), dtype=a0.dtype)
@@ -220,7 +220,7 @@ def forward_rows(impl, inputs, a0, p, num_layers, directions, rows, nonlinearity
     return output, packing.final_states(states, rows.last_rows), lower
 
 
-def _one_direction_forward(ops, inputs, a0, p, rows, nonlinearity):
+def one_direction_forward(ops, inputs, a0, p, rows, nonlinearity):
     """``forward_rows`` of one layer in one direction: the direction functions called as
     ``layers.network_forward`` calls them, without its loop's bookkeeping (names, views,
     the allocator: about 7 us of a 30 us call at the tiny size, and 9 us of the backward
@@ -235,10 +235,10 @@ def _one_direction_forward(ops, inputs, a0, p, rows, nonlinearity):
     return H, packing.final_states([[H]], rows.last_rows), np.empty((0,) + H.shape, dtype=H.dtype)
 
 
-def _one_direction_backward(
+def one_direction_backward(
     ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, d_is_scratch, empty, input_gradient
 ):
-    """``backward_rows`` of one layer in one direction (as ``_one_direction_forward``):
+    """``backward_rows`` of one layer in one direction (as ``one_direction_forward``):
     ``layers.network_backward``'s calls, in its order, on the same arrays."""
     if d_final is not None:
         if not d_is_scratch:  # d_final is added into it
@@ -305,7 +305,7 @@ def backward_rows(impl, d_output, d_final, inputs, a0, output, lower, p, rows, n
     ops = ops or impl.DIRECTION_OPS
     if num_layers == 1 and directions == 1 and between is None:
         with parallel.blas_threads(blas_threads):
-            return _one_direction_backward(
+            return one_direction_backward(
                 ops, d_output, d_final, inputs, a0, output, p, rows, nonlinearity, scratch, empty,
                 input_gradient,
             )  # fmt: skip

@@ -94,7 +94,6 @@ class RNN(nn.RNN):
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = int(batch_sizes[0]) if batch_sizes.numel() else 0
-            hx = self._initial_state(input, hx, max_batch_size, sorted_indices)
         else:
             batch_sizes = None
             if input.dim() not in (2, 3):
@@ -115,8 +114,14 @@ class RNN(nn.RNN):
                 )
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
             sorted_indices = unsorted_indices = None
-            hx = self._initial_state(input, hx, max_batch_size, sorted_indices)
-        self.check_forward_args(input, hx, batch_sizes)
+        if hx is None:
+            # nn.RNN's zeros would pass its check of the state: only the input's is left.
+            # The kernels get None (ops.rnn makes zeros where it needs a tensor: not in
+            # the one-layer lane, where that tensor was 2.5% of the tiny training step).
+            self.check_input(input, batch_sizes)
+        else:
+            hx = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(input, hx, batch_sizes)
 
         reason = self._unsupported(input, hx)
         if reason is None:
@@ -124,6 +129,8 @@ class RNN(nn.RNN):
         else:
             if reason is not _PYTORCH_ERROR:
                 self._fall_back(reason)
+            if hx is None:
+                hx = self._zero_state(input, max_batch_size)
             output, hidden = self._pytorch(input, hx, batch_sizes)
 
         if isinstance(orig_input, PackedSequence):
@@ -135,10 +142,8 @@ class RNN(nn.RNN):
             hidden = hidden.squeeze(1)
         return output, self.permute_hidden(hidden, unsorted_indices)
 
-    def _initial_state(self, input, hx, max_batch_size, sorted_indices):
-        """``hx`` in the packed order, or zeros (num_layers * D, N, H), as ``nn.RNN``."""
-        if hx is not None:
-            return self.permute_hidden(hx, sorted_indices)
+    def _zero_state(self, input, max_batch_size):
+        """The zeros (num_layers * D, N, H) that ``nn.RNN`` starts from without ``hx``."""
         num_directions = 2 if self.bidirectional else 1
         shape = (self.num_layers * num_directions, max_batch_size, self.hidden_size)
         return torch.zeros(shape, dtype=input.dtype, device=input.device)
@@ -151,7 +156,8 @@ class RNN(nn.RNN):
         if batch_sizes is None and self.batch_first:
             input = input.transpose(0, 1)  # the kernels run time-major: one copy below
         input = input.contiguous()
-        hx = hx.contiguous()
+        if hx is not None:
+            hx = hx.contiguous()
         if batch_sizes is not None:
             _check_batch_sizes(batch_sizes, input.shape[0])
         masks = self._dropout_masks(input, batch_sizes)
@@ -176,6 +182,8 @@ class RNN(nn.RNN):
         that PyTorch's path rejects with its own error (hx of another dtype)."""
         dtype = input.dtype
         for k, tensor in enumerate((input, hx, *self._flat_weights)):  # one pass: every call pays for it
+            if tensor is None:  # no hx: zeros of the input's dtype and device
+                continue
             if not tensor.is_cpu:  # (``is_cpu``: 0.05 us a tensor; ``device.type``, 0.3)
                 return f"the tensors are on {tensor.device.type}"
             if tensor.dtype != dtype:
@@ -186,7 +194,7 @@ class RNN(nn.RNN):
             return f"the dtype is {dtype} (fastrnn's kernels take float32 and float64)"
         if [tuple(w.shape) for w in self._flat_weights] != self._expected_shapes:
             return _PYTORCH_ERROR  # a parameter replaced by one of another shape: the kernels trust shapes
-        if input.numel() == 0 or hx.numel() == 0:
+        if input.numel() == 0 or (hx is not None and hx.numel() == 0):
             return "the batch is empty"
         return None
 

@@ -11,13 +11,16 @@ PyTorch operators and as an autograd function.
   ``torch.library.opcheck`` checks.
 - ``rnn`` is what the module calls: the operator under ``torch.compile``, else
   ``_RNNFunction``, a ``torch.autograd.Function`` over the same two functions, cheaper to
-  dispatch.  Neither can be differentiated twice.
+  dispatch, or for the smallest one-layer calls ``_OneLayerFunction``, over the engine's
+  one-direction functions that the first reaches for one layer.  None can be
+  differentiated twice.
 
 The tensors share memory with the arrays the kernels read and write (``Tensor.numpy()``,
 ``torch.from_numpy``): nothing is copied on the way in or out.  ``input`` is packed rows
 (N, n_x) with ``batch_sizes`` (a ``PackedSequence``'s), or time-major (T, m, n_x) with
 ``batch_sizes`` None (every sequence T steps long, whose rows are already packed), and
-C-contiguous either way; ``hx`` (num_layers * D, m, n_a) is in the rows' sorted order;
+C-contiguous either way; ``hx`` (num_layers * D, m, n_a) is in the rows' sorted order
+(``rnn`` also takes None, for zeros);
 ``weights`` is ``nn.RNN``'s ``_flat_weights`` (per layer, per direction: ``weight_ih``,
 ``weight_hh`` and, with ``has_biases``, ``bias_ih`` and ``bias_hh``); ``workers`` is the
 module's (0 for None).  ``lower`` holds the lower layers' states ((num_layers - 1) * D, N,
@@ -174,6 +177,8 @@ def _run_side_by_side(task, count):
 #: char-rnn step in float64; the others, 1.15x of a 2-layer bidirectional one).
 _SCRATCH = ScratchArrays(("dz", "d_top", "output_l", "d_input_l", "top_states"))
 
+_NUMBA_NAME = "numba"
+
 
 def _plan(impl, workers, inputs, hx, num_layers, directions):
     """The call's ``parallel.Plan`` (``engine.recurrence.plan``; ``workers`` 0: None)."""
@@ -304,6 +309,12 @@ def _backward(
         call.output, call.lower, p, call.rows, nonlinearity, call.between, call.ops, call.scratch(),
         input_gradient=input_gradient, side_by_side=call.side_by_side,
     )  # fmt: skip
+    return _gradient_tensors(grads, input_shape, num_layers, directions, has_biases, input_gradient)
+
+
+def _gradient_tensors(grads, input_shape, num_layers, directions, has_biases, input_gradient):
+    """``(d_input, d_hx, d_weights)`` as tensors from the engine's ``grads`` (sharing their
+    memory), ``d_weights`` in the order of ``nn.RNN``'s flat weights."""
     d_weights = []
     for layer in range(num_layers):
         for direction in range(directions):
@@ -411,12 +422,83 @@ class _RNNFunction(torch.autograd.Function):
         return d_input, d_hx, None, None, None, *d_weights
 
 
+class _OneLayerFunction(torch.autograd.Function):
+    """``_RNNFunction`` for the smallest calls (``_one_layer_lane``): the same engine
+    functions on the same arrays (``recurrence.one_direction_forward`` and
+    ``one_direction_backward``, which ``_RNNFunction`` reaches through the general pass),
+    so the same results to the bit, without that pass's bookkeeping (the pass object,
+    its plan, its threads and allocator, every layer's names): a training step at the
+    tiny size 1.08x faster (docs/pytorch.md, "How it plugs into PyTorch")."""
+
+    @staticmethod
+    def forward(ctx, input, hx, nonlinearity, *weights):
+        T, m = input.shape[:2]
+        n_a = weights[1].shape[0]
+        ctx.nonlinearity, ctx.input_shape = nonlinearity, input.shape
+        ctx.inputs, ctx.rows = _rows(input, None, m)
+        # hx None (the module's, for none given): zeros without a tensor of them
+        ctx.a0 = np.zeros((1, m, n_a), dtype=ctx.inputs.dtype) if hx is None else _array(hx)
+        # The kernels' params and arrays, kept for the backward pass (views of saved
+        # tensors, used only after ``ctx.saved_tensors`` has checked their versions).
+        ctx.has_biases = len(weights) == 4
+        ctx.params = _params(weights, 1, 1, ctx.has_biases)
+        ctx.ops = backends.resolve(_NUMBA_NAME).DIRECTION_OPS
+        ctx.output, final, _ = recurrence.one_direction_forward(
+            ctx.ops, ctx.inputs, ctx.a0, ctx.params, ctx.rows, nonlinearity
+        )
+        output = torch.from_numpy(ctx.output).view(T, m, n_a)
+        ctx.save_for_backward(input, hx, output, *weights)
+        ctx.set_materialize_grads(False)
+        return output, torch.from_numpy(final)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output, grad_h_n):
+        ctx.saved_tensors  # noqa: B018 (as _RNNFunction.backward)
+        if grad_output is None:
+            d_output, d_is_scratch = np.zeros_like(ctx.output), True
+        else:
+            d_output, d_is_scratch = _array(grad_output.contiguous()).reshape(ctx.output.shape), False
+        input_gradient = ctx.needs_input_grad[0]
+        grads = recurrence.one_direction_backward(
+            ctx.ops, d_output, None if grad_h_n is None else _array(grad_h_n.contiguous()),
+            ctx.inputs, ctx.a0, ctx.output, ctx.params, ctx.rows, ctx.nonlinearity, d_is_scratch, _SCRATCH.empty,
+            input_gradient,
+        )  # fmt: skip
+        d_input, d_hx, d_weights = _gradient_tensors(
+            grads, ctx.input_shape, 1, 1, ctx.has_biases, input_gradient
+        )
+        return d_input, d_hx if ctx.needs_input_grad[1] else None, None, *d_weights
+
+
+def _one_layer_lane(input, batch_sizes, num_layers, bidirectional, backend, workers, n_a):
+    """Whether a call takes ``_OneLayerFunction``: one layer in one direction on a
+    time-major tensor (its rows all full-length), by the Numba backend, on a plan that runs
+    everything on this thread in the kernels (``recurrence.plan``'s default where every
+    product is too small for BLAS threads: no ``workers``, no PyTorch products)."""
+    if num_layers != 1 or bidirectional or batch_sizes is not None or backend != _NUMBA_NAME or workers:
+        return False
+    T, m, n_x = input.shape
+    return recurrence.plan(None, m, T * m, n_x, n_a, 1, 1, backend).blas_threads is None
+
+
 def rnn(input, hx, weights, batch_sizes, dropout_masks, num_layers, bidirectional, has_biases, nonlinearity,
         backend, workers):  # fmt: skip
     """``(output, h_n)`` of fastrnn's recurrence with PyTorch's autograd: ``rnn_op`` under
-    ``torch.compile``, the same functions through ``_RNNFunction`` in eager mode."""
+    ``torch.compile``, the same functions through ``_RNNFunction`` in eager mode (or
+    ``_OneLayerFunction``, where ``_one_layer_lane`` allows).  ``hx`` None: zeros."""
+    n_a = weights[1].shape[0]  # weight_hh_l0 (H, H)
+    compiling = torch.compiler.is_compiling()
+    lane = not compiling and _one_layer_lane(
+        input, batch_sizes, num_layers, bidirectional, backend, workers, n_a
+    )
+    if lane:
+        return _OneLayerFunction.apply(input, hx, nonlinearity, *weights)
+    if hx is None:
+        m = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
+        hx = input.new_zeros(((2 if bidirectional else 1) * num_layers, m, n_a))
     settings = (num_layers, bidirectional, has_biases, nonlinearity, backend, workers)
-    if torch.compiler.is_compiling():
+    if compiling:
         output, h_n, _ = rnn_op(input, hx, weights, batch_sizes, dropout_masks, *settings)
     else:
         output, h_n, _ = _RNNFunction.apply(input, hx, batch_sizes, dropout_masks, settings, *weights)

@@ -177,16 +177,24 @@ def test_recurrent_products_by_steps_as_nn_rnn(network, kind, dtype, monkeypatch
 def test_inputs_without_gradient_skip_their_product(network, kind, dtype, monkeypatch):
     """Data that needs no gradient (the usual first layer's input): the backward pass is
     not asked for ``dx``, as ``nn.RNN``'s is not, and every other gradient is the same."""
+    from fastrnn.backends import layers
     from fastrnn.engine import recurrence
 
+    # What each layer's backward pass is asked for: one layer in one direction (either
+    # pass, ``ops._OneLayerFunction`` or the general one), or the layer loop.
     asked = []
-    real_backward = recurrence.backward
+    real_one_direction, real_network = recurrence.one_direction_backward, layers.network_backward
 
-    def spy(*args, input_gradient=True, **kwargs):
+    def spy_one_direction(*args):
+        asked.append(args[-1])  # input_gradient
+        return real_one_direction(*args)
+
+    def spy_network(*args, input_gradient=True, **kwargs):
         asked.append(input_gradient)
-        return real_backward(*args, input_gradient=input_gradient, **kwargs)
+        return real_network(*args, input_gradient=input_gradient, **kwargs)
 
-    monkeypatch.setattr(recurrence, "backward", spy)
+    monkeypatch.setattr(recurrence, "one_direction_backward", spy_one_direction)
+    monkeypatch.setattr(layers, "network_backward", spy_network)
     num_layers, bidirectional = network
     generator = torch.Generator().manual_seed(6)
     lengths = torch.tensor([T, 1, 4])

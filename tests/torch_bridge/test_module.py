@@ -383,6 +383,78 @@ def test_side_by_side_calls_from_several_threads_keep_their_own_results(two_torc
             torch.testing.assert_close(step_got, step_want, rtol=0, atol=0)
 
 
+def test_one_layer_lane_only_for_the_smallest_calls():
+    """``ops._OneLayerFunction`` runs one layer in one direction on a time-major tensor, by
+    the Numba backend in the default plan, where every product is too small for BLAS
+    threads; every other call runs the general pass (``ops._RNNFunction``)."""
+    from fastrnn.torch import ops
+
+    def lane(T, m, n_x, n_a, num_layers=1, bidirectional=False, packed=False, backend="numba", workers=0):
+        batch_sizes = torch.full((T,), m) if packed else None
+        return ops._one_layer_lane(
+            torch.empty(T, m, n_x), batch_sizes, num_layers, bidirectional, backend, workers, n_a
+        )
+
+    assert lane(100, 1, 8, 16)  # tiny: 25,600 multiply-adds in its largest product
+    assert not lane(100, 16, 32, 64)  # small: 6.6 million
+    assert not lane(100, 1, 8, 16, num_layers=2)
+    assert not lane(100, 1, 8, 16, bidirectional=True)
+    assert not lane(100, 1, 8, 16, packed=True)
+    assert not lane(100, 1, 8, 16, backend="numpy")  # the reference stays on the general pass
+    assert not lane(100, 1, 8, 16, workers=1)  # the user's plan
+
+    def function_of(module, input):
+        output, _ = module(input)
+        return type(output.grad_fn).__name__
+
+    x = torch.randn(100, 1, 8)
+    assert function_of(ft.RNN(8, 16), x) == "_OneLayerFunctionBackward"
+    assert function_of(ft.RNN(8, 16, num_layers=2), x) == "_RNNFunctionBackward"
+    assert function_of(ft.RNN(8, 16, workers=1), x) == "_RNNFunctionBackward"
+    assert function_of(ft.RNN(8, 16, backend="numpy"), x) == "_RNNFunctionBackward"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("nonlinearity, bias", [("tanh", True), ("relu", False)], ids=["tanh", "relu-nobias"])
+@pytest.mark.parametrize("m, steps", [(1, 1), (1, 7), (5, 1), (3, 6)], ids=["m1-T1", "m1", "T1", "m3-T6"])
+def test_one_layer_lane_gives_the_general_pass_bits(m, steps, nonlinearity, bias, dtype, monkeypatch):
+    """The lane runs the engine functions the general pass runs for one layer, on the same
+    arrays: outputs, ``h_n`` and every gradient bitwise the same, whichever results the loss
+    reads, with and without ``hx``, for inputs that need a gradient and inputs that do not."""
+    from fastrnn.torch import ops
+
+    lane = ops._one_layer_lane
+    generator = torch.Generator().manual_seed(12)
+    torch.manual_seed(5)
+    module = ft.RNN(4, 5, nonlinearity=nonlinearity, bias=bias, dtype=dtype)
+    x = torch.randn(steps, m, 4, dtype=dtype, generator=generator)
+    hx = torch.randn(1, m, 5, dtype=dtype, generator=generator)
+
+    def results(in_lane, reads, with_hx, input_gradient):
+        monkeypatch.setattr(ops, "_one_layer_lane", lane if in_lane else lambda *args: False)
+        module.zero_grad()
+        xx = x.clone().requires_grad_(input_gradient)
+        h0 = hx.clone().requires_grad_() if with_hx else None
+        output, h_n = module(xx, h0)
+        function = "_OneLayerFunctionBackward" if in_lane else "_RNNFunctionBackward"
+        assert type(output.grad_fn).__name__ == function
+        loss = {"output": output.square().sum(), "h_n": h_n.sin().sum()}
+        loss["both"] = loss["output"] + loss["h_n"]
+        loss[reads].backward()
+        grads = [xx.grad, h0.grad if with_hx else None] + [p.grad for p in module.parameters()]
+        missing = [g is None for g in grads]
+        return [output.detach(), h_n.detach()] + [g for g in grads if g is not None], missing
+
+    for reads, with_hx, input_gradient in [
+        ("both", True, True), ("output", True, False), ("h_n", False, True), ("both", False, False)
+    ]:  # fmt: skip
+        got, got_missing = results(True, reads, with_hx, input_gradient)
+        want, want_missing = results(False, reads, with_hx, input_gradient)
+        assert got_missing == want_missing == [not input_gradient, not with_hx] + [False] * (4 if bias else 2)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_dropout_is_drawn_by_torch_and_off_in_eval():
     torch.manual_seed(4)
     rnn = ft.RNN(3, 4, num_layers=3, dropout=0.5, bidirectional=True)
