@@ -232,7 +232,8 @@ def one_direction_forward(ops, inputs, a0, p, rows, nonlinearity):
     H = ops.direction_forward(
         z, a0[0], p["W_aa"], p["b_a"], rows.batch_sizes, rows.offsets, False, nonlinearity
     )
-    return H, packing.final_states([[H]], rows.last_rows), np.empty((0,) + H.shape, dtype=H.dtype)
+    # packing.final_states of one forward direction, without its loop over layers (1.8 us)
+    return H, H.take(rows.last_rows, axis=0)[None], np.empty((0,) + H.shape, dtype=H.dtype)
 
 
 def one_direction_backward(
