@@ -344,10 +344,17 @@ def test_directions_side_by_side_give_the_same_bits(
         torch.testing.assert_close(got, want, **tolerance)
 
 
-def test_side_by_side_calls_from_several_threads_keep_their_own_results(two_torch_threads, monkeypatch):
-    """Two threads training their own bidirectional models at once, both side by side (four
-    threads on fastrnn's pool and the callers): each gets, at every step, the bits it gets
-    alone."""
+@pytest.mark.parametrize(
+    "num_layers, bidirectional, function",
+    [(2, True, "_RNNFunctionBackward"), (1, False, "_OneLayerFunctionBackward")],
+    ids=["side-by-side", "one-layer-lane"],
+)
+def test_calls_from_several_threads_keep_their_own_results(
+    num_layers, bidirectional, function, two_torch_threads, monkeypatch
+):
+    """Two threads training their own models at once, each gets, at every step, the bits it
+    gets alone: bidirectional models side by side (four threads on fastrnn's pool and the
+    callers), and one-layer models in the lane (each thread's own scratch memory)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fastrnn.torch import ops
@@ -357,9 +364,10 @@ def test_side_by_side_calls_from_several_threads_keep_their_own_results(two_torc
 
     def model(seed):  # made on this thread: PyTorch's global generator is shared by all
         torch.manual_seed(seed)
-        return ft.RNN(3, 6, num_layers=2, bidirectional=True, dtype=torch.float64), torch.randn(
-            9, 5, 3, dtype=torch.float64
-        )
+        rnn = ft.RNN(3, 6, num_layers=num_layers, bidirectional=bidirectional, dtype=torch.float64)
+        x = torch.randn(9, 5, 3, dtype=torch.float64)
+        assert type(rnn(x)[0].grad_fn).__name__ == function
+        return rnn, x
 
     def steps(rnn, x):
         got = []
