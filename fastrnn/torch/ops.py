@@ -177,6 +177,7 @@ def _run_side_by_side(task, count):
 #: char-rnn step in float64; the others, 1.15x of a 2-layer bidirectional one).
 _SCRATCH = ScratchArrays(("dz", "d_top", "output_l", "d_input_l", "top_states"))
 
+#: The backend whose kernels the one-layer lane calls (``_one_layer_lane``).
 _NUMBA_NAME = "numba"
 
 
