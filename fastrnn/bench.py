@@ -472,7 +472,9 @@ def _torch_side(impl, case, dtype, threads):
 def run_torch(cases=tuple(TORCH_CASES), dtypes=("float32",), rounds=3, threads=None):
     """``fastrnn.torch.RNN`` against ``torch.nn.RNN``: a full training step (RNN,
     ``nn.Linear``, cross-entropy, backward) of each case (``problems.TORCH_CASES``),
-    each side in ``rounds`` fresh processes, alternating; the medians and their ratio."""
+    each side in ``rounds`` fresh processes, alternating; the medians and their ratio,
+    and the range of the rounds' own ratios (a round: one process of each side, one after
+    the other), which shows how far a single pair of processes can be trusted."""
     try:
         import torch
     except ImportError:
@@ -480,8 +482,10 @@ def run_torch(cases=tuple(TORCH_CASES), dtypes=("float32",), rounds=3, threads=N
         return 1
     threads = threads or parallel.available_cores()
     print(f"fastrnn.torch.RNN vs torch.nn.RNN: torch {torch.__version__}, torch.set_num_threads({threads}),")
-    print(f"each side in {rounds} fresh processes, alternating; medians of the per-process medians (ms)")
-    print(f"{'case':<22} {'dtype':<8} {'nn.RNN':>9} {'fastrnn':>9} {'speed-up':>8}")
+    processes = f"{rounds} fresh process{'es' if rounds != 1 else ''}"
+    print(f"each side in {processes}, alternating; medians of the per-process medians (ms),")
+    print("and the lowest and highest speed-up of a round (one process of each side)")
+    print(f"{'case':<22} {'dtype':<8} {'nn.RNN':>9} {'fastrnn':>9} {'speed-up':>8} {'rounds':>13}")
     rows = []
     for case in cases:
         for dtype in dtypes:
@@ -490,8 +494,13 @@ def run_torch(cases=tuple(TORCH_CASES), dtypes=("float32",), rounds=3, threads=N
                 for impl in times:
                     times[impl].append(_torch_side(impl, case, dtype, threads))
             nn_ms, fast_ms = (float(np.median(times[impl])) for impl in ("nn", "fastrnn"))
-            rows.append({"case": case, "dtype": dtype, "nn_ms": nn_ms, "fastrnn_ms": fast_ms})
-            print(f"{case:<22} {dtype:<8} {nn_ms:>9.3f} {fast_ms:>9.3f} {nn_ms / fast_ms:>7.2f}x")
+            round_ratios = [nn / fast for nn, fast in zip(times["nn"], times["fastrnn"])]
+            rows.append({"case": case, "dtype": dtype, "nn_ms": nn_ms, "fastrnn_ms": fast_ms,
+                         "round_ratios": round_ratios})  # fmt: skip
+            spread = f"{min(round_ratios):.2f}-{max(round_ratios):.2f}x"
+            print(
+                f"{case:<22} {dtype:<8} {nn_ms:>9.3f} {fast_ms:>9.3f} {nn_ms / fast_ms:>7.2f}x {spread:>13}"
+            )
     return rows
 
 

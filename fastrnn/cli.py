@@ -103,6 +103,8 @@ def build_parser():
                               help="instead: a PyTorch training step with fastrnn.torch.RNN against torch.nn.RNN, "
                                    "each side in fresh processes (needs fastrnn[torch]); --sizes then names "
                                    "cases of fastrnn.bench.TORCH_CASES, or 'all'")  # fmt: skip
+    bench_parser.add_argument("--rounds", type=_number(int, minimum=1), default=3,
+                              help="with --torch: fresh processes per side and case (default: %(default)s)")  # fmt: skip
     bench_parser.add_argument("--generation", action="store_true",
                               help="instead: text.sample per character and with 64 streams, and Stream.step against "
                                    "rnn_cell_forward and PyTorch's one-step call, on a character model")  # fmt: skip
@@ -292,7 +294,7 @@ def _run_torch_bench(args):
         raise UsageError(f"--sizes: unknown case(s) {', '.join(unknown) or '(none given)'}; choose from "
                          f"{', '.join(bench.TORCH_CASES)}")  # fmt: skip
     dtypes = _bench_dtypes(args)
-    result = bench.run_torch(names, dtypes, rounds=3)
+    result = bench.run_torch(names, dtypes, rounds=args.rounds)
     return result if isinstance(result, int) else 0
 
 

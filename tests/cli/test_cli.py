@@ -129,20 +129,26 @@ def test_errors_are_one_line_without_traceback(tmp_path, setup, args, message):
 
 
 def test_bench_torch_compares_the_two_rnns(tmp_path):
-    """``bench --torch``: each side in fresh processes, the medians and their ratio."""
+    """``bench --torch``: each side in ``--rounds`` fresh processes, the medians, their
+    ratio, and the range of the rounds' ratios, which holds the ratio of the medians."""
     pytest.importorskip(
         "torch", reason="PyTorch is optional (pip install 'fastrnn[torch]'); .ci/run installs a CPU build"
     )
-    result = run_cli("bench", "--torch", "--sizes", "tiny", "--dtypes", "float32", cwd=tmp_path, timeout=300)
+    args = ("bench", "--torch", "--sizes", "tiny", "--dtypes", "float32", "--rounds", "2")
+    result = run_cli(*args, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert "each side in 2 fresh processes" in result.stdout, result.stdout
     row = [line for line in result.stdout.splitlines() if line.startswith("tiny")]
     assert len(row) == 1, result.stdout
-    name, dtype, nn_ms, fastrnn_ms, speed_up = row[0].split()
+    name, dtype, nn_ms, fastrnn_ms, speed_up, spread = row[0].split()
+    speed_up = float(speed_up.rstrip("x"))
     assert dtype == "float32" and float(nn_ms) > 0 and float(fastrnn_ms) > 0
-    assert (
-        abs(float(speed_up.rstrip("x")) - float(nn_ms) / float(fastrnn_ms))
-        < 0.01 * float(speed_up.rstrip("x")) + 0.01
-    )
+    assert abs(speed_up - float(nn_ms) / float(fastrnn_ms)) < 0.01 * speed_up + 0.01
+    # With two rounds each median is the mean of two times: their ratio lies between the
+    # rounds' ratios (a mediant), up to the printed rounding.
+    lowest, highest = (float(value) for value in spread.rstrip("x").split("-"))
+    assert 0 < lowest <= highest
+    assert lowest - 0.01 <= speed_up <= highest + 0.01
 
 
 def test_bad_settings_are_usage_errors(tmp_path):
@@ -150,6 +156,7 @@ def test_bad_settings_are_usage_errors(tmp_path):
         ["train", "--steps", "0"],
         ["train", "--lr", "-1"],
         ["sample", "x.npz", "--temperature", "0"],
+        ["bench", "--torch", "--rounds", "0"],
     ):
         result = run_cli(*args, cwd=tmp_path, timeout=120)
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
